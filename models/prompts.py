@@ -76,10 +76,16 @@ ANOMALIB_TEMPLATES = [
 TEMPLATE_SETS = {"paper": PAPER_TEMPLATES, "anomalib": ANOMALIB_TEMPLATES}
 
 
+def user_state(state: str) -> str:
+    """'{} with bad soldering' stays; 'bad soldering' becomes '{} with bad soldering'."""
+    state = state.strip()
+    return state if "{}" in state else "{} with " + state
+
+
 def ensemble(obj: str, templates=PAPER_TEMPLATES, extra_anomalous=()):
     """(normal prompts, anomalous prompts): every state filled with the object,
     then every template filled with the state; states outer, templates inner."""
     normal = [t.format(s.format(obj)) for s in NORMAL_STATES for t in templates]
-    anomalous_states = list(ANOMALOUS_STATES) + list(extra_anomalous)
+    anomalous_states = list(ANOMALOUS_STATES) + [user_state(s) for s in extra_anomalous]
     anomalous = [t.format(s.format(obj)) for s in anomalous_states for t in templates]
     return normal, anomalous

@@ -1,12 +1,19 @@
 //! winclip-edge: zero-/few-shot visual anomaly inspection (WinCLIP / WinCLIP+) on edge CPUs.
 //!
 //! Layers, each depending only on the ones above it:
-//! - [`winclip`]: the algorithm as pure math on embeddings;
+//! - [`winclip`], [`bank`], [`heatmap`], [`synth`]: pure — the algorithm on
+//!   embeddings, the bank format, heatmap drawing, synthetic test pictures;
 //! - [`model`]: model packs and the tract runtime (the only tract user);
-//! - [`imageio`]: safe image decoding;
+//! - [`inspector`]: image → features → scores, shared by every front end;
+//! - [`imageio`], [`fsutil`]: safe decoding, atomic files;
 //! - [`cli`]: the command-line tools built on them.
 
+pub mod bank;
 pub mod cli;
+pub mod fsutil;
+pub mod heatmap;
 pub mod imageio;
+pub mod inspector;
 pub mod model;
+pub mod synth;
 pub mod winclip;

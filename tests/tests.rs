@@ -2,4 +2,5 @@
 
 mod util;
 
+mod engine;
 mod model_pack;

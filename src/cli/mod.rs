@@ -1,7 +1,10 @@
 //! Command-line interface: argument types and one function per subcommand.
 
+mod bank;
 mod features;
+mod inspect;
 mod model_info;
+mod synth;
 mod verify;
 
 use std::path::PathBuf;
@@ -28,9 +31,102 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Build a bank: text prototypes, optional few-shot references (WinCLIP+), threshold.
+    Bank(BankArgs),
+    /// Inspect images against a bank: verdicts, scores, maps, heatmaps.
+    Inspect(InspectArgs),
+    /// Write synthetic good and defective pictures with defect masks.
+    Synth(SynthArgs),
     /// Model pack tools.
     #[command(subcommand)]
     Model(ModelCommand),
+}
+
+/// `winclip-edge bank ...`
+#[derive(Debug, clap::Args)]
+pub struct BankArgs {
+    /// Model pack directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Object name used in the prompts ("bottle", "pcb", "metal nut").
+    #[arg(long)]
+    pub object: String,
+    /// Images (or directories of images) of good parts: K shots for WinCLIP+. None = zero-shot.
+    #[arg(long, num_args = 1..)]
+    pub shots: Vec<PathBuf>,
+    /// Directory of further good images: sets the threshold from their scores.
+    #[arg(long)]
+    pub calibrate: Option<PathBuf>,
+    /// Explicit decision threshold on the image score (overrides calibration).
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    /// Calibration rule: threshold = max(highest score, mean + SIGMAS·std).
+    #[arg(long, default_value_t = crate::bank::DEFAULT_SIGMAS)]
+    pub sigmas: f32,
+    /// Template set: "paper" (22 templates) or "anomalib" (21).
+    #[arg(long, default_value = "paper")]
+    pub prompt_set: crate::winclip::TemplateSet,
+    /// Extra anomalous state, e.g. "bad soldering" or "{} with a bent pin" (repeatable).
+    #[arg(long = "state")]
+    pub states: Vec<String>,
+    /// Softmax temperature of the class score.
+    #[arg(long, default_value_t = crate::winclip::DEFAULT_TAU)]
+    pub tau: f32,
+    /// Window scales in patches.
+    #[arg(long, value_delimiter = ',', default_value = "2,3")]
+    pub scales: Vec<usize>,
+    /// Output bank file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+/// `winclip-edge inspect ...`
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// Model pack directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Bank file.
+    #[arg(long)]
+    pub bank: PathBuf,
+    /// Image files or directories.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// One JSON object per image on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Write each anomaly map as <stem>.npy (float32, model input resolution) and <stem>.grid.npy (patch grid).
+    #[arg(long)]
+    pub maps: Option<PathBuf>,
+    /// Write <stem>.jpg (heatmap over the picture) and <stem>.thumb.jpg.
+    #[arg(long)]
+    pub heatmaps: Option<PathBuf>,
+    /// Override the bank's threshold.
+    #[arg(long)]
+    pub threshold: Option<f32>,
+}
+
+/// `winclip-edge synth ...`
+#[derive(Debug, clap::Args)]
+pub struct SynthArgs {
+    /// Output directory (gets good/, bad/, masks/).
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// "object" (a round part) or "texture" (a woven surface).
+    #[arg(long, default_value = "object")]
+    pub scene: crate::synth::Scene,
+    /// Number of good pictures.
+    #[arg(long, default_value_t = 8)]
+    pub good: usize,
+    /// Number of defective pictures.
+    #[arg(long, default_value_t = 4)]
+    pub bad: usize,
+    /// Picture side in pixels.
+    #[arg(long, default_value_t = 256)]
+    pub size: u32,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 /// `winclip-edge model ...`
@@ -79,6 +175,34 @@ pub enum ModelCommand {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     crate::model::set_threads(cli.threads);
     match cli.command {
+        Command::Bank(a) => bank::run(bank::Args {
+            model: a.model,
+            spec: crate::inspector::BankSpec {
+                object: a.object,
+                prompt_set: a.prompt_set,
+                extra_states: a.states,
+                config: crate::winclip::Config {
+                    tau: a.tau,
+                    scales: a.scales,
+                    stride: 1,
+                },
+                threshold: a.threshold,
+                sigmas: a.sigmas,
+            },
+            shots: a.shots,
+            calibrate: a.calibrate,
+            output: a.output,
+        }),
+        Command::Inspect(a) => inspect::run(inspect::Args {
+            model: a.model,
+            bank: a.bank,
+            images: a.images,
+            json: a.json,
+            maps: a.maps,
+            heatmaps: a.heatmaps,
+            threshold: a.threshold,
+        }),
+        Command::Synth(a) => synth::run(&a.out, a.scene, a.good, a.bad, a.size, a.seed),
         Command::Model(ModelCommand::Info {
             model,
             no_verify,

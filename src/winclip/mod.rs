@@ -1,5 +1,461 @@
 //! WinCLIP / WinCLIP+ as pure math on embeddings: no I/O, no tract, no async.
+//!
+//! Inputs are the vision encoder's outputs for one image ([`Features`]), the
+//! text prototypes and, for WinCLIP+, the few-shot reference features
+//! ([`References`]). [`Scorer::score`] returns the image score and the anomaly
+//! map on the patch grid; [`upsample::bilinear`] brings the map to pixels.
+//!
+//! Zero-shot (WinCLIP): `s_img = a(f(x))`; per window scale k the window class
+//! scores are aggregated harmonically onto the patches, and
+//! `M0 = n / (1/s_img + Σ_k 1/M̄_k)` with n = 1 + number of scales.
+//! Few-shot (WinCLIP+): `M_W = (v_patch + Σ_k harm(v_k)) / (1 + number of scales)`,
+//! map `(M0 + M_W)/2`, score `(s_img + max M_W)/2`.
 
+pub mod prompts;
+pub mod score;
+pub mod upsample;
 mod windows;
 
+use ndarray::{Array1, Array2, ArrayView1, Axis};
+
+pub use prompts::{ensemble, Ensemble, TemplateSet};
+pub use score::Incidence;
 pub use windows::WindowSet;
+
+/// Default softmax temperature τ (paper and anomalib).
+pub const DEFAULT_TAU: f32 = 0.07;
+/// Default window scales in patches (32 and 48 px at patch 16).
+pub const DEFAULT_SCALES: [usize; 2] = [2, 3];
+
+/// Scoring inputs that do not fit together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is out of range.
+    #[error("invalid WinCLIP configuration: {0}")]
+    Config(String),
+    /// Features, prototypes or references have inconsistent shapes.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+}
+
+/// Algorithm settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Softmax temperature τ of the class score.
+    pub tau: f32,
+    /// Window scales, in patches.
+    pub scales: Vec<usize>,
+    /// Window stride, in patches.
+    pub stride: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            tau: DEFAULT_TAU,
+            scales: DEFAULT_SCALES.to_vec(),
+            stride: 1,
+        }
+    }
+}
+
+/// Normal / anomalous text prototypes: means of un-normalised prompt embeddings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextPrototypes {
+    /// t_n, `[D]`.
+    pub normal: Array1<f32>,
+    /// t_a, `[D]`.
+    pub anomalous: Array1<f32>,
+}
+
+impl TextPrototypes {
+    /// Mean of each set of prompt embeddings (`[N, D]` each).
+    pub fn from_embeddings(normal: &Array2<f32>, anomalous: &Array2<f32>) -> Result<Self, Error> {
+        let mean = |m: &Array2<f32>, what: &str| {
+            m.mean_axis(Axis(0))
+                .ok_or_else(|| Error::Shape(format!("no {what} prompt embeddings")))
+        };
+        let p = Self {
+            normal: mean(normal, "normal")?,
+            anomalous: mean(anomalous, "anomalous")?,
+        };
+        if p.normal.len() != p.anomalous.len() {
+            return Err(Error::Shape(
+                "normal and anomalous embeddings differ in width".into(),
+            ));
+        }
+        Ok(p)
+    }
+}
+
+/// What the vision encoder gives for one image.
+#[derive(Debug, Clone)]
+pub struct Features {
+    /// Image embedding f(x), `[D]`.
+    pub embedding: Array1<f32>,
+    /// Patch features (last-layer tokens after `ln_post`), `[grid², D_w]`.
+    pub patches: Array2<f32>,
+    /// Window embeddings per configured scale, `[n_windows, D]` each.
+    pub windows: Vec<Array2<f32>>,
+}
+
+/// Few-shot reference features of K normal images, flattened over images and positions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct References {
+    /// Number of normal images K.
+    pub shots: usize,
+    /// Patch features, `[K·grid², D_w]`.
+    pub patches: Array2<f32>,
+    /// Window embeddings per configured scale, `[K·n_windows, D]`.
+    pub windows: Vec<Array2<f32>>,
+}
+
+impl References {
+    /// Stack the features of K normal images.
+    pub fn from_features(shots: &[Features]) -> Result<Self, Error> {
+        let first = shots
+            .first()
+            .ok_or_else(|| Error::Shape("no reference images".into()))?;
+        let stack = |get: &dyn Fn(&Features) -> ndarray::ArrayView2<'_, f32>| {
+            let views: Vec<_> = shots.iter().map(get).collect();
+            ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Shape(e.to_string()))
+        };
+        let patches = stack(&|f| f.patches.view())?;
+        let windows = (0..first.windows.len())
+            .map(|s| stack(&|f| f.windows[s].view()))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            shots: shots.len(),
+            patches,
+            windows,
+        })
+    }
+}
+
+/// The result of scoring one image.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Final image score: `s_img` zero-shot, `(s_img + max M_W)/2` few-shot.
+    pub score: f32,
+    /// Zero-shot image score `s_img = a(f(x))`.
+    pub image_score: f32,
+    /// `max M_W` (few-shot only).
+    pub fewshot_max: Option<f32>,
+    /// Zero-shot map M0 on the grid.
+    pub zero_shot: Array2<f32>,
+    /// Few-shot map M_W on the grid (few-shot only).
+    pub few_shot: Option<Array2<f32>>,
+    /// Final anomaly map on the grid: M0, or (M0 + M_W)/2.
+    pub map: Array2<f32>,
+}
+
+/// Normalised references, ready for matrix products.
+#[derive(Debug, Clone)]
+struct NormalizedRefs {
+    patches: Array2<f32>,
+    windows: Vec<Array2<f32>>,
+}
+
+/// Scores images against one bank: prototypes, window geometry and references prepared once.
+#[derive(Debug, Clone)]
+pub struct Scorer {
+    config: Config,
+    grid: usize,
+    text: Array2<f32>,
+    sets: Vec<WindowSet>,
+    incidence: Vec<Incidence>,
+    refs: Option<NormalizedRefs>,
+}
+
+impl Scorer {
+    /// Prepare a scorer for a `grid`×`grid` patch grid. `refs` = `None` is zero-shot.
+    pub fn new(
+        config: Config,
+        grid: usize,
+        text: &TextPrototypes,
+        refs: Option<&References>,
+    ) -> Result<Self, Error> {
+        if !(config.tau.is_finite() && config.tau > 0.0) {
+            return Err(Error::Config(format!(
+                "tau must be a positive number, got {}",
+                config.tau
+            )));
+        }
+        let sets = config
+            .scales
+            .iter()
+            .map(|&k| {
+                WindowSet::new(grid, k, config.stride).ok_or_else(|| {
+                    Error::Config(format!(
+                        "window scale {k} with stride {} does not fit a {grid}x{grid} grid",
+                        config.stride
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let d = text.normal.len();
+        if d == 0 || text.anomalous.len() != d {
+            return Err(Error::Shape(
+                "text prototypes must be non-empty and of equal width".into(),
+            ));
+        }
+        let mut t = Array2::<f32>::zeros((2, d));
+        t.row_mut(0).assign(&score::normalized(text.normal.view()));
+        t.row_mut(1).assign(&score::normalized(text.anomalous.view()));
+        let refs = match refs {
+            None => None,
+            Some(r) => {
+                if r.windows.len() != sets.len() {
+                    return Err(Error::Shape(format!(
+                        "references have {} window scales, configuration has {}",
+                        r.windows.len(),
+                        sets.len()
+                    )));
+                }
+                for (w, set) in r.windows.iter().zip(&sets) {
+                    if w.nrows() != r.shots * set.len() || w.ncols() != d {
+                        return Err(Error::Shape(format!(
+                            "scale {} references are {:?}, expected [{}, {d}]",
+                            set.scale(),
+                            w.shape(),
+                            r.shots * set.len()
+                        )));
+                    }
+                }
+                if r.patches.nrows() != r.shots * grid * grid {
+                    return Err(Error::Shape(format!(
+                        "patch references have {} rows, expected {}",
+                        r.patches.nrows(),
+                        r.shots * grid * grid
+                    )));
+                }
+                Some(NormalizedRefs {
+                    patches: score::normalized_rows(r.patches.view()),
+                    windows: r
+                        .windows
+                        .iter()
+                        .map(|w| score::normalized_rows(w.view()))
+                        .collect(),
+                })
+            }
+        };
+        let incidence = sets.iter().map(Incidence::new).collect();
+        Ok(Self {
+            config,
+            grid,
+            text: t,
+            sets,
+            incidence,
+            refs,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Patch grid side.
+    pub fn grid(&self) -> usize {
+        self.grid
+    }
+
+    /// The window sets, one per configured scale, in order.
+    pub fn window_sets(&self) -> &[WindowSet] {
+        &self.sets
+    }
+
+    /// Whether references are loaded (WinCLIP+).
+    pub fn is_few_shot(&self) -> bool {
+        self.refs.is_some()
+    }
+
+    /// Score one image.
+    pub fn score(&self, f: &Features) -> Result<Outcome, Error> {
+        let p = self.grid * self.grid;
+        if f.windows.len() != self.sets.len() {
+            return Err(Error::Shape(format!(
+                "{} window scales in features, {} configured",
+                f.windows.len(),
+                self.sets.len()
+            )));
+        }
+        for (w, set) in f.windows.iter().zip(&self.sets) {
+            if w.nrows() != set.len() || w.ncols() != self.text.ncols() {
+                return Err(Error::Shape(format!(
+                    "scale {} window embeddings are {:?}, expected [{}, {}]",
+                    set.scale(),
+                    w.shape(),
+                    set.len(),
+                    self.text.ncols()
+                )));
+            }
+        }
+        if f.embedding.len() != self.text.ncols() {
+            return Err(Error::Shape(format!(
+                "image embedding has width {}, text prototypes {}",
+                f.embedding.len(),
+                self.text.ncols()
+            )));
+        }
+        let tau = self.config.tau;
+        let image_score =
+            score::class_scores(f.embedding.view().insert_axis(Axis(0)), self.text.view(), tau)[0];
+
+        // Zero-shot: harmonic mean of the image score and the aggregated window scores.
+        let per_scale: Vec<Array1<f32>> = f
+            .windows
+            .iter()
+            .zip(&self.incidence)
+            .map(|(w, inc)| inc.harmonic(score::class_scores(w.view(), self.text.view(), tau).view()))
+            .collect();
+        let s_img = Array1::from_elem(p, image_score);
+        let mut terms: Vec<ArrayView1<'_, f32>> = vec![s_img.view()];
+        terms.extend(per_scale.iter().map(|m| m.view()));
+        let zero_shot = score::harmonic_mean(&terms);
+
+        let (score, fewshot_max, few_shot, map) = match &self.refs {
+            None => (image_score, None, None, zero_shot.clone()),
+            Some(refs) => {
+                if f.patches.nrows() != p || f.patches.ncols() != refs.patches.ncols() {
+                    return Err(Error::Shape(format!(
+                        "patch features are {:?}, expected [{p}, {}]",
+                        f.patches.shape(),
+                        refs.patches.ncols()
+                    )));
+                }
+                let q = score::normalized_rows(f.patches.view());
+                let mut few = score::association(q.view(), refs.patches.view());
+                for ((w, r), inc) in f.windows.iter().zip(&refs.windows).zip(&self.incidence) {
+                    let q = score::normalized_rows(w.view());
+                    few += &inc.harmonic(score::association(q.view(), r.view()).view());
+                }
+                few /= (1 + self.sets.len()) as f32;
+                let max = few.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let map = (&zero_shot + &few) / 2.0;
+                ((image_score + max) / 2.0, Some(max), Some(few), map)
+            }
+        };
+        let grid = |v: Array1<f32>| {
+            v.into_shape_with_order((self.grid, self.grid))
+                .expect("grid² values")
+        };
+        Ok(Outcome {
+            score,
+            image_score,
+            fewshot_max,
+            zero_shot: grid(zero_shot),
+            few_shot: few_shot.map(grid),
+            map: grid(map),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{arr1, Array2};
+
+    use super::*;
+
+    /// Features on a 3x3 grid with one window scale (k = 2, 4 windows) in 2-D embedding space.
+    fn features(embedding: [f32; 2], windows: [[f32; 2]; 4], patch: f32) -> Features {
+        Features {
+            embedding: arr1(&embedding),
+            patches: Array2::from_shape_fn((9, 3), |(i, j)| if j == 0 { 1.0 } else { patch * i as f32 }),
+            windows: vec![Array2::from_shape_fn((4, 2), |(i, j)| windows[i][j])],
+        }
+    }
+
+    fn text() -> TextPrototypes {
+        TextPrototypes {
+            normal: arr1(&[2.0, 0.0]),
+            anomalous: arr1(&[0.0, 5.0]),
+        }
+    }
+
+    fn config() -> Config {
+        Config {
+            tau: 0.07,
+            scales: vec![2],
+            stride: 1,
+        }
+    }
+
+    #[test]
+    fn zero_shot_score_is_the_image_class_score_not_the_map_max() {
+        let s = Scorer::new(config(), 3, &text(), None).unwrap();
+        // Image looks normal, one window looks anomalous.
+        let f = features([1.0, 0.0], [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], 0.0);
+        let o = s.score(&f).unwrap();
+        assert!(o.score < 1e-5, "{}", o.score);
+        assert_eq!(o.score, o.image_score);
+        assert!(o.fewshot_max.is_none() && o.few_shot.is_none());
+        // The map is the harmonic mean of s_img and the window aggregate: tiny everywhere,
+        // because s_img is tiny — the image scale is part of M0.
+        assert!(o.map.iter().all(|v| *v < 1e-4));
+    }
+
+    #[test]
+    fn zero_shot_map_combines_image_and_window_scales_harmonically() {
+        let s = Scorer::new(config(), 3, &text(), None).unwrap();
+        let f = features([1.0, 1.0], [[0.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]], 0.0);
+        let o = s.score(&f).unwrap();
+        assert!((o.image_score - 0.5).abs() < 1e-6);
+        let wa = score::class_scores(
+            Array2::from_shape_vec((1, 2), vec![0.0, 1.0]).unwrap().view(),
+            s.text.view(),
+            0.07,
+        )[0];
+        // Patch (0,0) is covered only by window 0.
+        let want = 2.0 / (1.0 / 0.5 + 1.0 / wa);
+        assert!((o.map[[0, 0]] - want).abs() < 1e-6, "{} vs {want}", o.map[[0, 0]]);
+        // Patch (2,2) only by window 3 (score 0.5).
+        assert!((o.map[[2, 2]] - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn few_shot_adds_the_association_map_and_its_max() {
+        let normal = features([1.0, 0.0], [[1.0, 0.0]; 4], 0.0);
+        let refs = References::from_features(std::slice::from_ref(&normal)).unwrap();
+        let s = Scorer::new(config(), 3, &text(), Some(&refs)).unwrap();
+        // The same image as the reference: association 0 everywhere.
+        let o = s.score(&normal).unwrap();
+        assert!(o.fewshot_max.unwrap().abs() < 1e-6);
+        assert!((o.score - o.image_score / 2.0).abs() < 1e-6);
+        // A different image: the patch features rotate away from the references.
+        let odd = features([1.0, 0.0], [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], 1.0);
+        let o = s.score(&odd).unwrap();
+        let few = o.few_shot.as_ref().unwrap();
+        assert!(few[[2, 2]] > few[[0, 0]]);
+        let max = few.iter().copied().fold(0.0f32, f32::max);
+        assert_eq!(o.fewshot_max, Some(max));
+        assert!((o.score - (o.image_score + max) / 2.0).abs() < 1e-6);
+        let avg = (o.zero_shot[[1, 1]] + few[[1, 1]]) / 2.0;
+        assert!((o.map[[1, 1]] - avg).abs() < 1e-6);
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors_not_panics() {
+        let s = Scorer::new(config(), 3, &text(), None).unwrap();
+        let mut f = features([1.0, 0.0], [[1.0, 0.0]; 4], 0.0);
+        f.windows.push(f.windows[0].clone());
+        assert!(matches!(s.score(&f), Err(Error::Shape(_))));
+        assert!(matches!(
+            Scorer::new(Config { tau: 0.0, ..config() }, 3, &text(), None),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            Scorer::new(
+                Config {
+                    scales: vec![4],
+                    ..config()
+                },
+                3,
+                &text(),
+                None
+            ),
+            Err(Error::Config(_))
+        ));
+    }
+}

@@ -1,0 +1,630 @@
+//! The bank file: everything an inspecting station needs besides the model pack.
+//!
+//! One safetensors file (readable from Python with `safetensors.numpy.load_file`)
+//! holding the text prototypes, the few-shot references per scale, the
+//! calibration scores, and JSON metadata: the model pack it was made with, the
+//! object and prompts, K, τ, the window scales, the threshold and where it came
+//! from, score statistics, the heatmap colour scale and the creation time.
+//!
+//! Serialisation is pure (`to_bytes` / `from_bytes`); the metadata carries a
+//! sha256 of the tensor data so a bank altered after writing is refused.
+//!
+//! | tensor | shape |
+//! |---|---|
+//! | `text.normal`, `text.anomalous` | `[D]` (means of raw prompt embeddings) |
+//! | `ref.patches` | `[K·grid², D_w]` |
+//! | `ref.windows.<k>` | `[K·n_windows(k), D]` for each scale k |
+//! | `calibration.scores` | `[N]` image scores of the calibration images |
+
+use std::collections::HashMap;
+
+use ndarray::{Array1, Array2, ArrayD};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::winclip::{Config, References, TextPrototypes};
+
+/// The bank format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Value of the `format` metadata key.
+pub const FORMAT_NAME: &str = "winclip-edge-bank";
+
+/// Why a bank could not be read or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Not a safetensors file, or truncated.
+    #[error("not a readable bank file (truncated or not a winclip-edge bank): {0}")]
+    Format(String),
+    /// A safetensors file, but not one of ours, or a version we do not read.
+    #[error("unsupported bank: {0}")]
+    Version(String),
+    /// The content does not match its recorded checksum.
+    #[error("bank is corrupt: tensor data sha256 {actual} does not match the recorded {expected}")]
+    Checksum {
+        /// Recorded hash.
+        expected: String,
+        /// Hash of the data found.
+        actual: String,
+    },
+    /// Metadata and tensors disagree.
+    #[error("bank is inconsistent: {0}")]
+    Inconsistent(String),
+    /// The bank was made with another model pack.
+    #[error(
+        "bank was made with model pack {bank_pack} ({bank_model}), but the loaded pack is {pack} ({model}); \
+         rebuild the bank with `winclip-edge bank --model <this pack>`"
+    )]
+    ModelMismatch {
+        /// Pack id recorded in the bank.
+        bank_pack: String,
+        /// Model name recorded in the bank.
+        bank_model: String,
+        /// Pack id of the loaded pack.
+        pack: String,
+        /// Model name of the loaded pack.
+        model: String,
+    },
+}
+
+/// Identity and shapes of the model pack a bank belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRef {
+    /// Pack id (derived from all file hashes).
+    pub id: String,
+    /// open_clip model name.
+    pub name: String,
+    /// sha256 of `embed.onnx`.
+    pub embed_sha256: String,
+    /// sha256 of `encoder.onnx`.
+    pub encoder_sha256: String,
+    /// sha256 of `text.onnx`.
+    pub text_sha256: String,
+    /// Patch grid side.
+    pub grid: usize,
+    /// Joint embedding width D.
+    pub embed_dim: usize,
+    /// Vision width D_w.
+    pub vision_width: usize,
+}
+
+/// Where the threshold came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ThresholdSource {
+    /// No calibration and none given: [`DEFAULT_THRESHOLD`].
+    Default,
+    /// Given on the command line.
+    Explicit,
+    /// From the calibration images' scores (see [`calibrated_threshold`]).
+    Calibration,
+}
+
+/// Threshold without calibration: the scores are probabilities of "anomalous".
+pub const DEFAULT_THRESHOLD: f32 = 0.5;
+/// Calibration rule: threshold = max(highest score, mean + SIGMAS · std).
+pub const DEFAULT_SIGMAS: f32 = 3.0;
+
+/// Summary of the calibration images' scores and maps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Number of good images scored.
+    pub images: usize,
+    /// Mean image score.
+    pub mean: f32,
+    /// Standard deviation of the image scores (population).
+    pub std: f32,
+    /// Lowest image score.
+    pub min: f32,
+    /// Highest image score.
+    pub max: f32,
+    /// Median image score.
+    pub p50: f32,
+    /// 95th percentile of the image scores.
+    pub p95: f32,
+    /// Median of all anomaly-map values (patch grid) over the calibration images.
+    pub map_median: f32,
+    /// Highest anomaly-map value over the calibration images.
+    pub map_max: f32,
+    /// The σ multiplier used by the threshold rule.
+    pub sigmas: f32,
+}
+
+/// The bank's metadata (stored as JSON in the safetensors header).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The model pack the bank belongs to.
+    pub model: ModelRef,
+    /// Object name used in the prompts.
+    pub object: String,
+    /// Template set name (`paper` or `anomalib`).
+    pub prompt_set: String,
+    /// User-supplied anomalous states.
+    pub extra_states: Vec<String>,
+    /// Number of normal prompts averaged.
+    pub normal_prompts: usize,
+    /// Number of anomalous prompts averaged.
+    pub anomalous_prompts: usize,
+    /// Number of reference images K (0 = zero-shot).
+    pub shots: usize,
+    /// Reference image files (names and sha256), in order.
+    pub shot_files: Vec<FileRef>,
+    /// Softmax temperature.
+    pub tau: f32,
+    /// Window scales.
+    pub scales: Vec<usize>,
+    /// Window stride.
+    pub stride: usize,
+    /// Decision threshold on the image score (fail when score > threshold).
+    pub threshold: f32,
+    /// Where the threshold came from.
+    pub threshold_source: ThresholdSource,
+    /// Calibration summary, if calibrated.
+    pub calibration: Option<Calibration>,
+    /// Heatmap colour scale `[lo, hi]`, fixed per bank.
+    pub colour_range: [f32; 2],
+    /// Creation time, RFC 3339 UTC.
+    pub created: String,
+    /// Program and version that wrote the bank.
+    pub creator: String,
+}
+
+/// A file that went into a bank.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    /// File name (no directories).
+    pub name: String,
+    /// sha256 of its bytes.
+    pub sha256: String,
+}
+
+/// A loaded or freshly built bank.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bank {
+    /// Metadata.
+    pub meta: Meta,
+    /// Text prototypes.
+    pub text: TextPrototypes,
+    /// Few-shot references (None = zero-shot).
+    pub references: Option<References>,
+    /// Image scores of the calibration images.
+    pub calibration_scores: Vec<f32>,
+}
+
+impl Bank {
+    /// The algorithm configuration recorded in the bank.
+    pub fn config(&self) -> Config {
+        Config {
+            tau: self.meta.tau,
+            scales: self.meta.scales.clone(),
+            stride: self.meta.stride,
+        }
+    }
+
+    /// Short identity: 16 hex digits of the sha256 of metadata and tensors.
+    pub fn id(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&self.meta).unwrap_or_default());
+        h.update(data_hash(&self.tensors()).as_bytes());
+        hex::encode(&h.finalize()[..8])
+    }
+
+    /// Fail unless the bank was made with the model pack `model`.
+    pub fn check_model(&self, model: &ModelRef) -> Result<(), Error> {
+        let m = &self.meta.model;
+        if m.id != model.id
+            || m.encoder_sha256 != model.encoder_sha256
+            || m.embed_sha256 != model.embed_sha256
+        {
+            return Err(Error::ModelMismatch {
+                bank_pack: m.id.clone(),
+                bank_model: m.name.clone(),
+                pack: model.id.clone(),
+                model: model.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Serialise to safetensors bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, Error> {
+        let tensors = self.tensors();
+        let data_sha256 = data_hash(&tensors);
+        let meta = serde_json::to_string(&self.meta).map_err(|e| Error::Format(e.to_string()))?;
+        let metadata = HashMap::from([
+            ("format".to_string(), FORMAT_NAME.to_string()),
+            ("format_version".to_string(), FORMAT_VERSION.to_string()),
+            ("meta".to_string(), meta),
+            ("data_sha256".to_string(), data_sha256),
+        ]);
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .map(|(n, a)| {
+                (
+                    n.clone(),
+                    a.shape().to_vec(),
+                    a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                )
+            })
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(n, shape, data)| TensorView::new(Dtype::F32, shape.clone(), data).map(|v| (n.as_str(), v)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Format(e.to_string()))?;
+        safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Format(e.to_string()))
+    }
+
+    /// Parse and check a bank file's bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| Error::Format(e.to_string()))?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Format(e.to_string()))?;
+        let md = header
+            .metadata()
+            .as_ref()
+            .ok_or_else(|| Error::Version("no metadata: not a winclip-edge bank".into()))?;
+        if md.get("format").map(String::as_str) != Some(FORMAT_NAME) {
+            return Err(Error::Version(
+                "not a winclip-edge bank (format key missing)".into(),
+            ));
+        }
+        let version = md.get("format_version").and_then(|v| v.parse::<u32>().ok());
+        if version != Some(FORMAT_VERSION) {
+            return Err(Error::Version(format!(
+                "format version {:?}; this build reads version {FORMAT_VERSION}; rebuild the bank with this version",
+                md.get("format_version")
+            )));
+        }
+        let meta: Meta = serde_json::from_str(md.get("meta").map(String::as_str).unwrap_or(""))
+            .map_err(|e| Error::Inconsistent(format!("metadata: {e}")))?;
+
+        let mut tensors = Vec::new();
+        for (name, view) in st.tensors() {
+            if view.dtype() != Dtype::F32 {
+                return Err(Error::Inconsistent(format!(
+                    "tensor {name} is {:?}, expected F32",
+                    view.dtype()
+                )));
+            }
+            let data: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let a = ArrayD::from_shape_vec(view.shape().to_vec(), data)
+                .map_err(|e| Error::Inconsistent(format!("{name}: {e}")))?;
+            tensors.push((name, a));
+        }
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let actual = data_hash(&tensors);
+        let expected = md.get("data_sha256").cloned().unwrap_or_default();
+        if actual != expected {
+            return Err(Error::Checksum { expected, actual });
+        }
+        let take = |name: &str| -> Result<ArrayD<f32>, Error> {
+            tensors
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, a)| a.clone())
+                .ok_or_else(|| Error::Inconsistent(format!("tensor {name} missing")))
+        };
+        let vec1 = |name: &str| -> Result<Array1<f32>, Error> {
+            take(name)?
+                .into_dimensionality()
+                .map_err(|e| Error::Inconsistent(format!("{name}: {e}")))
+        };
+        let mat = |name: &str| -> Result<Array2<f32>, Error> {
+            take(name)?
+                .into_dimensionality()
+                .map_err(|e| Error::Inconsistent(format!("{name}: {e}")))
+        };
+        let text = TextPrototypes {
+            normal: vec1("text.normal")?,
+            anomalous: vec1("text.anomalous")?,
+        };
+        let references = if meta.shots > 0 {
+            let windows = meta
+                .scales
+                .iter()
+                .map(|k| mat(&format!("ref.windows.{k}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(References {
+                shots: meta.shots,
+                patches: mat("ref.patches")?,
+                windows,
+            })
+        } else {
+            None
+        };
+        let calibration_scores = match take("calibration.scores") {
+            Ok(a) => a.iter().copied().collect(),
+            Err(_) => Vec::new(),
+        };
+        let bank = Bank {
+            meta,
+            text,
+            references,
+            calibration_scores,
+        };
+        bank.check_shapes()?;
+        Ok(bank)
+    }
+
+    /// Tensors in name order.
+    fn tensors(&self) -> Vec<(String, ArrayD<f32>)> {
+        let mut t = vec![
+            ("text.normal".to_string(), self.text.normal.clone().into_dyn()),
+            (
+                "text.anomalous".to_string(),
+                self.text.anomalous.clone().into_dyn(),
+            ),
+        ];
+        if let Some(r) = &self.references {
+            t.push(("ref.patches".into(), r.patches.clone().into_dyn()));
+            for (k, w) in self.meta.scales.iter().zip(&r.windows) {
+                t.push((format!("ref.windows.{k}"), w.clone().into_dyn()));
+            }
+        }
+        if !self.calibration_scores.is_empty() {
+            t.push((
+                "calibration.scores".into(),
+                Array1::from(self.calibration_scores.clone()).into_dyn(),
+            ));
+        }
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    }
+
+    /// Check that tensor shapes agree with the metadata.
+    pub fn check_shapes(&self) -> Result<(), Error> {
+        let m = &self.meta;
+        let d = m.model.embed_dim;
+        if self.text.normal.len() != d || self.text.anomalous.len() != d {
+            return Err(Error::Inconsistent(format!(
+                "text prototypes are not of width {d}"
+            )));
+        }
+        match (&self.references, m.shots) {
+            (None, 0) => {}
+            (Some(r), k) if r.shots == k && k > 0 => {
+                let p = m.model.grid * m.model.grid;
+                if r.patches.dim() != (k * p, m.model.vision_width) {
+                    return Err(Error::Inconsistent(format!(
+                        "ref.patches is {:?}, expected [{}, {}]",
+                        r.patches.shape(),
+                        k * p,
+                        m.model.vision_width
+                    )));
+                }
+                if r.windows.len() != m.scales.len() {
+                    return Err(Error::Inconsistent("one reference set per scale expected".into()));
+                }
+                for (scale, w) in m.scales.iter().zip(&r.windows) {
+                    let n = m.model.grid.saturating_sub(*scale) / m.stride.max(1) + 1;
+                    if w.dim() != (k * n * n, d) {
+                        return Err(Error::Inconsistent(format!(
+                            "ref.windows.{scale} is {:?}, expected [{}, {d}]",
+                            w.shape(),
+                            k * n * n
+                        )));
+                    }
+                }
+            }
+            _ => {
+                return Err(Error::Inconsistent(format!(
+                    "{} shots but references do not match",
+                    m.shots
+                )))
+            }
+        }
+        if !(m.threshold.is_finite()
+            && m.colour_range[0].is_finite()
+            && m.colour_range[1] > m.colour_range[0])
+        {
+            return Err(Error::Inconsistent(
+                "threshold or colour range not finite/ordered".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn data_hash(tensors: &[(String, ArrayD<f32>)]) -> String {
+    let mut h = Sha256::new();
+    for (name, a) in tensors {
+        h.update(name.as_bytes());
+        h.update([0]);
+        for dim in a.shape() {
+            h.update((*dim as u64).to_le_bytes());
+        }
+        for v in a.iter() {
+            h.update(v.to_le_bytes());
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+/// Summarise calibration scores and grid maps; `None` without images.
+pub fn calibrate(scores: &[f32], maps: &[Array2<f32>], sigmas: f32) -> Option<Calibration> {
+    if scores.is_empty() {
+        return None;
+    }
+    let n = scores.len() as f64;
+    let mean = scores.iter().map(|s| f64::from(*s)).sum::<f64>() / n;
+    let var = scores.iter().map(|s| (f64::from(*s) - mean).powi(2)).sum::<f64>() / n;
+    let mut sorted = scores.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    let mut values: Vec<f32> = maps.iter().flat_map(|m| m.iter().copied()).collect();
+    values.sort_by(f32::total_cmp);
+    Some(Calibration {
+        images: scores.len(),
+        mean: mean as f32,
+        std: var.sqrt() as f32,
+        min: sorted[0],
+        max: sorted[sorted.len() - 1],
+        p50: quantile(&sorted, 0.5),
+        p95: quantile(&sorted, 0.95),
+        map_median: if values.is_empty() {
+            0.0
+        } else {
+            quantile(&values, 0.5)
+        },
+        map_max: values.last().copied().unwrap_or(0.0),
+        sigmas,
+    })
+}
+
+/// The calibration rule: every calibration image passes, and a normal
+/// distribution fitted to their scores would reject at most the fraction
+/// beyond `sigmas` standard deviations (0.13 % at 3σ):
+/// `threshold = max(max score, mean + sigmas · std)`.
+pub fn calibrated_threshold(c: &Calibration) -> f32 {
+    c.max.max(c.mean + c.sigmas * c.std)
+}
+
+/// Heatmap colour scale: calm (low end) at the median map value of good parts,
+/// good parts' highest value mid-scale, saturation at twice that distance.
+/// Without calibration, the probability scale `[0, 1]`.
+pub fn colour_range(c: Option<&Calibration>) -> [f32; 2] {
+    match c {
+        Some(c) if c.map_max > c.map_median => {
+            [c.map_median, c.map_median + 2.0 * (c.map_max - c.map_median)]
+        }
+        Some(c) => [c.map_median, c.map_median + 1e-3],
+        None => [0.0, 1.0],
+    }
+}
+
+/// Linear-interpolated quantile of sorted values.
+fn quantile(sorted: &[f32], q: f64) -> f32 {
+    let pos = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    let t = (pos - lo as f64) as f32;
+    sorted[lo] * (1.0 - t) + sorted[hi] * t
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::Array2;
+
+    use super::*;
+
+    fn model() -> ModelRef {
+        ModelRef {
+            id: "00112233aabbccdd".into(),
+            name: "tiny".into(),
+            embed_sha256: "e".repeat(64),
+            encoder_sha256: "c".repeat(64),
+            text_sha256: "t".repeat(64),
+            grid: 3,
+            embed_dim: 2,
+            vision_width: 4,
+        }
+    }
+
+    fn bank(shots: usize) -> Bank {
+        let references = (shots > 0).then(|| References {
+            shots,
+            patches: Array2::from_shape_fn((shots * 9, 4), |(i, j)| (i * 4 + j) as f32),
+            windows: vec![Array2::from_elem((shots * 4, 2), 0.5)],
+        });
+        Bank {
+            meta: Meta {
+                format_version: FORMAT_VERSION,
+                model: model(),
+                object: "bottle".into(),
+                prompt_set: "paper".into(),
+                extra_states: vec![],
+                normal_prompts: 154,
+                anomalous_prompts: 88,
+                shots,
+                shot_files: vec![],
+                tau: 0.07,
+                scales: vec![2],
+                stride: 1,
+                threshold: 0.5,
+                threshold_source: ThresholdSource::Default,
+                calibration: None,
+                colour_range: [0.0, 1.0],
+                created: "2026-11-27T00:00:00Z".into(),
+                creator: "test".into(),
+            },
+            text: TextPrototypes {
+                normal: ndarray::arr1(&[1.0, 0.0]),
+                anomalous: ndarray::arr1(&[0.0, 1.0]),
+            },
+            references,
+            calibration_scores: vec![0.1, 0.2],
+        }
+    }
+
+    #[test]
+    fn banks_round_trip() {
+        for k in [0, 2] {
+            let b = bank(k);
+            let back = Bank::from_bytes(&b.to_bytes().unwrap()).unwrap();
+            assert_eq!(back, b);
+            assert_eq!(back.id(), b.id());
+        }
+    }
+
+    #[test]
+    fn a_truncated_bank_is_a_format_error() {
+        let bytes = bank(1).to_bytes().unwrap();
+        let err = Bank::from_bytes(&bytes[..bytes.len() - 10]).unwrap_err();
+        assert!(matches!(err, Error::Format(_)), "{err}");
+    }
+
+    #[test]
+    fn flipped_tensor_bytes_fail_the_checksum() {
+        let mut bytes = bank(1).to_bytes().unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        let err = Bank::from_bytes(&bytes).unwrap_err();
+        assert!(matches!(err, Error::Checksum { .. }), "{err}");
+    }
+
+    #[test]
+    fn another_model_pack_is_refused_with_advice() {
+        let b = bank(0);
+        let mut other = model();
+        other.id = "ffffffffffffffff".into();
+        let err = b.check_model(&other).unwrap_err();
+        assert!(err.to_string().contains("rebuild the bank"), "{err}");
+        b.check_model(&model()).unwrap();
+    }
+
+    #[test]
+    fn foreign_safetensors_files_are_not_banks() {
+        let data = vec![0u8; 8];
+        let view = TensorView::new(Dtype::F32, vec![2], &data).unwrap();
+        let bytes = safetensors::serialize(vec![("x", view)], None).unwrap();
+        assert!(matches!(Bank::from_bytes(&bytes), Err(Error::Version(_))));
+    }
+
+    #[test]
+    fn calibration_rule_takes_the_stricter_of_max_and_three_sigma() {
+        let scores = [0.50, 0.51, 0.52, 0.53, 0.54];
+        let c = calibrate(&scores, &[], 3.0).unwrap();
+        let t = calibrated_threshold(&c);
+        let std = (0.0002f32).sqrt();
+        assert!((t - (0.52 + 3.0 * std)).abs() < 1e-5, "{t}");
+        // One outlier above mean + 3σ: the max wins so every calibration image passes.
+        let c = calibrate(&[0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.9], &[], 3.0).unwrap();
+        assert_eq!(calibrated_threshold(&c), 0.9);
+        assert!(calibrate(&[], &[], 3.0).is_none());
+    }
+
+    #[test]
+    fn colour_range_puts_good_parts_mid_scale() {
+        let maps = vec![Array2::from_shape_vec((1, 3), vec![0.2, 0.3, 0.4]).unwrap()];
+        let c = calibrate(&[0.5], &maps, 3.0).unwrap();
+        let [lo, hi] = colour_range(Some(&c));
+        assert!((lo - 0.3).abs() < 1e-6 && (hi - 0.5).abs() < 1e-6, "{lo} {hi}");
+        assert_eq!(colour_range(None), [0.0, 1.0]);
+    }
+}

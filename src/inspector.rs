@@ -1,0 +1,323 @@
+//! The inspection pipeline: image → features (model) → scores and map (winclip).
+//!
+//! This is the glue between the tract runtime and the pure algorithm, shared by
+//! `inspect`, `bank`, the daemon and the evaluation tools. It owns no I/O
+//! beyond what callers hand it: decoded images in, numbers and maps out.
+
+use std::time::Instant;
+
+use image::RgbImage;
+use ndarray::Array2;
+use serde::Serialize;
+
+use crate::bank::{self, Bank, FileRef, Meta, ModelRef, ThresholdSource};
+use crate::model::{ModelPack, TextModel, VisionModel};
+use crate::winclip::{self, upsample, Config, Features, Outcome, References, Scorer, TemplateSet, WindowSet};
+
+/// Anything that can fail while inspecting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The model runtime failed.
+    #[error(transparent)]
+    Model(#[from] crate::model::Error),
+    /// Scoring inputs did not fit.
+    #[error(transparent)]
+    Scoring(#[from] winclip::Error),
+    /// The bank is unusable.
+    #[error(transparent)]
+    Bank(#[from] bank::Error),
+}
+
+/// Pass or fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Score at or below the threshold.
+    Pass,
+    /// Score above the threshold.
+    Fail,
+}
+
+impl Verdict {
+    /// `fail` when `score > threshold`.
+    pub fn from_score(score: f32, threshold: f32) -> Self {
+        if score > threshold {
+            Verdict::Fail
+        } else {
+            Verdict::Pass
+        }
+    }
+}
+
+/// Milliseconds spent per stage of one inspection.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    /// Resize + normalise.
+    pub preprocess_ms: f64,
+    /// Token map + full-image encoder pass.
+    pub image_ms: f64,
+    /// Window encoder passes, per scale (`[scale, ms]`).
+    pub windows_ms: Vec<(usize, f64)>,
+    /// Class scores, aggregation, few-shot association.
+    pub scoring_ms: f64,
+    /// Upsampling the map to the model input size.
+    pub upsample_ms: f64,
+}
+
+impl Timings {
+    /// Sum of all stages.
+    pub fn total_ms(&self) -> f64 {
+        self.preprocess_ms
+            + self.image_ms
+            + self.windows_ms.iter().map(|(_, t)| t).sum::<f64>()
+            + self.scoring_ms
+            + self.upsample_ms
+    }
+}
+
+/// The result of inspecting one image.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    /// Scores and grid maps.
+    pub outcome: Outcome,
+    /// Pass / fail against `threshold`.
+    pub verdict: Verdict,
+    /// Threshold applied.
+    pub threshold: f32,
+    /// Final anomaly map upsampled to the model input size (240×240).
+    pub map: Array2<f32>,
+    /// Time per stage.
+    pub timings: Timings,
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// The identity of `pack` as recorded in banks.
+pub fn model_ref(pack: &ModelPack) -> ModelRef {
+    let m = pack.manifest();
+    let a = pack.architecture();
+    ModelRef {
+        id: pack.id().to_string(),
+        name: m.source.model.clone(),
+        embed_sha256: m.files.embed.sha256.clone(),
+        encoder_sha256: m.files.encoder.sha256.clone(),
+        text_sha256: m.files.text.sha256.clone(),
+        grid: a.grid,
+        embed_dim: a.embed_dim,
+        vision_width: a.vision_width,
+    }
+}
+
+/// Run the vision encoder on an image: full image, then every window scale.
+pub fn extract(
+    vision: &VisionModel,
+    sets: &[WindowSet],
+    img: &RgbImage,
+) -> Result<(Features, Timings), Error> {
+    let mut timings = Timings::default();
+    let t = Instant::now();
+    let pixels = vision.preprocess(img);
+    timings.preprocess_ms = ms(t);
+    let t = Instant::now();
+    let f = vision.image_features(&pixels)?;
+    timings.image_ms = ms(t);
+    let mut windows = Vec::with_capacity(sets.len());
+    for set in sets {
+        let t = Instant::now();
+        windows.push(vision.window_embeddings(&f.token_map, set)?);
+        timings.windows_ms.push((set.scale(), ms(t)));
+    }
+    let patches = f.patch_features().to_owned();
+    Ok((
+        Features {
+            embedding: f.embedding,
+            patches,
+            windows,
+        },
+        timings,
+    ))
+}
+
+/// A vision model and a bank, ready to inspect images.
+#[derive(Debug)]
+pub struct Inspector {
+    vision: VisionModel,
+    scorer: Scorer,
+    bank: Bank,
+    bank_id: String,
+    model_id: String,
+    threshold: f32,
+}
+
+impl Inspector {
+    /// Check that `bank` belongs to `pack` and prepare the scorer.
+    pub fn new(pack: &ModelPack, vision: VisionModel, bank: Bank) -> Result<Self, Error> {
+        bank.check_model(&model_ref(pack))?;
+        let scorer = Scorer::new(
+            bank.config(),
+            pack.architecture().grid,
+            &bank.text,
+            bank.references.as_ref(),
+        )?;
+        Ok(Self {
+            vision,
+            scorer,
+            bank_id: bank.id(),
+            model_id: pack.id().to_string(),
+            threshold: bank.meta.threshold,
+            bank,
+        })
+    }
+
+    /// Override the bank's threshold.
+    pub fn set_threshold(&mut self, threshold: f32) {
+        self.threshold = threshold;
+    }
+
+    /// Threshold in use.
+    pub fn threshold(&self) -> f32 {
+        self.threshold
+    }
+
+    /// The bank.
+    pub fn bank(&self) -> &Bank {
+        &self.bank
+    }
+
+    /// The bank's id.
+    pub fn bank_id(&self) -> &str {
+        &self.bank_id
+    }
+
+    /// The model pack's id.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// The vision model.
+    pub fn vision(&self) -> &VisionModel {
+        &self.vision
+    }
+
+    /// Inspect one decoded image.
+    pub fn inspect(&self, img: &RgbImage) -> Result<Inspection, Error> {
+        let (features, mut timings) = extract(&self.vision, self.scorer.window_sets(), img)?;
+        let t = Instant::now();
+        let outcome = self.scorer.score(&features)?;
+        timings.scoring_ms = ms(t);
+        let t = Instant::now();
+        let size = self.vision.architecture().image_size;
+        let map = upsample::bilinear(outcome.map.view(), size, size);
+        timings.upsample_ms = ms(t);
+        Ok(Inspection {
+            verdict: Verdict::from_score(outcome.score, self.threshold),
+            threshold: self.threshold,
+            outcome,
+            map,
+            timings,
+        })
+    }
+}
+
+/// What to put in a new bank.
+#[derive(Debug, Clone)]
+pub struct BankSpec {
+    /// Object name for the prompts.
+    pub object: String,
+    /// Template set.
+    pub prompt_set: TemplateSet,
+    /// Extra anomalous states.
+    pub extra_states: Vec<String>,
+    /// Algorithm settings.
+    pub config: Config,
+    /// Explicit threshold (overrides calibration).
+    pub threshold: Option<f32>,
+    /// σ multiplier of the calibration rule.
+    pub sigmas: f32,
+}
+
+impl BankSpec {
+    /// Defaults for `object`: paper prompts, τ 0.07, scales 2 and 3, stride 1, 3σ.
+    pub fn new(object: &str) -> Self {
+        Self {
+            object: object.to_string(),
+            prompt_set: TemplateSet::Paper,
+            extra_states: Vec::new(),
+            config: Config::default(),
+            threshold: None,
+            sigmas: bank::DEFAULT_SIGMAS,
+        }
+    }
+}
+
+/// Build a bank: text prototypes from the prompt ensemble, references from `shots`
+/// (named images; empty = zero-shot), then calibration on `calibration` images.
+pub fn build_bank(
+    pack: &ModelPack,
+    vision: &VisionModel,
+    text: &TextModel,
+    spec: &BankSpec,
+    shots: &[(FileRef, RgbImage)],
+    calibration: &[RgbImage],
+) -> Result<Bank, Error> {
+    let ens = winclip::ensemble(&spec.object, spec.prompt_set, &spec.extra_states);
+    let prototypes =
+        winclip::TextPrototypes::from_embeddings(&text.embed(&ens.normal)?, &text.embed(&ens.anomalous)?)?;
+    let grid = pack.architecture().grid;
+    // Validates the configuration against the grid before any heavy work.
+    let zero_shot = Scorer::new(spec.config.clone(), grid, &prototypes, None)?;
+    let references = if shots.is_empty() {
+        None
+    } else {
+        let feats = shots
+            .iter()
+            .map(|(_, img)| extract(vision, zero_shot.window_sets(), img).map(|(f, _)| f))
+            .collect::<Result<Vec<_>, _>>()?;
+        Some(References::from_features(&feats)?)
+    };
+    let scorer = Scorer::new(spec.config.clone(), grid, &prototypes, references.as_ref())?;
+    let mut scores = Vec::with_capacity(calibration.len());
+    let mut maps = Vec::with_capacity(calibration.len());
+    for img in calibration {
+        let (f, _) = extract(vision, scorer.window_sets(), img)?;
+        let o = scorer.score(&f)?;
+        scores.push(o.score);
+        maps.push(o.map);
+    }
+    let calib = bank::calibrate(&scores, &maps, spec.sigmas);
+    let (threshold, threshold_source) = match (spec.threshold, &calib) {
+        (Some(t), _) => (t, ThresholdSource::Explicit),
+        (None, Some(c)) => (bank::calibrated_threshold(c), ThresholdSource::Calibration),
+        (None, None) => (bank::DEFAULT_THRESHOLD, ThresholdSource::Default),
+    };
+    let bank = Bank {
+        meta: Meta {
+            format_version: bank::FORMAT_VERSION,
+            model: model_ref(pack),
+            object: spec.object.clone(),
+            prompt_set: spec.prompt_set.name().to_string(),
+            extra_states: spec.extra_states.clone(),
+            normal_prompts: ens.normal.len(),
+            anomalous_prompts: ens.anomalous.len(),
+            shots: shots.len(),
+            shot_files: shots.iter().map(|(f, _)| f.clone()).collect(),
+            tau: spec.config.tau,
+            scales: spec.config.scales.clone(),
+            stride: spec.config.stride,
+            threshold,
+            threshold_source,
+            colour_range: bank::colour_range(calib.as_ref()),
+            calibration: calib,
+            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            creator: concat!("winclip-edge ", env!("CARGO_PKG_VERSION")).to_string(),
+        },
+        text: prototypes,
+        references,
+        calibration_scores: scores,
+    };
+    bank.check_shapes()?;
+    Ok(bank)
+}

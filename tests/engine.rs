@@ -1,0 +1,365 @@
+//! The WinCLIP engine against an independent PyTorch reference, and the
+//! `bank` / `inspect` commands (issue #3).
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array2, ArrayD};
+use winclip_edge::bank::{Bank, FileRef};
+use winclip_edge::inspector::{build_bank, BankSpec, Inspector};
+use winclip_edge::model::{ModelPack, TextModel, VisionModel};
+
+use crate::util::{root, run, text, tiny_pack};
+
+fn fixtures() -> PathBuf {
+    root().join("tests/fixtures/winclip")
+}
+
+fn shots(k: usize) -> Vec<(FileRef, image::RgbImage)> {
+    (0..k)
+        .map(|i| {
+            let p = fixtures().join(format!("shots/{i:03}.png"));
+            let img = winclip_edge::imageio::load_rgb(&p).unwrap();
+            (
+                FileRef {
+                    name: format!("{i:03}.png"),
+                    sha256: String::new(),
+                },
+                img,
+            )
+        })
+        .collect()
+}
+
+fn load(st: &safetensors::SafeTensors<'_>, name: &str) -> ArrayD<f32> {
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let v: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    ArrayD::from_shape_vec(t.shape().to_vec(), v).unwrap()
+}
+
+fn pearson(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (
+        a.iter().map(|x| f64::from(*x)).sum::<f64>() / n,
+        b.iter().map(|x| f64::from(*x)).sum::<f64>() / n,
+    );
+    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(*x) - ma, f64::from(*y) - mb);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    ab / (aa * bb).sqrt()
+}
+
+/// (max abs diff, Pearson r) of two maps.
+fn compare(ours: &Array2<f32>, reference: &ArrayD<f32>) -> (f32, f64) {
+    assert_eq!(ours.shape(), reference.shape());
+    let a: Vec<f32> = ours.iter().copied().collect();
+    let b: Vec<f32> = reference.iter().copied().collect();
+    let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    (d, pearson(&a, &b))
+}
+
+#[test]
+fn scores_and_maps_match_the_pytorch_reference_for_0_1_2_4_shots() {
+    let pack = ModelPack::open(tiny_pack()).unwrap();
+    let vision = VisionModel::load(&pack).unwrap();
+    let text = TextModel::load(&pack).unwrap();
+    let bytes = std::fs::read(fixtures().join("tiny-reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let queries = ["good", "scratch", "hole"];
+    let mut worst = (0f32, 0f32, 0f32, 1f64);
+    for k in [0usize, 1, 2, 4] {
+        let bank = build_bank(&pack, &vision, &text, &BankSpec::new("bottle"), &shots(k), &[]).unwrap();
+        let inspector = Inspector::new(&pack, vision.clone(), bank).unwrap();
+        for (i, q) in queries.iter().enumerate() {
+            let img = winclip_edge::imageio::load_rgb(&fixtures().join(format!("queries/{q}.png"))).unwrap();
+            let ins = inspector.inspect(&img).unwrap();
+            let o = &ins.outcome;
+            let key = |s: &str| format!("k{k}.{i}.{s}");
+            let score = load(&st, &key("score"))[0];
+            let image_score = load(&st, &key("image_score"))[0];
+            assert!(
+                (o.score - score).abs() <= 1e-4,
+                "K={k} {q}: score {} vs {score}",
+                o.score
+            );
+            assert!(
+                (o.image_score - image_score).abs() <= 1e-4,
+                "K={k} {q}: image score"
+            );
+            worst.0 = worst.0.max((o.score - score).abs());
+
+            // The grid before upsampling, its parts, and the upsampled map: absolute
+            // error AND correlation, because random-weight maps are nearly flat.
+            let mut grids = vec![("grid", &o.map), ("zero_shot", &o.zero_shot)];
+            if let Some(few) = &o.few_shot {
+                grids.push(("few_shot", few));
+            }
+            for (name, ours) in grids {
+                let (d, r) = compare(ours, &load(&st, &key(name)));
+                assert!(d <= 1e-4, "K={k} {q} {name}: max abs diff {d:e}");
+                assert!(r >= 0.999, "K={k} {q} {name}: Pearson {r}");
+                worst.1 = worst.1.max(d);
+                worst.3 = worst.3.min(r);
+            }
+            let (d, r) = compare(&ins.map, &load(&st, &key("map")));
+            assert_eq!(ins.map.dim(), (240, 240));
+            assert!(d <= 1e-4, "K={k} {q} map: max abs diff {d:e}");
+            assert!(r >= 0.999, "K={k} {q} map: Pearson {r}");
+            worst.2 = worst.2.max(d);
+            worst.3 = worst.3.min(r);
+        }
+    }
+    eprintln!(
+        "tiny pack vs PyTorch reference: max |score diff| {:.2e}, max |grid diff| {:.2e}, \
+         max |240x240 map diff| {:.2e}, min Pearson r {:.6}",
+        worst.0, worst.1, worst.2, worst.3
+    );
+}
+
+fn bank_cmd(dir: &Path, extra: &[&str]) -> PathBuf {
+    let out = dir.join("b.bank");
+    let pack = tiny_pack();
+    let mut args = vec![
+        "bank",
+        "--model",
+        pack.to_str().unwrap(),
+        "--object",
+        "bottle",
+        "-o",
+    ];
+    let out_s = out.to_str().unwrap().to_string();
+    args.push(&out_s);
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    out
+}
+
+#[test]
+fn bank_then_inspect_writes_json_maps_and_heatmaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let shots = fixtures().join("shots");
+    let calib = dir.path().join("calib");
+    std::fs::create_dir(&calib).unwrap();
+    for i in 2..4 {
+        std::fs::copy(shots.join(format!("{i:03}.png")), calib.join(format!("{i}.png"))).unwrap();
+    }
+    let s0 = shots.join("000.png");
+    let s1 = shots.join("001.png");
+    let bank = bank_cmd(
+        dir.path(),
+        &[
+            "--shots",
+            s0.to_str().unwrap(),
+            s1.to_str().unwrap(),
+            "--calibrate",
+            calib.to_str().unwrap(),
+        ],
+    );
+    let b = Bank::from_bytes(&std::fs::read(&bank).unwrap()).unwrap();
+    assert_eq!(b.meta.shots, 2);
+    assert_eq!(b.meta.shot_files[1].name, "001.png");
+    assert_eq!(b.meta.calibration.as_ref().unwrap().images, 2);
+    assert_eq!(b.calibration_scores.len(), 2);
+    // The calibration rule: every calibration image passes.
+    assert!(b.calibration_scores.iter().all(|s| *s <= b.meta.threshold));
+
+    let maps = dir.path().join("maps");
+    let heat = dir.path().join("heat");
+    let q = fixtures().join("queries");
+    let o = run(&[
+        "inspect",
+        "--json",
+        "--model",
+        tiny_pack().to_str().unwrap(),
+        "--bank",
+        bank.to_str().unwrap(),
+        "--maps",
+        maps.to_str().unwrap(),
+        "--heatmaps",
+        heat.to_str().unwrap(),
+        q.join("good.png").to_str().unwrap(),
+        q.join("hole.png").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        for key in [
+            "score",
+            "threshold",
+            "image_score",
+            "fewshot_max",
+            "verdict",
+            "model",
+            "bank",
+        ] {
+            assert!(!l[key].is_null(), "missing {key}: {l}");
+        }
+        assert!(l["verdict"] == "pass" || l["verdict"] == "fail");
+        assert_eq!(l["shots"], 2);
+        for stage in [
+            "decode",
+            "preprocess",
+            "image",
+            "windows_2",
+            "windows_3",
+            "scoring",
+            "total",
+        ] {
+            assert!(l["timings_ms"][stage].as_f64().unwrap() >= 0.0, "{stage}");
+        }
+        let verdict_ok =
+            (l["score"].as_f64().unwrap() > l["threshold"].as_f64().unwrap()) == (l["verdict"] == "fail");
+        assert!(verdict_ok, "{l}");
+    }
+    // Maps: float32 .npy at 240x240, plus the 15x15 grid.
+    let m: ndarray::Array2<f32> = ndarray_npy::read_npy(maps.join("hole.npy")).unwrap();
+    assert_eq!(m.dim(), (240, 240));
+    let g: ndarray::Array2<f32> = ndarray_npy::read_npy(maps.join("hole.grid.npy")).unwrap();
+    assert_eq!(g.dim(), (15, 15));
+    let max = m.iter().copied().fold(f32::MIN, f32::max) as f64;
+    assert!((max - lines[1]["map"]["max"].as_f64().unwrap()).abs() < 1e-6);
+    // Heatmaps: the overlay at the picture's size and a thumbnail.
+    let full = image::open(heat.join("hole.jpg")).unwrap();
+    assert_eq!((full.width(), full.height()), (256, 256));
+    let thumb = image::open(heat.join("hole.thumb.jpg")).unwrap();
+    assert!(thumb.width() <= 256 && thumb.height() <= 256);
+}
+
+#[test]
+fn zero_shot_bank_uses_the_default_threshold_and_inspects() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = bank_cmd(
+        dir.path(),
+        &["--prompt-set", "anomalib", "--state", "bad soldering"],
+    );
+    let b = Bank::from_bytes(&std::fs::read(&bank).unwrap()).unwrap();
+    assert_eq!(b.meta.shots, 0);
+    assert_eq!(b.meta.threshold, 0.5);
+    assert_eq!(b.meta.prompt_set, "anomalib");
+    assert_eq!(b.meta.normal_prompts, 7 * 21);
+    assert_eq!(b.meta.anomalous_prompts, 5 * 21);
+    let q = fixtures().join("queries/good.png");
+    let o = run(&[
+        "inspect",
+        "--model",
+        tiny_pack().to_str().unwrap(),
+        "--bank",
+        bank.to_str().unwrap(),
+        q.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("good.png"));
+}
+
+#[test]
+fn a_bank_from_another_model_pack_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = bank_cmd(dir.path(), &[]);
+    let mut b = Bank::from_bytes(&std::fs::read(&bank).unwrap()).unwrap();
+    b.meta.model.id = "0123456789abcdef".into();
+    b.meta.model.name = "ViT-B-16-plus-240".into();
+    let other = dir.path().join("other.bank");
+    std::fs::write(&other, b.to_bytes().unwrap()).unwrap();
+    let q = fixtures().join("queries/good.png");
+    let o = run(&[
+        "inspect",
+        "--model",
+        tiny_pack().to_str().unwrap(),
+        "--bank",
+        other.to_str().unwrap(),
+        q.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("0123456789abcdef") && t.contains("rebuild the bank"),
+        "{t}"
+    );
+}
+
+#[test]
+fn a_truncated_bank_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = bank_cmd(dir.path(), &[]);
+    let bytes = std::fs::read(&bank).unwrap();
+    std::fs::write(&bank, &bytes[..bytes.len() / 2]).unwrap();
+    let q = fixtures().join("queries/good.png");
+    let o = run(&[
+        "inspect",
+        "--model",
+        tiny_pack().to_str().unwrap(),
+        "--bank",
+        bank.to_str().unwrap(),
+        q.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("b.bank") && t.contains("truncated"), "{t}");
+}
+
+#[test]
+fn a_corrupt_image_is_reported_and_the_others_are_still_inspected() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = bank_cmd(dir.path(), &[]);
+    let bad = dir.path().join("corrupt.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\n garbage").unwrap();
+    let q = fixtures().join("queries/good.png");
+    let o = run(&[
+        "inspect",
+        "--json",
+        "--model",
+        tiny_pack().to_str().unwrap(),
+        "--bank",
+        bank.to_str().unwrap(),
+        bad.to_str().unwrap(),
+        q.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success(), "exit status reports the error");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0]["error"].as_str().unwrap().contains("corrupt.png"));
+    assert!(lines[1]["score"].is_number());
+}
+
+#[test]
+fn synth_writes_pictures_with_matching_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "synth",
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--good",
+        "2",
+        "--bad",
+        "3",
+        "--size",
+        "64",
+        "--scene",
+        "texture",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    for i in 0..3 {
+        let img = image::open(dir.path().join(format!("bad/{i:03}.png"))).unwrap();
+        let mask = image::open(dir.path().join(format!("masks/{i:03}_mask.png")))
+            .unwrap()
+            .to_luma8();
+        assert_eq!((img.width(), img.height()), mask.dimensions());
+        assert!(mask.pixels().any(|p| p.0[0] == 255));
+    }
+    assert!(dir.path().join("good/001.png").is_file());
+}
