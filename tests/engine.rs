@@ -363,3 +363,13 @@ fn synth_writes_pictures_with_matching_masks() {
     }
     assert!(dir.path().join("good/001.png").is_file());
 }
+
+#[test]
+fn the_rust_prompt_ensemble_equals_the_one_the_references_were_made_with() {
+    let text = std::fs::read_to_string(tiny_pack().join("reference/prompts.json")).unwrap();
+    let prompts: Vec<String> = serde_json::from_str(&text).unwrap();
+    let e = winclip_edge::winclip::ensemble("bottle", winclip_edge::winclip::TemplateSet::Paper, &[]);
+    let ours: Vec<String> = e.normal.into_iter().chain(e.anomalous).collect();
+    assert_eq!(ours.len(), 242);
+    assert_eq!(&prompts[..242], &ours[..]);
+}
