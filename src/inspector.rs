@@ -27,6 +27,10 @@ pub enum Error {
     /// The bank is unusable.
     #[error(transparent)]
     Bank(#[from] bank::Error),
+    /// The score or map is not a finite number (never seen; guarded so a
+    /// verdict is never taken on NaN).
+    #[error("the anomaly score is not a finite number")]
+    NonFinite,
 }
 
 /// Pass or fail.
@@ -208,6 +212,9 @@ impl Inspector {
         let t = Instant::now();
         let outcome = self.scorer.score(&features)?;
         timings.scoring_ms = ms(t);
+        if !outcome.score.is_finite() || outcome.map.iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFinite);
+        }
         let t = Instant::now();
         let size = self.vision.architecture().image_size;
         let map = upsample::bilinear(outcome.map.view(), size, size);

@@ -6,10 +6,13 @@
 //! - [`model`]: model packs and the tract runtime (the only tract user);
 //! - [`inspector`]: image → features → scores, shared by every front end;
 //! - [`imageio`], [`fsutil`]: safe decoding, atomic files;
+//! - [`config`], [`daemon`]: the inspection service (sources, outbox, MQTT, systemd);
 //! - [`cli`]: the command-line tools built on them.
 
 pub mod bank;
 pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod fsutil;
 pub mod heatmap;
 pub mod imageio;

@@ -373,3 +373,23 @@ fn the_rust_prompt_ensemble_equals_the_one_the_references_were_made_with() {
     assert_eq!(ours.len(), 242);
     assert_eq!(&prompts[..242], &ours[..]);
 }
+
+/// Regression: a picture that is also a reference shot used to score NaN (a
+/// cosine rounded past 1 made the association negative).
+#[test]
+fn inspecting_a_reference_shot_gives_a_finite_score() {
+    let pack = ModelPack::open(tiny_pack()).unwrap();
+    let vision = VisionModel::load(&pack).unwrap();
+    let text = TextModel::load(&pack).unwrap();
+    let shots = shots(2);
+    let bank = build_bank(&pack, &vision, &text, &BankSpec::new("bottle"), &shots, &[]).unwrap();
+    let inspector = Inspector::new(&pack, vision, bank).unwrap();
+    let ins = inspector.inspect(&shots[0].1).unwrap();
+    assert!(ins.outcome.score.is_finite());
+    assert!(
+        ins.outcome.fewshot_max.unwrap().abs() < 1e-3,
+        "{:?}",
+        ins.outcome.fewshot_max
+    );
+    assert!(ins.map.iter().all(|v| v.is_finite()));
+}

@@ -1,6 +1,7 @@
 //! Command-line interface: argument types and one function per subcommand.
 
 mod bank;
+mod check_config;
 mod features;
 mod inspect;
 mod model_info;
@@ -31,6 +32,18 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the inspection daemon (what `systemctl start winclip-edge` runs).
+    Run {
+        /// Configuration file.
+        #[arg(long, default_value = "/etc/winclip-edge/config.toml")]
+        config: PathBuf,
+    },
+    /// Validate a daemon configuration and print what it resolves to.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long, default_value = "/etc/winclip-edge/config.toml")]
+        config: PathBuf,
+    },
     /// Build a bank: text prototypes, optional few-shot references (WinCLIP+), threshold.
     Bank(BankArgs),
     /// Inspect images against a bank: verdicts, scores, maps, heatmaps.
@@ -175,6 +188,8 @@ pub enum ModelCommand {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     crate::model::set_threads(cli.threads);
     match cli.command {
+        Command::Run { config } => crate::daemon::run(&config),
+        Command::CheckConfig { config } => check_config::run(&config),
         Command::Bank(a) => bank::run(bank::Args {
             model: a.model,
             spec: crate::inspector::BankSpec {

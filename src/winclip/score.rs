@@ -107,7 +107,9 @@ pub fn association(queries: ArrayView2<'_, f32>, references: ArrayView2<'_, f32>
     let sims = queries.dot(&references.t());
     sims.map_axis(Axis(1), |row| {
         let best = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        0.5 * (1.0 - best)
+        // Rounding can push a cosine of identical vectors past 1; v is ≥ 0 by
+        // definition, and a negative v would turn the harmonic aggregation into NaN.
+        (0.5 * (1.0 - best)).max(0.0)
     })
 }
 
@@ -199,6 +201,17 @@ mod tests {
         let c = arr1(&[0.5, 0.25, 0.9]);
         let m = harmonic_mean(&[a.view(), b.view(), c.view()]);
         close(m.as_slice().unwrap(), &[0.5, 3.0 / 7.0, 0.0], 1e-6);
+    }
+
+    #[test]
+    fn an_exact_reference_match_scores_zero_not_nan() {
+        // Rows whose float dot product with themselves exceeds 1 after normalising.
+        let m = normalized_rows(arr2(&[[0.1, 0.7, 0.3], [0.9, 0.2, 0.4], [0.3, 0.3, 0.3]]).view());
+        let v = association(m.view(), m.view());
+        assert!(v.iter().all(|x| *x == 0.0 || (*x > 0.0 && *x < 1e-6)), "{v:?}");
+        let set = WindowSet::new(2, 1, 1).unwrap();
+        let agg = Incidence::new(&set).harmonic(Array1::from(vec![0.0, 0.0, 0.0, 0.0]).view());
+        assert!(agg.iter().all(|x| *x == 0.0));
     }
 
     #[test]

@@ -1,0 +1,133 @@
+//! `winclip-edge check-config`: validate a configuration and show what it resolves to.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::bank::Bank;
+use crate::config::{self, After, Broker, Source};
+use crate::model::ModelPack;
+
+pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let c = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(super::EXIT_CONFIG));
+        }
+    };
+    println!("config        {}", path.display());
+    println!(
+        "station       {} (state in {})",
+        c.station.name,
+        c.station.state_dir.display()
+    );
+    println!(
+        "threads       {}",
+        if c.station.threads == 0 {
+            "one per core".to_string()
+        } else {
+            c.station.threads.to_string()
+        }
+    );
+    println!("queue         {} images", c.station.queue_capacity);
+    let m = &c.mqtt;
+    match &m.broker {
+        Broker::External { host, port } => println!(
+            "mqtt          {host}:{port}{}",
+            if m.tls.is_some() { " (TLS)" } else { "" }
+        ),
+        Broker::Embedded { listen } => println!("mqtt          embedded broker on {listen}"),
+    }
+    println!(
+        "topics        {0}/{1}/status|result|heatmap/<id>|stats",
+        m.prefix, c.station.name
+    );
+    println!("client id     {}", m.client_id);
+    if let Some(u) = &m.username {
+        let pw = match &m.password {
+            Some(config::Secret::File(p)) => format!("password from {}", p.display()),
+            Some(config::Secret::Credential(n)) => format!("password from systemd credential {n:?}"),
+            None => "no password".into(),
+        };
+        println!("credentials   user {u:?}, {pw}");
+    }
+    println!(
+        "heatmaps      {}",
+        if m.heatmap {
+            format!("{} px, JPEG quality {}", m.heatmap_side, m.heatmap_quality)
+        } else {
+            "off".into()
+        }
+    );
+    println!(
+        "stats every   {:?}; reconnect {:?}..{:?}; max packet {} bytes",
+        m.stats_interval, m.reconnect_min, m.reconnect_max, m.max_packet_bytes
+    );
+    println!(
+        "outbox        {} results / {} bytes at most",
+        c.outbox.max_entries, c.outbox.max_bytes
+    );
+    for s in &c.sources {
+        match s {
+            Source::Directory { name, path, pattern, after } => {
+                let after = match after {
+                    After::Move { done_dir, failed_dir } => {
+                        format!("move to {} / {}", done_dir.display(), failed_dir.display())
+                    }
+                    After::Delete => "delete".into(),
+                    After::Keep => "keep (recorded)".into(),
+                };
+                println!("source        {name}: directory {} pattern {} then {after}", path.display(), pattern.as_deref().unwrap_or("<images>"));
+            }
+            Source::Gpio { name, chip, line, edge, debounce, capture, .. } => println!(
+                "source        {name}: GPIO {} line {line} {edge:?} edge, debounce {debounce:?}, capture {capture:?}",
+                chip.display()
+            ),
+        }
+    }
+    // The model pack and the bank must exist and belong together.
+    let mut ok = true;
+    match ModelPack::open_unverified(&c.model.pack) {
+        Ok(pack) => {
+            println!(
+                "model pack    {} (id {}, {})",
+                c.model.pack.display(),
+                pack.id(),
+                pack.manifest().source.model
+            );
+            match std::fs::read(&c.model.bank)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| Ok(Bank::from_bytes(&b)?))
+            {
+                Ok(bank) => {
+                    let threshold = c.model.threshold.unwrap_or(bank.meta.threshold);
+                    println!(
+                        "bank          {} (id {}, {:?}, {} shots, threshold {threshold})",
+                        c.model.bank.display(),
+                        bank.id(),
+                        bank.meta.object,
+                        bank.meta.shots
+                    );
+                    if let Err(e) = bank.check_model(&crate::inspector::model_ref(&pack)) {
+                        eprintln!("error: {e}");
+                        ok = false;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: bank {}: {e:#}", c.model.bank.display());
+                    ok = false;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ok = false;
+        }
+    }
+    if ok {
+        println!("OK");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(super::EXIT_CONFIG))
+    }
+}

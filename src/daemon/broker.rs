@@ -1,0 +1,46 @@
+//! The embedded MQTT broker (rumqttd) for a standalone station without a
+//! broker of its own. Factory deployments configure `mqtt.host` instead.
+
+use std::net::SocketAddr;
+
+/// Start a broker listening on `listen` (MQTT 3.1.1) in a background thread.
+/// `max_payload` bounds message sizes (heatmaps must fit).
+pub fn start(listen: &str, max_payload: usize) -> anyhow::Result<()> {
+    let addr: SocketAddr = listen.parse()?;
+    // Fail early and clearly when the port is taken (rumqttd would only log it).
+    drop(
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| anyhow::anyhow!("embedded broker cannot listen on {addr}: {e}"))?,
+    );
+    let text = format!(
+        r#"
+id = 0
+[router]
+id = 0
+max_connections = 256
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "{addr}"
+next_connection_delay_ms = 1
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = {max_payload}
+max_inflight_count = 200
+dynamic_filters = true
+"#
+    );
+    let config: rumqttd::Config = toml::from_str(&text)?;
+    let mut broker = rumqttd::Broker::new(config);
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                log::error!("embedded MQTT broker stopped: {e}");
+            }
+        })?;
+    log::info!("embedded MQTT broker listening on {addr}");
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Counters and latency percentiles for `<prefix>/<station>/stats`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde_json::json;
+
+/// Latency samples kept for percentiles.
+const WINDOW: usize = 1000;
+
+/// Shared daemon statistics.
+#[derive(Debug)]
+pub struct Stats {
+    started: Instant,
+    /// Images inspected (pass + fail).
+    pub inspected: AtomicU64,
+    /// Verdict pass.
+    pub passed: AtomicU64,
+    /// Verdict fail.
+    pub failed: AtomicU64,
+    /// Verdict error.
+    pub errors: AtomicU64,
+    /// GPIO triggers that found the station busy.
+    pub busy_triggers: AtomicU64,
+    /// Results acknowledged by the broker.
+    pub published: AtomicU64,
+    /// Broker (re)connections.
+    pub connections: AtomicU64,
+    /// Jobs waiting for the worker.
+    pub queue_depth: AtomicUsize,
+    /// Results pending in the outbox.
+    pub outbox_pending: AtomicUsize,
+    /// Results dropped from a full outbox.
+    pub outbox_dropped: AtomicU64,
+    inspect_ms: Mutex<VecDeque<f64>>,
+    latency_ms: Mutex<VecDeque<f64>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            inspected: AtomicU64::new(0),
+            passed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            busy_triggers: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            queue_depth: AtomicUsize::new(0),
+            outbox_pending: AtomicUsize::new(0),
+            outbox_dropped: AtomicU64::new(0),
+            inspect_ms: Mutex::new(VecDeque::new()),
+            latency_ms: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
+fn push(q: &Mutex<VecDeque<f64>>, v: f64) {
+    if let Ok(mut q) = q.lock() {
+        if q.len() == WINDOW {
+            q.pop_front();
+        }
+        q.push_back(v);
+    }
+}
+
+/// Nearest-rank percentiles of the samples.
+fn percentiles(q: &Mutex<VecDeque<f64>>) -> serde_json::Value {
+    let mut v: Vec<f64> = q.lock().map(|q| q.iter().copied().collect()).unwrap_or_default();
+    if v.is_empty() {
+        return serde_json::Value::Null;
+    }
+    v.sort_by(f64::total_cmp);
+    let p = |q: f64| {
+        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        (v[rank - 1] * 10.0).round() / 10.0
+    };
+    json!({ "p50": p(0.5), "p90": p(0.9), "p99": p(0.99), "max": p(1.0), "samples": v.len() })
+}
+
+impl Stats {
+    /// Record one inspection's compute time and detection-to-result latency.
+    pub fn record_latency(&self, inspect_ms: f64, latency_ms: f64) {
+        push(&self.inspect_ms, inspect_ms);
+        push(&self.latency_ms, latency_ms);
+    }
+
+    /// The `/stats` JSON.
+    pub fn snapshot(&self, station: &str) -> serde_json::Value {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        json!({
+            "station": station,
+            "uptime_s": self.started.elapsed().as_secs(),
+            "inspected": g(&self.inspected),
+            "pass": g(&self.passed),
+            "fail": g(&self.failed),
+            "errors": g(&self.errors),
+            "busy_triggers": g(&self.busy_triggers),
+            "published": g(&self.published),
+            "connections": g(&self.connections),
+            "queue_depth": self.queue_depth.load(Ordering::Relaxed),
+            "outbox_pending": self.outbox_pending.load(Ordering::Relaxed),
+            "outbox_dropped": g(&self.outbox_dropped),
+            "inspect_ms": percentiles(&self.inspect_ms),
+            "latency_ms": percentiles(&self.latency_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let s = Stats::default();
+        for i in 1..=100 {
+            s.record_latency(f64::from(i), f64::from(i) * 2.0);
+        }
+        let snap = s.snapshot("x");
+        assert_eq!(snap["inspect_ms"]["p50"], 50.0);
+        assert_eq!(snap["inspect_ms"]["p99"], 99.0);
+        assert_eq!(snap["latency_ms"]["max"], 200.0);
+        assert!(Stats::default().snapshot("x")["latency_ms"].is_null());
+    }
+}
