@@ -2,5 +2,6 @@
 
 mod util;
 
+mod daemon;
 mod engine;
 mod model_pack;

@@ -54,3 +54,234 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A free TCP port on loopback (bound once, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `f` every 100 ms until it returns `Some`, or panic after `secs` with `what`.
+/// Only waits for events; never asserts on durations.
+pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .chain([PathBuf::from("/usr/sbin")])
+                .any(|d| d.join(program).is_file())
+        })
+        .unwrap_or(false)
+}
+
+fn require(program: &str) -> PathBuf {
+    assert!(
+        which(program),
+        "{program} is not installed: the daemon tests need a real MQTT broker and client. \
+         Install Debian's mosquitto and mosquitto-clients (tests/run does this)."
+    );
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap()
+}
+
+/// A real mosquitto broker on a private port, with persistence so a restart
+/// keeps the subscriber's session. Killed on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Mosquitto {
+    pub fn start(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut m = Self {
+            port: free_port(),
+            dir: dir.to_owned(),
+            child: None,
+        };
+        m.restart();
+        m
+    }
+
+    /// (Re)start on the same port.
+    pub fn restart(&mut self) {
+        let conf = self.dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\n",
+                self.port,
+                self.dir.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mosquitto.log"))
+            .unwrap();
+        let child = Command::new(require("mosquitto"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(20, "mosquitto to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+    }
+
+    /// Stop gracefully (SIGTERM: saves its persistence file).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One message seen by the subscriber.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: String,
+    pub retained: bool,
+    pub payload: Vec<u8>,
+}
+
+impl Message {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Client ids must be unique: two clients with one id keep kicking each other off.
+static SUBSCRIBERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// `mosquitto_sub` with a persistent QoS 1 session on `winclip/#`, writing
+/// every message (hex payload) to a file.
+pub struct Subscriber {
+    out: PathBuf,
+    child: std::process::Child,
+}
+
+impl Subscriber {
+    pub fn start(dir: &Path, port: u16, topic: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = dir.join("sub.txt");
+        let file = std::fs::File::create(&out).unwrap();
+        let child = Command::new(require("mosquitto_sub"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                topic,
+                "-q",
+                "1",
+                "-c",
+                "-i",
+            ])
+            .arg(format!(
+                "test-sub-{}-{}",
+                std::process::id(),
+                SUBSCRIBERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ))
+            .args(["-F", "%r %t %x"])
+            .stdout(file)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start mosquitto_sub");
+        // Connected and subscribed once the broker has the session: give it a moment by
+        // publishing a probe and waiting to see it.
+        let probe = format!("{}/probe", topic.trim_end_matches("/#"));
+        let s = Self { out, child };
+        wait_for(20, "the subscriber to receive a probe", || {
+            let _ = Command::new(require("mosquitto_pub"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-t",
+                    &probe,
+                    "-q",
+                    "1",
+                    "-m",
+                    "probe",
+                ])
+                .status();
+            s.messages().iter().any(|m| m.topic == probe).then_some(())
+        });
+        s
+    }
+
+    pub fn messages(&self) -> Vec<Message> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let mut parts = l.splitn(3, ' ');
+                let retained = parts.next()? == "1";
+                let topic = parts.next()?.to_string();
+                let payload = hex::decode(parts.next().unwrap_or("")).ok()?;
+                Some(Message {
+                    topic,
+                    retained,
+                    payload,
+                })
+            })
+            .collect()
+    }
+
+    /// Results (parsed JSON) received so far.
+    pub fn results(&self) -> Vec<serde_json::Value> {
+        self.messages()
+            .iter()
+            .filter(|m| m.topic.ends_with("/result"))
+            .map(Message::json)
+            .collect()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -2,6 +2,7 @@
 
 mod bank;
 mod check_config;
+mod demo;
 mod features;
 mod inspect;
 mod model_info;
@@ -32,6 +33,22 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The whole station end to end on built-in defaults: synthetic parts, the
+    /// bundled tiny model, an embedded MQTT broker, verdicts and heatmaps shown live.
+    Demo {
+        /// Model pack (default: the bundled tiny pack).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Working directory (default: a new one under the system temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Pictures to drop into the station.
+        #[arg(long, default_value_t = 24)]
+        images: usize,
+        /// Port of the embedded broker (default: a free one).
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// Run the inspection daemon (what `systemctl start winclip-edge` runs).
     Run {
         /// Configuration file.
@@ -189,6 +206,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     crate::model::set_threads(cli.threads);
     match cli.command {
         Command::Run { config } => crate::daemon::run(&config),
+        Command::Demo {
+            model,
+            dir,
+            images,
+            port,
+        } => demo::run(demo::Args {
+            model,
+            dir,
+            images,
+            port,
+        }),
         Command::CheckConfig { config } => check_config::run(&config),
         Command::Bank(a) => bank::run(bank::Args {
             model: a.model,

@@ -1,0 +1,624 @@
+//! The daemon against a real broker (Debian's mosquitto) and a real client
+//! (mosquitto_sub), with real files (issue #5). Waits poll for events with
+//! generous limits; nothing asserts on durations.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::util::{bin, free_port, root, tiny_pack, wait_for, Mosquitto, Subscriber};
+
+const STATION: &str = "st1";
+
+/// A station under test: its directories, config and process.
+struct Station {
+    dir: PathBuf,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures/winclip").join(name)
+}
+
+/// A 2-shot bank for the tiny pack, built with the real CLI.
+fn make_bank(dir: &Path) -> PathBuf {
+    let bank = dir.join("bottle.bank");
+    let o = bin()
+        .args([
+            "bank",
+            "--model",
+            tiny_pack().to_str().unwrap(),
+            "--object",
+            "bottle",
+            "-o",
+        ])
+        .arg(&bank)
+        .arg("--shots")
+        .arg(fixture("shots/000.png"))
+        .arg(fixture("shots/001.png"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    bank
+}
+
+impl Station {
+    /// Config for an external broker on `port` (None: embedded broker on a free port).
+    fn new(dir: &Path, port: Option<u16>, extra_source: &str) -> Self {
+        let bank = make_bank(dir);
+        let mqtt = match port {
+            Some(p) => format!("host = \"127.0.0.1\"\nport = {p}"),
+            None => format!("embedded_listen = \"127.0.0.1:{}\"", free_port()),
+        };
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[station]
+name = "{STATION}"
+state_dir = "{state}"
+threads = 1
+[model]
+pack = "{pack}"
+bank = "{bank}"
+[mqtt]
+{mqtt}
+stats_interval_secs = 1
+reconnect_min_ms = 100
+reconnect_max_ms = 1000
+[[source]]
+type = "directory"
+name = "cam"
+path = "{incoming}"
+{extra_source}
+"#,
+                state = dir.join("state").display(),
+                pack = tiny_pack().display(),
+                bank = bank.display(),
+                incoming = dir.join("in").display(),
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("in")).unwrap();
+        Self {
+            dir: dir.to_owned(),
+            config,
+            child: None,
+        }
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .unwrap();
+        let child = bin()
+            .env("RUST_LOG", "info")
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    fn signal(&self, s: Signal) {
+        kill(self.pid(), s).unwrap();
+    }
+
+    /// Send SIGTERM and return the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(Signal::SIGTERM);
+        let mut child = self.child.take().unwrap();
+        wait_for(60, "the daemon to exit", || child.try_wait().unwrap())
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Drop a picture the way cameras do: write a temporary name, rename into place.
+    fn drop_file(&self, from: &Path, name: &str) {
+        let tmp = self.dir.join("in").join(format!(".{name}.part"));
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("in").join(name)).unwrap();
+    }
+
+    fn done(&self) -> usize {
+        std::fs::read_dir(self.dir.join("in/done"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Station {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn file_name(r: &serde_json::Value) -> String {
+    Path::new(r["file"].as_str().unwrap_or(""))
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Distinct result files received.
+fn files_seen(sub: &Subscriber) -> HashSet<String> {
+    sub.results().iter().map(file_name).collect()
+}
+
+#[test]
+fn dropped_files_give_one_result_and_one_heatmap_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let sub = Subscriber::start(dir.path(), broker.port, "winclip/#");
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    st.start();
+    wait_for(60, "status online", || {
+        sub.messages()
+            .iter()
+            .any(|m| m.topic == format!("winclip/{STATION}/status") && m.payload == b"online")
+            .then_some(())
+    });
+    st.drop_file(&fixture("queries/good.png"), "a.png");
+    st.drop_file(&fixture("queries/hole.png"), "b.png");
+    std::fs::write(st.dir.join("in/.hidden.png"), b"ignored").unwrap();
+    std::fs::write(st.dir.join("in/notes.txt"), b"ignored").unwrap();
+    wait_for(120, "two results", || (sub.results().len() >= 2).then_some(()));
+    wait_for(60, "two heatmaps", || {
+        (sub.messages()
+            .iter()
+            .filter(|m| m.topic.contains("/heatmap/"))
+            .count()
+            >= 2)
+            .then_some(())
+    });
+
+    let results = sub.results();
+    assert_eq!(results.len(), 2, "{results:?}");
+    let heatmaps: Vec<_> = sub
+        .messages()
+        .into_iter()
+        .filter(|m| m.topic.contains("/heatmap/"))
+        .collect();
+    assert_eq!(heatmaps.len(), 2);
+    for r in &results {
+        assert_eq!(r["station"], STATION);
+        assert_eq!(r["source"], "cam");
+        assert!(r["verdict"] == "pass" || r["verdict"] == "fail", "{r}");
+        assert!(r["score"].is_number() && r["threshold"].is_number());
+        assert!(r["timings_ms"]["total"].is_number() && r["timings_ms"]["windows_3"].is_number());
+        assert!(r["model"].as_str().unwrap().len() == 16 && r["bank"].as_str().unwrap().len() == 16);
+        assert!(r["detected_at"].is_string() && r["inspected_at"].is_string());
+        // The heatmap is on a topic carrying the inspection id, and is a JPEG of the advertised size.
+        let topic = r["heatmap"]["topic"].as_str().unwrap();
+        assert_eq!(
+            topic,
+            format!("winclip/{STATION}/heatmap/{}", r["id"].as_str().unwrap())
+        );
+        let h = heatmaps
+            .iter()
+            .find(|m| m.topic == topic)
+            .expect("heatmap for result");
+        assert!(!h.retained);
+        assert_eq!(h.payload.len() as u64, r["heatmap"]["bytes"].as_u64().unwrap());
+        let img = image::load_from_memory_with_format(&h.payload, image::ImageFormat::Jpeg).unwrap();
+        assert_eq!(img.width() as u64, r["heatmap"]["width"].as_u64().unwrap());
+    }
+    let files: HashSet<_> = results.iter().map(file_name).collect();
+    assert_eq!(files, HashSet::from(["a.png".to_string(), "b.png".to_string()]));
+    wait_for(30, "files moved to done/", || (st.done() == 2).then_some(()));
+    assert!(st.dir.join("in/.hidden.png").exists() && st.dir.join("in/notes.txt").exists());
+    wait_for(30, "a stats message", || {
+        sub.messages()
+            .iter()
+            .filter(|m| m.topic.ends_with("/stats"))
+            .map(|m| m.json())
+            .find(|s| s["inspected"] == 2)
+    });
+
+    // SIGTERM: clean exit, and the retained status becomes "offline".
+    let status = st.terminate();
+    assert!(status.success(), "exit status {status:?}\n{}", st.log());
+    let statuses: Vec<_> = sub
+        .messages()
+        .into_iter()
+        .filter(|m| m.topic == format!("winclip/{STATION}/status"))
+        .collect();
+    assert_eq!(statuses.last().unwrap().payload, b"offline", "{statuses:?}");
+    let retained = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            &format!("winclip/{STATION}/status"),
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&retained.stdout).trim(), "offline");
+}
+
+#[test]
+fn a_corrupt_file_gives_an_error_result_and_the_daemon_keeps_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let sub = Subscriber::start(dir.path(), broker.port, "winclip/#");
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    st.start();
+    std::fs::write(st.dir.join("in/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    // A PNG whose data is cut off halfway.
+    let good = std::fs::read(fixture("queries/good.png")).unwrap();
+    std::fs::write(st.dir.join("in/truncated.png"), &good[..good.len() / 2]).unwrap();
+    wait_for(120, "two error results", || {
+        (sub.results().len() >= 2).then_some(())
+    });
+    st.drop_file(&fixture("queries/good.png"), "after.png");
+    wait_for(120, "a result after the corrupt files", || {
+        files_seen(&sub).contains("after.png").then_some(())
+    });
+    assert!(st.alive());
+    let results = sub.results();
+    for name in ["broken.png", "truncated.png"] {
+        let r = results.iter().find(|r| file_name(r) == name).unwrap();
+        assert_eq!(r["verdict"], "error", "{r}");
+        assert!(r["error"].as_str().unwrap().contains(name), "{r}");
+        assert!(r["heatmap"].is_null());
+    }
+    assert!(st.dir.join("in/failed/broken.png").exists() && st.dir.join("in/failed/truncated.png").exists());
+    let ok = results.iter().find(|r| file_name(r) == "after.png").unwrap();
+    assert!(ok["verdict"] == "pass" || ok["verdict"] == "fail");
+}
+
+#[test]
+fn results_produced_while_the_broker_is_down_are_delivered_after_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Mosquitto::start(&dir.path().join("broker"));
+    let sub = Subscriber::start(dir.path(), broker.port, "winclip/#");
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    st.start();
+    st.drop_file(&fixture("queries/good.png"), "before.png");
+    wait_for(120, "the first result", || {
+        files_seen(&sub).contains("before.png").then_some(())
+    });
+
+    broker.stop();
+    let names: Vec<String> = (0..4).map(|i| format!("outage{i}.png")).collect();
+    for (i, n) in names.iter().enumerate() {
+        let src = if i % 2 == 0 {
+            "queries/hole.png"
+        } else {
+            "queries/scratch.png"
+        };
+        st.drop_file(&fixture(src), n);
+    }
+    // Inspected and safely stored while the broker is away.
+    wait_for(120, "outage files inspected", || (st.done() == 5).then_some(()));
+    let pending = std::fs::read_dir(st.dir.join("state/outbox"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        });
+    assert_eq!(pending.count(), 4, "results wait in the outbox");
+
+    broker.restart();
+    wait_for(120, "every outage result delivered", || {
+        let seen = files_seen(&sub);
+        names.iter().all(|n| seen.contains(n)).then_some(())
+    });
+    wait_for(60, "the outbox to drain", || {
+        (std::fs::read_dir(st.dir.join("state/outbox")).unwrap().count() == 0).then_some(())
+    });
+    assert!(st.alive());
+    // In order: the outage results arrive in the order the files were inspected.
+    let order: Vec<String> = sub
+        .results()
+        .iter()
+        .map(file_name)
+        .filter(|n| n.starts_with("outage"))
+        .collect();
+    let mut dedup = order.clone();
+    dedup.dedup();
+    assert_eq!(dedup[..4], names[..], "{order:?}");
+}
+
+#[test]
+fn a_killed_daemon_loses_nothing_and_reinspections_keep_their_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let sub = Subscriber::start(dir.path(), broker.port, "winclip/#");
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    let names: Vec<String> = (0..6).map(|i| format!("k{i}.png")).collect();
+    for (i, n) in names.iter().enumerate() {
+        let src = ["queries/good.png", "queries/hole.png", "queries/scratch.png"][i % 3];
+        st.drop_file(&fixture(src), n);
+    }
+    st.start();
+    wait_for(120, "a first result", || {
+        (!sub.results().is_empty()).then_some(())
+    });
+    st.kill9();
+    st.start();
+    wait_for(180, "results for every file", || {
+        let seen = files_seen(&sub);
+        names.iter().all(|n| seen.contains(n)).then_some(())
+    });
+    assert!(st.alive());
+    let mut ids: HashMap<String, HashSet<String>> = HashMap::new();
+    for r in sub.results() {
+        ids.entry(file_name(&r))
+            .or_default()
+            .insert(r["id"].as_str().unwrap().to_string());
+    }
+    for n in &names {
+        assert_eq!(
+            ids[n].len(),
+            1,
+            "{n} was published under several ids: {:?}",
+            ids[n]
+        );
+    }
+    wait_for(60, "all files done", || (st.done() == names.len()).then_some(()));
+}
+
+#[test]
+fn sighup_with_a_broken_config_keeps_the_old_one_and_a_good_one_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let sub = Subscriber::start(dir.path(), broker.port, "winclip/#");
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    st.start();
+    wait_for(60, "the daemon to be ready", || {
+        st.log().contains("ready").then_some(())
+    });
+    let good_config = std::fs::read_to_string(&st.config).unwrap();
+
+    std::fs::write(
+        &st.config,
+        good_config.replace("[model]", "[model]\nthreshhold = 0.9"),
+    )
+    .unwrap();
+    st.signal(Signal::SIGHUP);
+    wait_for(60, "the reload to be refused", || {
+        st.log().contains("reload failed").then_some(())
+    });
+    assert!(st.log().contains("threshhold"), "the message names the bad key");
+    st.drop_file(&fixture("queries/good.png"), "r1.png");
+    wait_for(120, "a result with the old config", || {
+        files_seen(&sub).contains("r1.png").then_some(())
+    });
+    assert!(st.alive());
+    let r1 = sub
+        .results()
+        .into_iter()
+        .find(|r| file_name(r) == "r1.png")
+        .unwrap();
+    assert_ne!(r1["threshold"].as_f64().unwrap(), 0.123);
+
+    // A valid change applies: a new threshold.
+    std::fs::write(
+        &st.config,
+        good_config.replace("[model]", "[model]\nthreshold = 0.123"),
+    )
+    .unwrap();
+    st.signal(Signal::SIGHUP);
+    wait_for(60, "the reload", || st.log().contains("reloaded").then_some(()));
+    st.drop_file(&fixture("queries/good.png"), "r2.png");
+    wait_for(120, "a result with the new config", || {
+        files_seen(&sub).contains("r2.png").then_some(())
+    });
+    let r2 = sub
+        .results()
+        .into_iter()
+        .find(|r| file_name(r) == "r2.png")
+        .unwrap();
+    assert!((r2["threshold"].as_f64().unwrap() - 0.123).abs() < 1e-6, "{r2}");
+}
+
+#[test]
+fn without_a_broker_configured_the_embedded_one_serves_subscribers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = Station::new(dir.path(), None, "after = \"keep\"");
+    st.start();
+    let cfg = std::fs::read_to_string(&st.config).unwrap();
+    let port: u16 = cfg
+        .split("127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    wait_for(60, "the embedded broker", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let sub = Subscriber::start(dir.path(), port, "winclip/#");
+    st.drop_file(&fixture("queries/hole.png"), "e.png");
+    wait_for(120, "a result through the embedded broker", || {
+        files_seen(&sub).contains("e.png").then_some(())
+    });
+    // after = "keep": the file stays, and a restart does not inspect it again.
+    assert!(st.dir.join("in/e.png").exists());
+    assert!(st.terminate().success());
+    st.start();
+    wait_for(60, "the embedded broker again", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let sub2 = Subscriber::start(&dir.path().join("sub2"), port, "winclip/#");
+    st.drop_file(&fixture("queries/good.png"), "f.png");
+    wait_for(120, "the next file's result", || {
+        files_seen(&sub2).contains("f.png").then_some(())
+    });
+    assert!(
+        !files_seen(&sub2).contains("e.png"),
+        "e.png was inspected again after a restart"
+    );
+}
+
+#[test]
+fn check_config_reports_problems_with_key_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = Station::new(dir.path(), Some(1883), "");
+    let o = bin()
+        .args(["check-config", "--config"])
+        .arg(&st.config)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("OK"));
+    let text = std::fs::read_to_string(&st.config)
+        .unwrap()
+        .replace("stats_interval_secs = 1", "stats_interval_secs = \"often\"");
+    std::fs::write(&st.config, text).unwrap();
+    let o = bin()
+        .args(["check-config", "--config"])
+        .arg(&st.config)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("stats_interval_secs") && err.contains("line"),
+        "{err}"
+    );
+    // `run` with a bad config exits with the config exit code (systemd: RestartPreventExitStatus=2).
+    let o = bin().args(["run", "--config"]).arg(&st.config).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(root().join("systemd/winclip-edge.service")).unwrap();
+    // systemd-analyze checks that ExecStart exists: point it at the binary under test.
+    let unit = unit.replace("/usr/bin/winclip-edge", env!("CARGO_BIN_EXE_winclip-edge"));
+    let path = dir.path().join("winclip-edge.service");
+    std::fs::write(&path, unit).unwrap();
+    let o = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "systemd-analyze is not available ({e}): install Debian's systemd package (tests/run does)"
+            )
+        });
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.status.success() && out.trim().is_empty(),
+        "systemd-analyze verify:\n{out}"
+    );
+}
+
+#[test]
+fn the_daemon_speaks_the_systemd_notify_protocol() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+    st.child = Some(
+        bin()
+            .env("RUST_LOG", "info")
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "2000000")
+            .args(["run", "--config"])
+            .arg(&st.config)
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let mut seen: Vec<String> = Vec::new();
+    let recv_until = |want: &str, seen: &mut Vec<String>| {
+        wait_for(60, want, || {
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = sock.recv(&mut buf) {
+                seen.extend(String::from_utf8_lossy(&buf[..n]).lines().map(str::to_string));
+            }
+            seen.iter().any(|l| l.starts_with(want)).then_some(())
+        })
+    };
+    recv_until("READY=1", &mut seen);
+    recv_until("WATCHDOG=1", &mut seen);
+    st.signal(Signal::SIGHUP);
+    recv_until("RELOADING=1", &mut seen);
+    assert!(seen.iter().any(|l| l.starts_with("MONOTONIC_USEC=")), "{seen:?}");
+    seen.retain(|l| !l.starts_with("READY=1"));
+    recv_until("READY=1", &mut seen);
+    let status = st.terminate();
+    assert!(status.success());
+    recv_until("STOPPING=1", &mut seen);
+}
+
+#[test]
+fn the_demo_runs_the_station_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = bin()
+        .args(["demo", "--images", "4", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("4 results and 4 heatmaps received over MQTT"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path().join("received")).unwrap().count(), 4);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("incoming/done"))
+            .unwrap()
+            .count(),
+        4
+    );
+}
