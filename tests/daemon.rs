@@ -622,3 +622,50 @@ fn the_demo_runs_the_station_end_to_end() {
         4
     );
 }
+
+#[test]
+fn tls_with_a_password_from_a_file_reaches_a_locked_down_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, ca) = Mosquitto::start_tls(&dir.path().join("broker"), "station", "s3cret-pw");
+    let ca_s = ca.to_str().unwrap().to_string();
+    let sub = Subscriber::start_with(
+        dir.path(),
+        broker.port,
+        "winclip/#",
+        &["--cafile", &ca_s, "-u", "station", "-P", "s3cret-pw"],
+    );
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    let pw = dir.path().join("mqtt-password");
+    std::fs::write(&pw, "s3cret-pw\n").unwrap();
+    let cfg = std::fs::read_to_string(&st.config).unwrap().replace(
+        "[mqtt]\n",
+        &format!(
+            "[mqtt]\ntls = true\nca_file = \"{ca_s}\"\nusername = \"station\"\npassword_file = \"{}\"\n",
+            pw.display()
+        ),
+    );
+    std::fs::write(&st.config, cfg).unwrap();
+    st.start();
+    st.drop_file(&fixture("queries/good.png"), "tls.png");
+    wait_for(120, "a result over TLS", || {
+        files_seen(&sub).contains("tls.png").then_some(())
+    });
+    assert!(
+        !st.log().contains("s3cret-pw"),
+        "the password must never be logged"
+    );
+
+    // A wrong password: no connection, the daemon keeps retrying and keeps results.
+    std::fs::write(&pw, "wrong").unwrap();
+    assert!(st.terminate().success());
+    st.start();
+    st.drop_file(&fixture("queries/hole.png"), "held.png");
+    wait_for(120, "the result stored while refused", || {
+        (st.done() == 2).then_some(())
+    });
+    wait_for(60, "a refused connection in the log", || {
+        st.log().contains("MQTT connection lost").then_some(())
+    });
+    assert!(!files_seen(&sub).contains("held.png"));
+    assert!(st.alive());
+}

@@ -109,6 +109,8 @@ fn require(program: &str) -> PathBuf {
 pub struct Mosquitto {
     pub port: u16,
     dir: PathBuf,
+    /// Extra configuration lines (TLS, authentication).
+    extra: String,
     child: Option<std::process::Child>,
 }
 
@@ -118,10 +120,92 @@ impl Mosquitto {
         let mut m = Self {
             port: free_port(),
             dir: dir.to_owned(),
+            extra: String::new(),
             child: None,
         };
         m.restart();
         m
+    }
+
+    /// A broker that only speaks TLS (certificate for 127.0.0.1, signed by a CA
+    /// made here with openssl) and only accepts `user`/`password`.
+    /// Returns the broker and the CA file.
+    pub fn start_tls(dir: &Path, user: &str, password: &str) -> (Self, PathBuf) {
+        std::fs::create_dir_all(dir).unwrap();
+        let run = |args: &[&str]| {
+            let o = Command::new(require("openssl"))
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        let subj_ca = "/CN=winclip-test-ca";
+        run(&[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days",
+            "2", "-subj", subj_ca,
+        ]);
+        let san = "subjectAltName=IP:127.0.0.1";
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            san,
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-copy_extensions",
+            "copy",
+        ]);
+        let pw = dir.join("passwords");
+        let o = Command::new(require("mosquitto_passwd"))
+            .args(["-b", "-c"])
+            .arg(&pw)
+            .args([user, password])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "mosquitto_passwd: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let extra = format!(
+            "cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\npassword_file {1}\n",
+            dir.display(),
+            pw.display()
+        );
+        let mut m = Self {
+            port: free_port(),
+            dir: dir.to_owned(),
+            extra,
+            child: None,
+        };
+        m.restart();
+        (m, dir.join("ca.pem"))
     }
 
     /// (Re)start on the same port.
@@ -130,9 +214,14 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\n",
+                "listener {} 127.0.0.1\nallow_anonymous {}\npersistence true\npersistence_location {}/\nautosave_interval 1\n{}{}",
                 self.port,
-                self.dir.display()
+                self.extra.is_empty(),
+                self.dir.display(),
+                self.extra,
+                // Started as root, mosquitto drops to user "mosquitto", which cannot
+                // read the test's private directory (persistence, keys): stay root.
+                if nix::unistd::Uid::effective().is_root() { "user root\n" } else { "" },
             ),
         )
         .unwrap();
@@ -202,6 +291,11 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn start(dir: &Path, port: u16, topic: &str) -> Self {
+        Self::start_with(dir, port, topic, &[])
+    }
+
+    /// Like [`Subscriber::start`], with extra mosquitto_sub/pub arguments (TLS, credentials).
+    pub fn start_with(dir: &Path, port: u16, topic: &str, extra: &[&str]) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let out = dir.join("sub.txt");
         let file = std::fs::File::create(&out).unwrap();
@@ -224,6 +318,7 @@ impl Subscriber {
                 SUBSCRIBERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             ))
             .args(["-F", "%r %t %x"])
+            .args(extra)
             .stdout(file)
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -246,6 +341,7 @@ impl Subscriber {
                     "-m",
                     "probe",
                 ])
+                .args(extra)
                 .status();
             s.messages().iter().any(|m| m.topic == probe).then_some(())
         });
