@@ -24,32 +24,38 @@ fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures/winclip").join(name)
 }
 
-/// A 2-shot bank for the tiny pack, built with the real CLI.
-fn make_bank(dir: &Path) -> PathBuf {
-    let bank = dir.join("bottle.bank");
-    let o = bin()
-        .args([
-            "bank",
-            "--model",
-            tiny_pack().to_str().unwrap(),
-            "--object",
-            "bottle",
-            "-o",
-        ])
-        .arg(&bank)
-        .arg("--shots")
-        .arg(fixture("shots/000.png"))
-        .arg(fixture("shots/001.png"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    bank
+/// A 2-shot bank for the tiny pack, built once per test run with the real CLI
+/// (under emulation, building one per test would dominate the run).
+fn make_bank() -> PathBuf {
+    static BANK: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BANK.get_or_init(|| {
+        let bank =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("daemon-tests-{}.bank", std::process::id()));
+        let o = bin()
+            .args([
+                "bank",
+                "--model",
+                tiny_pack().to_str().unwrap(),
+                "--object",
+                "bottle",
+                "-o",
+            ])
+            .arg(&bank)
+            .arg("--shots")
+            .arg(fixture("shots/000.png"))
+            .arg(fixture("shots/001.png"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        bank
+    })
+    .clone()
 }
 
 impl Station {
     /// Config for an external broker on `port` (None: embedded broker on a free port).
     fn new(dir: &Path, port: Option<u16>, extra_source: &str) -> Self {
-        let bank = make_bank(dir);
+        let bank = make_bank();
         let mqtt = match port {
             Some(p) => format!("host = \"127.0.0.1\"\nport = {p}"),
             None => format!("embedded_listen = \"127.0.0.1:{}\"", free_port()),

@@ -20,9 +20,21 @@ pub fn tiny_pack() -> PathBuf {
     p
 }
 
-/// The winclip-edge binary built for this test run.
+/// The winclip-edge binary built for this test run. When the tests run under
+/// emulation (cross/build-aarch64.sh), `WINCLIP_TEST_RUNNER` holds the emulator
+/// command (e.g. "qemu-aarch64 -L /usr/aarch64-linux-gnu") to run it with.
 pub fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_winclip-edge"));
+    let exe = env!("CARGO_BIN_EXE_winclip-edge");
+    let runner = std::env::var("WINCLIP_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    let mut c = match words.next() {
+        Some(emulator) => {
+            let mut c = Command::new(emulator);
+            c.args(words).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
     c.env("RUST_LOG", "warn");
     c
 }
@@ -210,6 +222,16 @@ impl Mosquitto {
 
     /// (Re)start on the same port.
     pub fn restart(&mut self) {
+        assert!(
+            self.launch(),
+            "mosquitto did not start on port {}:\n{}",
+            self.port,
+            self.log()
+        );
+    }
+
+    /// Start mosquitto on `self.port`; false if it exited instead of listening.
+    fn launch(&mut self) -> bool {
         let conf = self.dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -230,18 +252,31 @@ impl Mosquitto {
             .append(true)
             .open(self.dir.join("mosquitto.log"))
             .unwrap();
-        let child = Command::new(require("mosquitto"))
+        let mut child = Command::new(require("mosquitto"))
             .arg("-c")
             .arg(&conf)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start mosquitto");
-        self.child = Some(child);
         let port = self.port;
-        wait_for(20, "mosquitto to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        // Listening, and it is our broker that listens (a port taken in between
+        // makes mosquitto exit; another test's broker could answer the connect).
+        let up = wait_for(20, "mosquitto to listen or exit", || {
+            if child.try_wait().unwrap().is_some() {
+                return Some(false);
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| true)
         });
+        self.child = Some(child);
+        up
+    }
+
+    /// The broker's log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
     }
 
     /// Stop gracefully (SIGTERM: saves its persistence file).
@@ -320,14 +355,18 @@ impl Subscriber {
             .args(["-F", "%r %t %x"])
             .args(extra)
             .stdout(file)
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("sub.err")).unwrap())
             .spawn()
             .expect("start mosquitto_sub");
         // Connected and subscribed once the broker has the session: give it a moment by
         // publishing a probe and waiting to see it.
         let probe = format!("{}/probe", topic.trim_end_matches("/#"));
         let s = Self { out, child };
-        wait_for(20, "the subscriber to receive a probe", || {
+        let what = format!(
+            "the subscriber to receive a probe (its stderr: {})",
+            dir.join("sub.err").display()
+        );
+        wait_for(30, &what, || {
             let _ = Command::new(require("mosquitto_pub"))
                 .args([
                     "-h",
