@@ -7,12 +7,16 @@
 //! - [`inspector`]: image → features → scores, shared by every front end;
 //! - [`imageio`], [`fsutil`]: safe decoding, atomic files;
 //! - [`config`], [`daemon`]: the inspection service (sources, outbox, MQTT, systemd);
+//! - [`eval`]: metrics, dataset readers and the evaluation runner;
+//! - [`bench`]: FLOP counts, medians and memory figures for `bench`;
 //! - [`cli`]: the command-line tools built on them.
 
 pub mod bank;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod eval;
 pub mod fsutil;
 pub mod heatmap;
 pub mod imageio;

@@ -4,4 +4,5 @@ mod util;
 
 mod daemon;
 mod engine;
+mod eval;
 mod model_pack;

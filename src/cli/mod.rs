@@ -1,8 +1,10 @@
 //! Command-line interface: argument types and one function per subcommand.
 
 mod bank;
+mod bench;
 mod check_config;
 mod demo;
+mod eval;
 mod features;
 mod inspect;
 mod model_info;
@@ -67,6 +69,10 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Write synthetic good and defective pictures with defect masks.
     Synth(SynthArgs),
+    /// Evaluate on MVTec-AD, VisA or a folder of parts: metrics, report, plots.
+    Eval(EvalArgs),
+    /// Time every stage on this machine: median ms, GFLOP/s, peak RSS.
+    Bench(BenchArgs),
     /// Model pack tools.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -136,6 +142,52 @@ pub struct InspectArgs {
     pub threshold: Option<f32>,
 }
 
+/// `winclip-edge eval ...`
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Model pack directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Dataset: mvtec:PATH, visa:PATH or folder:PATH.
+    #[arg(long)]
+    pub dataset: crate::eval::dataset::Spec,
+    /// Categories to evaluate (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub categories: Vec<String>,
+    /// Shot counts (0 = zero-shot).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2,4")]
+    pub shots: Vec<usize>,
+    /// Seeds (reference draws) per K > 0.
+    #[arg(long, default_value_t = 5)]
+    pub seeds: u64,
+    /// Output directory: report.md, results.json/.csv, plots; cache/ and runs/ make it resumable.
+    #[arg(short, long, default_value = "eval-out")]
+    pub out: PathBuf,
+    /// Template set: "paper" or "anomalib".
+    #[arg(long, default_value = "paper")]
+    pub prompt_set: crate::winclip::TemplateSet,
+    /// Softmax temperature.
+    #[arg(long, default_value_t = crate::winclip::DEFAULT_TAU)]
+    pub tau: f32,
+}
+
+/// `winclip-edge bench ...`
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Model pack directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Pictures to time (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub images: usize,
+    /// WinCLIP+ shot counts to time (0 = zero-shot only).
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    pub shots: Vec<usize>,
+    /// Also write the numbers as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
 /// `winclip-edge synth ...`
 #[derive(Debug, clap::Args)]
 pub struct SynthArgs {
@@ -157,6 +209,24 @@ pub struct SynthArgs {
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Directory layout to write.
+    #[arg(long, value_enum, default_value_t = SynthLayout::Folder)]
+    pub layout: SynthLayout,
+    /// Categories for the mvtec layout, as name=scene (scene: object or texture).
+    #[arg(long, value_delimiter = ',', default_value = "bottle=object,carpet=texture")]
+    pub categories: Vec<String>,
+    /// Normal training images per category (mvtec layout).
+    #[arg(long, default_value_t = 8)]
+    pub train: usize,
+}
+
+/// Layouts `synth` can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SynthLayout {
+    /// good/, bad/, masks/ (the `folder:` dataset layout).
+    Folder,
+    /// <category>/train/good, test/<defect>, ground_truth/<defect> (the `mvtec:` layout).
+    Mvtec,
 }
 
 /// `winclip-edge model ...`
@@ -203,7 +273,7 @@ pub enum ModelCommand {
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    crate::model::set_threads(cli.threads);
+    let threads = crate::model::set_threads(cli.threads);
     match cli.command {
         Command::Run { config } => crate::daemon::run(&config),
         Command::Demo {
@@ -245,7 +315,33 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             heatmaps: a.heatmaps,
             threshold: a.threshold,
         }),
-        Command::Synth(a) => synth::run(&a.out, a.scene, a.good, a.bad, a.size, a.seed),
+        Command::Synth(a) => synth::run(&a),
+        Command::Bench(a) => bench::run(bench::Args {
+            model: a.model,
+            images: a.images,
+            shots: a.shots,
+            threads,
+            json: a.json,
+        }),
+        Command::Eval(a) => eval::run(eval::Args {
+            model: a.model,
+            command: std::iter::once("winclip-edge".to_string())
+                .chain(std::env::args().skip(1))
+                .collect::<Vec<_>>()
+                .join(" "),
+            spec: crate::eval::Spec {
+                dataset: a.dataset,
+                categories: a.categories,
+                shots: a.shots,
+                seeds: a.seeds,
+                out: a.out,
+                prompt_set: a.prompt_set,
+                config: crate::winclip::Config {
+                    tau: a.tau,
+                    ..crate::winclip::Config::default()
+                },
+            },
+        }),
         Command::Model(ModelCommand::Info {
             model,
             no_verify,

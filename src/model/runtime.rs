@@ -71,7 +71,8 @@ pub(crate) fn tensor<T: Datum, D: ndarray::Dimension>(a: ndarray::Array<T, D>) -
 
 /// Use `n` threads for matrix products in every graph (tract is single-threaded
 /// by default). Call once at start-up; `0` means one per available core.
-pub fn set_threads(n: usize) {
+/// Returns the number of threads in use.
+pub fn set_threads(n: usize) -> usize {
     let n = if n == 0 {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     } else {
@@ -83,4 +84,5 @@ pub fn set_threads(n: usize) {
         tract_linalg::multithread::Executor::multithread(n)
     };
     tract_linalg::multithread::set_default_executor(executor);
+    n
 }

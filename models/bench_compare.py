@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""Side-by-side speed of one WinCLIP image: winclip-edge (tract) vs onnxruntime vs PyTorch.
+
+Runs, in this one process and one after the other on the same machine and
+thread count:
+  1. `winclip-edge bench --json` (our whole pipeline, stage by stage);
+  2. onnxruntime on the very ONNX files of the pack (embed.onnx, encoder.onnx):
+     the full image (1 x T tokens) and every window batch (196 x 5, 169 x 10);
+  3. PyTorch on the same model built by open_clip (the same weights: the pack's
+     checkpoint, pretrained tag, or random seed from its manifest), through
+     open_clip's own modules (clip_reference.py);
+and writes the ratio table to docs/benchmarks.md (or --out).
+
+Outside the product: needs the exporter's venv (models/requirements.txt).
+
+    python3 models/bench_compare.py --pack models/tiny
+    python3 models/bench_compare.py --pack /path/to/vit-b-16-plus-240 --images 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import types
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+
+def median_ms(fn, runs: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def window_batches(fmap: np.ndarray, grid: int) -> dict[int, np.ndarray]:
+    import clip_reference as ref
+
+    return {k: fmap[np.array(ref.window_indices(grid, k))] for k in (2, 3)}
+
+
+def bench_ours(binary: str, pack: str, threads: int, images: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "bench.json")
+        cmd = [binary, "--threads", str(threads), "bench", "--model", pack, "--images", str(images),
+               "--shots", "1,4", "--json", out]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+        with open(out) as f:
+            return json.load(f)
+
+
+def bench_ort(pack: str, arch: dict, pixels: np.ndarray, threads: int, runs: int) -> dict:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    embed = ort.InferenceSession(os.path.join(pack, "embed.onnx"), opts, providers=["CPUExecutionProvider"])
+    enc = ort.InferenceSession(os.path.join(pack, "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
+    e_in, t_in = embed.get_inputs()[0].name, enc.get_inputs()[0].name
+    fmap = embed.run(None, {e_in: pixels[None]})[0]
+    batches = window_batches(fmap[0], arch["grid"])
+    out = {
+        "image": median_ms(lambda: enc.run(None, {t_in: embed.run(None, {e_in: pixels[None]})[0]}), runs),
+    }
+    for k, b in batches.items():
+        out[f"windows.{k}"] = median_ms(lambda b=b: enc.run(None, {t_in: b}), runs)
+    cls = enc.run(None, {t_in: fmap})[0]
+    return out, fmap, cls
+
+
+def bench_torch(manifest: dict, checkpoint: str | None, pixels: np.ndarray, threads: int, runs: int):
+    import torch
+
+    import clip_reference as ref
+    import export
+
+    torch.set_num_threads(threads)
+    src = manifest["source"]
+    tiny = src["model"] == export.TINY_NAME
+    pretrained = src["pretrained"]
+    if pretrained == "checkpoint":
+        if not checkpoint:
+            raise SystemExit("this pack was exported from a checkpoint: pass --checkpoint PATH")
+        pretrained = checkpoint
+    ns = types.SimpleNamespace(model=src["model"], tiny=tiny, seed=src.get("seed", 0), pretrained=pretrained,
+                               save_checkpoint=None)
+    model, _ = export.build_model(ns)
+    visual = model.visual
+    grid = manifest["architecture"]["grid"]
+    x = torch.from_numpy(pixels)[None]
+    with torch.no_grad():
+        fmap = ref.token_map(visual, x)
+        idx = {k: torch.tensor(ref.window_indices(grid, k)) for k in (2, 3)}
+        out = {"image": median_ms(lambda: ref.encode_tokens(visual, ref.token_map(visual, x)), runs)}
+        for k, i in idx.items():
+            seqs = fmap[0][i]
+            out[f"windows.{k}"] = median_ms(lambda s=seqs: ref.encode_tokens(visual, s), runs)
+        cls, _ = ref.encode_tokens(visual, fmap)
+    return out, fmap.numpy(), cls.numpy()
+
+
+def versions() -> dict:
+    import onnxruntime
+    import open_clip
+    import torch
+
+    tract = "?"
+    with open(os.path.join(ROOT, "Cargo.lock"), "rb") as f:
+        lock = tomllib.load(f)
+    for p in lock.get("package", []):
+        if p["name"] == "tract-core":
+            tract = p["version"]
+    return {"tract": tract, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+            "open_clip": open_clip.__version__, "python": platform.python_version()}
+
+
+def git_commit() -> str:
+    try:
+        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return rev + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def section(pack: str, manifest: dict, ours: dict, ort_ms: dict, torch_ms: dict, threads: int, images: int,
+            agree: float) -> str:
+    stages = {s["name"]: s for s in ours["stages"]}
+    def ours_stage(prefix):
+        return next(s["median_ms"] for n, s in stages.items() if n.startswith(prefix))
+    ours_ms = {"image": ours_stage("image"), "windows.2": ours_stage("windows 2"),
+               "windows.3": ours_stage("windows 3")}
+    rows = [("full image (embed + encoder, 1 × %d)" % manifest["architecture"]["tokens"], "image"),
+            ("windows 2×2 (196 × 5)", "windows.2"), ("windows 3×3 (169 × 10)", "windows.3")]
+    forward = {name: sum(d[k] for _, k in rows) for name, d in
+               (("ours", ours_ms), ("ort", ort_ms), ("torch", torch_ms))}
+    modes = {m["name"]: m for m in ours["modes"]}
+    k4 = next((m for m in ours["modes"] if m.get("shots") == 4), None)
+    v = versions()
+    lines = [
+        f"## {manifest['source']['model']} (pack `{os.path.relpath(pack, ROOT) if pack.startswith(ROOT) else pack}`,"
+        f" id {ours['pack_id']})",
+        "",
+        f"- machine: {ours['cpu']}, {os.cpu_count()} cores, {platform.system()} {platform.release()};"
+        f" {threads} thread(s) for every engine",
+        f"- versions: winclip-edge {git_commit()} with tract {v['tract']}; onnxruntime {v['onnxruntime']};"
+        f" torch {v['torch']} with open_clip {v['open_clip']}",
+        f"- method: median of {images} runs after one warm-up per stage, all three engines in one"
+        f" `models/bench_compare.py` run on {datetime.date.today().isoformat()};"
+        f" onnxruntime and tract run the same ONNX files; PyTorch runs open_clip's modules with the same weights"
+        f" (their image embeddings agree to {agree:.1e})",
+        "",
+        "| network work per picture | winclip-edge ms | onnxruntime ms | PyTorch ms | ours / ORT | ours / PyTorch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, key in rows:
+        o, r, t = ours_ms[key], ort_ms[key], torch_ms[key]
+        lines.append(f"| {label} | {o:.1f} | {r:.1f} | {t:.1f} | {o / r:.2f} | {o / t:.2f} |")
+    o, r, t = forward["ours"], forward["ort"], forward["torch"]
+    lines.append(f"| **all forward passes of one WinCLIP picture** | **{o:.1f}** | **{r:.1f}** | **{t:.1f}** |"
+                 f" **{o / r:.2f}** | **{o / t:.2f}** |")
+    if k4:
+        lines.append(f"| winclip-edge WinCLIP+ K=4 end to end (decode excluded; preprocessing, scoring, upsampling"
+                     f" included) vs the others' forward passes | {k4['median_ms']:.1f} | {r:.1f} | {t:.1f} |"
+                     f" {k4['median_ms'] / r:.2f} | {k4['median_ms'] / t:.2f} |")
+    lines += ["", "winclip-edge per mode (from `winclip-edge bench`):", "",
+              "| mode | median ms | pictures/s | GFLOP/s |", "|---|---|---|---|"]
+    for m in modes.values():
+        gf = m["gflop"] / (m["median_ms"] / 1e3) if m["gflop"] else 0
+        lines.append(f"| {m['name']} | {m['median_ms']:.1f} | {1e3 / m['median_ms']:.2f} | {gf:.1f} |")
+    gb = lambda b: f"{b / 1e9:.2f} GB" if b else "n/a"  # noqa: E731
+    lines += ["", f"Memory (winclip-edge): RSS after loading the vision graphs {gb(ours['rss_loaded_bytes'])},"
+              f" peak while inspecting with K = 1 and 4 banks {gb(ours['peak_rss_bytes'])}.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pack", default=os.path.join(ROOT, "models/tiny"))
+    p.add_argument("--bin", default=os.path.join(ROOT, "target/release/winclip-edge"))
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--images", type=int, default=5)
+    p.add_argument("--checkpoint", help="the checkpoint a pack was exported from (pretrained = checkpoint)")
+    p.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks.md"))
+    p.add_argument("--section-only", action="store_true", help="print the section, do not touch --out")
+    args = p.parse_args(argv)
+
+    import clip_reference as ref
+
+    pack = os.path.abspath(args.pack)
+    with open(os.path.join(pack, "manifest.toml"), "rb") as f:
+        manifest = tomllib.load(f)
+    arch = manifest["architecture"]
+    ours = bench_ours(args.bin, pack, args.threads, args.images)
+    rng = np.random.default_rng(0)
+    rgb = (rng.random((256, 256, 3)) * 255).astype(np.uint8)
+    pixels = ref.preprocess(rgb, arch["image_size"]).numpy()
+    print("onnxruntime...", flush=True)
+    ort_ms, ort_fmap, ort_cls = bench_ort(pack, arch, pixels, args.threads, args.images)
+    print("PyTorch...", flush=True)
+    torch_ms, torch_fmap, torch_cls = bench_torch(manifest, args.checkpoint, pixels, args.threads, args.images)
+    agree_ort = float(np.abs(ort_cls - torch_cls).max())
+    # Same weights check: onnxruntime vs torch on the same pixels.
+    if agree_ort > 1e-3 or float(np.abs(ort_fmap - torch_fmap).max()) > 1e-3:
+        raise SystemExit(f"PyTorch and the ONNX files disagree ({agree_ort:.2e}): not the same weights")
+    text = section(pack, manifest, ours, ort_ms, torch_ms, args.threads, args.images, agree_ort)
+    print(text)
+    if args.section_only:
+        return 0
+    header = "# Benchmarks\n\nGenerated by `models/bench_compare.py`; one section per model pack, replaced on rerun.\n"
+    body = header
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            body = f.read()
+    title = text.splitlines()[0].split(" (pack")[0]
+    parts = body.split("\n## ")
+    kept = [parts[0].rstrip("\n") + "\n"] + ["## " + s.rstrip("\n") + "\n" for s in parts[1:]
+                                             if not ("## " + s).startswith(title + " (pack")]
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write("\n".join(kept + [text]))
+    print("wrote", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

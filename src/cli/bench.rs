@@ -1,0 +1,331 @@
+//! `winclip-edge bench`: time every stage of an inspection on this machine and
+//! print median milliseconds, achieved GFLOP/s and peak memory, for zero-shot
+//! classification, zero-shot with maps, and WinCLIP+ with K shots.
+//!
+//! Pictures are synthetic (a fixed seed), so runs are comparable across
+//! machines and commits. Timing happens here, never in tests.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::bench::{self, median};
+use crate::inspector;
+use crate::model::{ModelPack, TextModel, VisionModel};
+use crate::synth::{Defect, Generator, Scene};
+use crate::winclip::{self, upsample, Config, References, Scorer, TemplateSet, TextPrototypes};
+
+/// Arguments of `bench`.
+pub(crate) struct Args {
+    pub model: PathBuf,
+    pub images: usize,
+    pub shots: Vec<usize>,
+    pub threads: usize,
+    pub json: Option<PathBuf>,
+}
+
+/// One timed stage.
+#[derive(Debug, Serialize)]
+struct Stage {
+    name: String,
+    median_ms: f64,
+    gflop: f64,
+}
+
+/// One end-to-end mode.
+#[derive(Debug, Serialize)]
+struct Mode {
+    name: String,
+    shots: Option<usize>,
+    median_ms: f64,
+    gflop: f64,
+}
+
+/// Everything `bench` measured, as written by `--json`.
+#[derive(Debug, Serialize)]
+struct Report {
+    model: String,
+    pack_id: String,
+    threads: usize,
+    images: usize,
+    cpu: String,
+    load_ms: f64,
+    rss_loaded_bytes: Option<u64>,
+    peak_rss_bytes: Option<u64>,
+    stages: Vec<Stage>,
+    modes: Vec<Mode>,
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name") || l.starts_with("CPU part"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.images > 0, "--images must be at least 1");
+    let pack =
+        ModelPack::open(&args.model).with_context(|| format!("model pack {}", args.model.display()))?;
+    let arch = pack.architecture().clone();
+    let config = Config::default();
+    let max_k = args.shots.iter().copied().max().unwrap_or(0);
+
+    // Set-up the station never does at run time: text prototypes (from the bank
+    // in production). The text encoder is dropped before memory is measured.
+    let prototypes = {
+        let text = TextModel::load(&pack)?;
+        let ens = winclip::ensemble("bottle", TemplateSet::Paper, &[]);
+        TextPrototypes::from_embeddings(&text.embed(&ens.normal)?, &text.embed(&ens.anomalous)?)?
+    };
+    let peak_reset = bench::reset_peak();
+
+    let t = Instant::now();
+    let vision = VisionModel::load(&pack)?;
+    let load_ms = ms(t);
+    let rss_loaded = bench::memory().map(|m| m.rss);
+
+    let gen = Generator::new(Scene::Object, 256, 1);
+    let queries: Vec<_> = (0..args.images as u64)
+        .map(|i| {
+            let defect = (i % 2 == 1).then(|| Defect::ALL[(i as usize / 2) % Defect::ALL.len()]);
+            gen.sample(100 + i, defect).image
+        })
+        .collect();
+    let sets: Vec<_> = config
+        .scales
+        .iter()
+        .map(|&k| winclip::WindowSet::new(arch.grid, k, config.stride))
+        .collect::<Option<Vec<_>>>()
+        .context("default window scales do not fit this model's grid")?;
+
+    eprintln!("extracting {max_k} reference picture(s) and one warm-up...");
+    let mut ref_feats = Vec::with_capacity(max_k);
+    for i in 0..max_k {
+        ref_feats.push(inspector::extract(&vision, &sets, &gen.sample(i as u64, None).image)?.0);
+    }
+    let zero = Scorer::new(config.clone(), arch.grid, &prototypes, None)?;
+    let few: Vec<(usize, Scorer)> = args
+        .shots
+        .iter()
+        .filter(|&&k| k > 0)
+        .map(|&k| {
+            let refs = References::from_features(&ref_feats[..k])?;
+            Ok((
+                k,
+                Scorer::new(config.clone(), arch.grid, &prototypes, Some(&refs))?,
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    inspector::extract(&vision, &sets, &queries[0])?;
+    let text = prototypes_matrix(&prototypes);
+
+    // Per image: every stage once, every scorer once.
+    let mut pre = Vec::new();
+    let mut image = Vec::new();
+    let mut windows: Vec<Vec<f64>> = vec![Vec::new(); sets.len()];
+    let mut cls = Vec::new();
+    let mut score0 = Vec::new();
+    let mut up = Vec::new();
+    let mut score_k: Vec<Vec<f64>> = vec![Vec::new(); few.len()];
+    for (i, q) in queries.iter().enumerate() {
+        eprintln!("image {}/{}", i + 1, queries.len());
+        let (f, timings) = inspector::extract(&vision, &sets, q)?;
+        pre.push(timings.preprocess_ms);
+        image.push(timings.image_ms);
+        for (w, (_, t)) in windows.iter_mut().zip(&timings.windows_ms) {
+            w.push(*t);
+        }
+        let t = Instant::now();
+        let emb = f.embedding.view().insert_axis(ndarray::Axis(0));
+        std::hint::black_box(winclip::score::class_scores(emb, text.view(), config.tau));
+        cls.push(ms(t));
+        let t = Instant::now();
+        let o = zero.score(&f)?;
+        score0.push(ms(t));
+        let t = Instant::now();
+        std::hint::black_box(upsample::bilinear(o.map.view(), arch.image_size, arch.image_size));
+        up.push(ms(t));
+        for (s, (_, scorer)) in score_k.iter_mut().zip(&few) {
+            let t = Instant::now();
+            std::hint::black_box(scorer.score(&f)?);
+            s.push(ms(t));
+        }
+    }
+    let peak = bench::memory().map(|m| m.peak).filter(|_| peak_reset);
+
+    let med = |v: &[f64]| median(v).unwrap_or(f64::NAN);
+    let sum_per_image = |parts: &[&[f64]]| -> Vec<f64> {
+        (0..queries.len())
+            .map(|i| parts.iter().map(|p| p[i]).sum())
+            .collect()
+    };
+    let g = 1e-9;
+    let image_gflop = (bench::embed_flops(&arch) + bench::encoder_flops(&arch, 1, arch.tokens)) * g;
+    let window_gflop: Vec<f64> = sets
+        .iter()
+        .map(|s| bench::encoder_flops(&arch, s.len(), s.seq_len()) * g)
+        .collect();
+    let mut stages = vec![
+        Stage {
+            name: "preprocess".into(),
+            median_ms: med(&pre),
+            gflop: 0.0,
+        },
+        Stage {
+            name: format!("image: embed + encoder (1 × {})", arch.tokens),
+            median_ms: med(&image),
+            gflop: image_gflop,
+        },
+    ];
+    for ((s, w), gf) in sets.iter().zip(&windows).zip(&window_gflop) {
+        stages.push(Stage {
+            name: format!("windows {0}×{0} ({1} × {2})", s.scale(), s.len(), s.seq_len()),
+            median_ms: med(w),
+            gflop: *gf,
+        });
+    }
+    stages.push(Stage {
+        name: "scoring: class score only".into(),
+        median_ms: med(&cls),
+        gflop: 0.0,
+    });
+    stages.push(Stage {
+        name: "scoring: zero-shot maps".into(),
+        median_ms: med(&score0),
+        gflop: 0.0,
+    });
+    for ((k, _), s) in few.iter().zip(&score_k) {
+        stages.push(Stage {
+            name: format!("scoring: WinCLIP+ K={k}"),
+            median_ms: med(s),
+            gflop: 0.0,
+        });
+    }
+    stages.push(Stage {
+        name: "upsample map".into(),
+        median_ms: med(&up),
+        gflop: 0.0,
+    });
+
+    let all_windows: Vec<&[f64]> = windows.iter().map(Vec::as_slice).collect();
+    let maps_gflop = image_gflop + window_gflop.iter().sum::<f64>();
+    let mut modes = vec![Mode {
+        name: "zero-shot classification (one forward)".into(),
+        shots: None,
+        median_ms: med(&sum_per_image(&[&pre, &image, &cls])),
+        gflop: image_gflop,
+    }];
+    let with_maps = |score: &[f64]| {
+        let mut parts: Vec<&[f64]> = vec![&pre, &image, &up];
+        parts.extend(all_windows.iter().copied());
+        parts.push(score);
+        med(&sum_per_image(&parts))
+    };
+    modes.push(Mode {
+        name: "zero-shot with maps".into(),
+        shots: Some(0),
+        median_ms: with_maps(&score0),
+        gflop: maps_gflop,
+    });
+    for ((k, _), s) in few.iter().zip(&score_k) {
+        modes.push(Mode {
+            name: format!("WinCLIP+ K={k}"),
+            shots: Some(*k),
+            median_ms: with_maps(s),
+            gflop: maps_gflop,
+        });
+    }
+
+    let report = Report {
+        model: pack.manifest().source.model.clone(),
+        pack_id: pack.id().to_string(),
+        threads: args.threads,
+        images: queries.len(),
+        cpu: cpu_name(),
+        load_ms,
+        rss_loaded_bytes: rss_loaded,
+        peak_rss_bytes: peak,
+        stages,
+        modes,
+    };
+    print_report(&report);
+    if let Some(path) = &args.json {
+        crate::fsutil::write_atomic(path, &serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The two prototypes as rows (normal, anomalous), normalised as the scorer uses them.
+fn prototypes_matrix(p: &TextPrototypes) -> ndarray::Array2<f32> {
+    let mut t = ndarray::Array2::zeros((2, p.normal.len()));
+    t.row_mut(0).assign(&winclip::score::normalized(p.normal.view()));
+    t.row_mut(1)
+        .assign(&winclip::score::normalized(p.anomalous.view()));
+    t
+}
+
+fn gflops(gflop: f64, ms: f64) -> String {
+    if gflop > 0.0 && ms > 0.0 {
+        format!("{:.1}", gflop / (ms / 1e3))
+    } else {
+        "–".into()
+    }
+}
+
+fn gb(bytes: Option<u64>) -> String {
+    bytes.map_or("n/a".into(), |b| format!("{:.2} GB", b as f64 / 1e9))
+}
+
+fn print_report(r: &Report) {
+    println!(
+        "winclip-edge bench: {} (pack {}), {} thread(s), {} picture(s) after one warm-up, {}",
+        r.model, r.pack_id, r.threads, r.images, r.cpu
+    );
+    println!(
+        "\n{:<40} {:>11} {:>9} {:>9}",
+        "stage", "median ms", "GFLOP", "GFLOP/s"
+    );
+    for s in &r.stages {
+        println!(
+            "{:<40} {:>11.2} {:>9.1} {:>9}",
+            s.name,
+            s.median_ms,
+            s.gflop,
+            gflops(s.gflop, s.median_ms)
+        );
+    }
+    println!(
+        "\n{:<40} {:>11} {:>9} {:>9}",
+        "mode (per picture)", "median ms", "pics/s", "GFLOP/s"
+    );
+    for m in &r.modes {
+        println!(
+            "{:<40} {:>11.2} {:>9.2} {:>9}",
+            m.name,
+            m.median_ms,
+            1e3 / m.median_ms,
+            gflops(m.gflop, m.median_ms)
+        );
+    }
+    println!(
+        "\nvision graphs loaded in {:.0} ms; RSS after loading {}; peak RSS while inspecting {} \
+         (text encoder excluded: prototypes come from the bank on a station)",
+        r.load_ms,
+        gb(r.rss_loaded_bytes),
+        gb(r.peak_rss_bytes)
+    );
+}

@@ -1,0 +1,232 @@
+//! Evaluation (issue #4): metrics against scikit-learn, and `eval` end to end.
+
+use std::path::Path;
+
+use winclip_edge::eval::metrics;
+
+use crate::util::{root, run, text, tiny_pack};
+
+fn fixture() -> serde_json::Value {
+    let path = root().join("tests/fixtures/metrics/metrics.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn f32s(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn bools(v: &serde_json::Value) -> Vec<bool> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_bool().unwrap())
+        .collect()
+}
+
+fn check(name: &str, what: &str, ours: Result<f64, metrics::Error>, want: &serde_json::Value) {
+    match (ours, want.as_f64()) {
+        (Ok(v), Some(w)) => assert!((v - w).abs() < 1e-9, "{name} {what}: {v} vs scikit-learn {w}"),
+        (Err(metrics::Error::Undefined { .. }), None) => {}
+        (o, w) => panic!("{name} {what}: ours {o:?}, scikit-learn {w:?}"),
+    }
+}
+
+#[test]
+fn image_metrics_match_scikit_learn_including_ties_and_one_class_cases() {
+    let f = fixture();
+    for case in f["image"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let (s, l) = (f32s(&case["scores"]), bools(&case["labels"]));
+        check(name, "AUROC", metrics::auroc(&s, &l), &case["auroc"]);
+        check(name, "AUPR", metrics::average_precision(&s, &l), &case["aupr"]);
+        check(
+            name,
+            "F1-max",
+            metrics::f1_max(&s, &l).map(|(f, _)| f),
+            &case["f1_max"],
+        );
+    }
+}
+
+#[test]
+fn pixel_metrics_match_scikit_learn_and_a_reference_pro() {
+    let p = &fixture()["pixel"];
+    let (h, w) = (
+        p["height"].as_u64().unwrap() as usize,
+        p["width"].as_u64().unwrap() as usize,
+    );
+    let maps: Vec<Vec<f32>> = p["maps"].as_array().unwrap().iter().map(f32s).collect();
+    let masks: Vec<Vec<bool>> = p["masks"].as_array().unwrap().iter().map(bools).collect();
+    let all_s: Vec<f32> = maps.concat();
+    let all_l: Vec<bool> = masks.concat();
+    check("pixel", "AUROC", metrics::auroc(&all_s, &all_l), &p["auroc"]);
+    check(
+        "pixel",
+        "F1-max",
+        metrics::f1_max(&all_s, &all_l).map(|(f, _)| f),
+        &p["f1_max"],
+    );
+    let ims: Vec<metrics::MaskedMap<'_>> = maps
+        .iter()
+        .zip(&masks)
+        .map(|(m, g)| metrics::MaskedMap {
+            map: m,
+            mask: g,
+            height: h,
+            width: w,
+        })
+        .collect();
+    check("pixel", "PRO", metrics::pro(&ims), &p["pro"]);
+}
+
+fn synth_mvtec(dir: &Path) {
+    let o = run(&[
+        "synth",
+        "--layout",
+        "mvtec",
+        "--out",
+        dir.to_str().unwrap(),
+        "--categories",
+        "bottle=object,carpet=texture",
+        "--train",
+        "4",
+        "--good",
+        "3",
+        "--bad",
+        "4",
+        "--size",
+        "96",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn eval_runs_end_to_end_writes_a_report_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("mvtec");
+    synth_mvtec(&data);
+    assert!(data.join("bottle/ground_truth/hole/001_mask.png").is_file());
+    let out = dir.path().join("out");
+    let (pack, dataset) = (tiny_pack(), format!("mvtec:{}", data.display()));
+    let args = [
+        "eval",
+        "--model",
+        pack.to_str().unwrap(),
+        "--dataset",
+        &dataset,
+        "--shots",
+        "0,1",
+        "--seeds",
+        "2",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    let o = run(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("random weights"),
+        "the report says the numbers mean nothing"
+    );
+    assert!(
+        md.contains("| 0 | image AUROC |") && md.contains("| 91.8 |"),
+        "paper column: {md}"
+    );
+    assert!(
+        md.contains("| bottle | 1 |") && md.contains("| carpet | 0 |") && md.contains("| **mean** | 1 |")
+    );
+    for f in [
+        "results.json",
+        "results.csv",
+        "image-auroc.svg",
+        "roc-bottle.svg",
+        "pr-carpet.svg",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let runs = results["runs"].as_array().unwrap();
+    assert_eq!(
+        runs.len(),
+        2 * (1 + 2),
+        "2 categories x (K=0 once + K=1 x 2 seeds)"
+    );
+    for r in runs {
+        assert!(r["metrics"]["image_auroc"].is_number(), "{r}");
+        assert!(r["metrics"]["pixel_pro"].is_number(), "{r}");
+        assert_eq!(
+            r["references"].as_array().unwrap().len(),
+            r["shots"].as_u64().unwrap() as usize
+        );
+    }
+    // Different seeds draw different references.
+    let refs: Vec<_> = runs
+        .iter()
+        .filter(|r| r["category"] == "bottle" && r["shots"] == 1)
+        .map(|r| r["references"].clone())
+        .collect();
+    assert_ne!(refs[0], refs[1]);
+    let cached = std::fs::read_dir(out.join("cache")).unwrap().count();
+    assert!(cached > 0);
+
+    // Resume: a missing run is recomputed, the others are reused as they are.
+    let kept = std::fs::read(out.join("runs/bottle/k1-s0.json")).unwrap();
+    std::fs::remove_file(out.join("runs/carpet/k1-s1.json")).unwrap();
+    let o = run(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.join("runs/carpet/k1-s1.json").is_file());
+    assert_eq!(std::fs::read(out.join("runs/bottle/k1-s0.json")).unwrap(), kept);
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(again["rows"], results["rows"], "resuming gives the same numbers");
+
+    // Other settings never mix with saved runs.
+    let o = run(&[args.as_slice(), &["--tau", "0.01"]].concat());
+    assert!(!o.status.success());
+    assert!(text(&o).contains("other settings"), "{}", text(&o));
+}
+
+#[test]
+fn dataset_problems_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("mvtec");
+    synth_mvtec(&data);
+    std::fs::remove_file(data.join("carpet/ground_truth/stain/002_mask.png")).unwrap();
+    let o = run(&[
+        "eval",
+        "--model",
+        tiny_pack().to_str().unwrap(),
+        "--dataset",
+        &format!("mvtec:{}", data.display()),
+        "--shots",
+        "0",
+        "-o",
+        dir.path().join("o").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("002_mask.png"), "{}", text(&o));
+    let o = run(&[
+        "eval",
+        "--model",
+        tiny_pack().to_str().unwrap(),
+        "--dataset",
+        &format!("mvtec:{}", data.display()),
+        "--categories",
+        "bottle",
+        "--shots",
+        "9",
+        "-o",
+        dir.path().join("o").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("9 shots asked, only 4 training images"),
+        "{}",
+        text(&o)
+    );
+}
