@@ -2,6 +2,7 @@
 
 mod util;
 
+mod bench;
 mod daemon;
 mod engine;
 mod eval;

@@ -53,6 +53,9 @@ struct Report {
     images: usize,
     cpu: String,
     load_ms: f64,
+    /// Encoder plans: input shape, packed weight matrices, of them shared.
+    encoder_plans: Vec<(Vec<usize>, usize, usize)>,
+    load_peak_rss_bytes: Option<u64>,
     rss_loaded_bytes: Option<u64>,
     peak_rss_bytes: Option<u64>,
     stages: Vec<Stage>,
@@ -95,7 +98,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let t = Instant::now();
     let vision = VisionModel::load(&pack)?;
     let load_ms = ms(t);
-    let rss_loaded = bench::memory().map(|m| m.rss);
+    let loaded = bench::memory();
+    let load_peak = loaded.map(|m| m.peak).filter(|_| peak_reset);
+    let rss_loaded = loaded.map(|m| m.rss);
+    let peak_reset = peak_reset && bench::reset_peak();
 
     let gen = Generator::new(Scene::Object, 256, 1);
     let queries: Vec<_> = (0..args.images as u64)
@@ -256,6 +262,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         images: queries.len(),
         cpu: cpu_name(),
         load_ms,
+        encoder_plans: vision.encoder_plans(),
+        load_peak_rss_bytes: load_peak,
         rss_loaded_bytes: rss_loaded,
         peak_rss_bytes: peak,
         stages,
@@ -322,10 +330,15 @@ fn print_report(r: &Report) {
         );
     }
     println!(
-        "\nvision graphs loaded in {:.0} ms; RSS after loading {}; peak RSS while inspecting {} \
-         (text encoder excluded: prototypes come from the bank on a station)",
+        "\nvision graphs loaded and planned in {:.0} ms (peak RSS while loading {}); RSS after loading {}; \
+         peak RSS while inspecting with every bank above loaded {}",
         r.load_ms,
+        gb(r.load_peak_rss_bytes),
         gb(r.rss_loaded_bytes),
         gb(r.peak_rss_bytes)
     );
+    println!("(the text encoder is not counted: on a station the prototypes come from the bank)");
+    for (shape, packed, shared) in &r.encoder_plans {
+        println!("encoder plan for {shape:?}: {packed} packed weight matrices, {shared} shared with an earlier plan");
+    }
 }

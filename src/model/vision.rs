@@ -1,9 +1,11 @@
 //! The vision side: image → token map → encoder, on the full image and on windows.
 
+use std::sync::Arc;
+
 use image::RgbImage;
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
 
-use super::runtime::{tensor, Graph};
+use super::runtime::{tensor, Graph, ShapedGraph};
 use super::{Architecture, Error, ModelPack, Preprocessor};
 use crate::winclip::WindowSet;
 
@@ -13,7 +15,7 @@ pub struct VisionModel {
     arch: Architecture,
     preprocessor: Preprocessor,
     embed: Graph,
-    encoder: Graph,
+    encoder: Arc<ShapedGraph>,
 }
 
 /// Everything WinCLIP needs from one full-image forward pass.
@@ -35,16 +37,38 @@ impl ImageFeatures {
 }
 
 impl VisionModel {
-    /// Load the image-embedding and token-encoder graphs of `pack`.
+    /// Load the image-embedding and token-encoder graphs of `pack`, with
+    /// encoder plans for the full image and the default window scales
+    /// (other scales are planned on first use).
     pub fn load(pack: &ModelPack) -> Result<Self, Error> {
         let files = &pack.manifest().files;
+        let arch = pack.architecture().clone();
+        // Window plans first: they share one copy of the packed weights, and
+        // building them before the full-image plan (which packs its weights
+        // the other way round) keeps the loading peak lower.
+        let mut shapes: Vec<Vec<usize>> = crate::winclip::DEFAULT_SCALES
+            .iter()
+            .filter_map(|&k| WindowSet::new(arch.grid, k, 1))
+            .map(|set| vec![set.len(), set.seq_len(), arch.vision_width])
+            .collect();
+        shapes.push(vec![1, arch.tokens, arch.vision_width]);
         let model = Self {
-            arch: pack.architecture().clone(),
             preprocessor: pack.preprocessor(),
             embed: Graph::load("embed", &pack.path_of(&files.embed))?,
-            encoder: Graph::load("encoder", &pack.path_of(&files.encoder))?,
+            encoder: Arc::new(ShapedGraph::load(
+                "encoder",
+                &pack.path_of(&files.encoder),
+                &shapes,
+            )?),
+            arch,
         };
         Ok(model)
+    }
+
+    /// The token encoder's plans so far, in build order: (input shape, packed
+    /// weight matrices, of them shared with an earlier plan rather than copied).
+    pub fn encoder_plans(&self) -> Vec<(Vec<usize>, usize, usize)> {
+        self.encoder.sharing()
     }
 
     /// The network's shapes.
@@ -89,7 +113,7 @@ impl VisionModel {
                 ),
             });
         }
-        let mut out = self.encoder.run(vec![tensor(tokens)])?.into_iter();
+        let mut out = self.encoder.run(tensor(tokens))?.into_iter();
         let (Some(cls), Some(toks)) = (out.next(), out.next()) else {
             return Err(Error::Shape {
                 role: "encoder",
