@@ -54,5 +54,9 @@ fn bench_reports_every_stage_mode_and_memory() {
     // The whole picture is more work than the one forward of classification.
     assert!(modes[1]["gflop"].as_f64().unwrap() > modes[0]["gflop"].as_f64().unwrap());
     assert!(r["rss_loaded_bytes"].as_u64().unwrap() > 0);
-    assert!(r["peak_rss_bytes"].as_u64().unwrap() >= r["rss_loaded_bytes"].as_u64().unwrap() / 2);
+    // The peak can only be reset where /proc/self/clear_refs is writable
+    // (not always under emulation); when it is reported it must make sense.
+    if let Some(peak) = r["peak_rss_bytes"].as_u64() {
+        assert!(peak >= r["rss_loaded_bytes"].as_u64().unwrap() / 2, "{r}");
+    }
 }

@@ -344,11 +344,16 @@ mod tests {
         let sharing = shaped.sharing();
         assert_eq!(sharing.len(), 2);
         let (_, packed, shared) = &sharing[1];
-        assert!(*packed > 0, "{sharing:?}");
-        assert_eq!(
-            packed, shared,
-            "the second window plan reuses every packed weight: {sharing:?}"
-        );
+        assert!(shared <= packed, "{sharing:?}");
+        // Which kernel (and so which packing) tract picks depends on the CPU;
+        // on x86-64 both window shapes get the same one.
+        if cfg!(target_arch = "x86_64") {
+            assert!(*packed > 0, "{sharing:?}");
+            assert_eq!(
+                packed, shared,
+                "the second window plan reuses every packed weight: {sharing:?}"
+            );
+        }
 
         let symbolic = Graph::load("encoder", &path).unwrap();
         // A planned shape and one planned on first use both agree with the symbolic graph.
