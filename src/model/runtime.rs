@@ -95,9 +95,6 @@ struct PackedKey {
     len: usize,
 }
 
-/// In a planned shape: leave this dimension symbolic.
-pub(crate) const ANY: usize = 0;
-
 /// A graph with one optimised plan per input shape.
 ///
 /// tract optimises much better when every dimension is known (measured: the
@@ -110,10 +107,20 @@ pub(crate) const ANY: usize = 0;
 pub(crate) struct ShapedGraph {
     role: &'static str,
     path: PathBuf,
-    plans: Mutex<Vec<(Vec<usize>, Arc<TypedRunnableModel>)>>,
+    plans: Mutex<Vec<Plan>>,
     packed: Mutex<HashMap<PackedKey, Arc<Blob>>>,
-    /// Per plan, in order: (shape, packed weight operands, of them shared).
-    sharing: Mutex<Vec<(Vec<usize>, usize, usize)>>,
+}
+
+/// One optimised plan and what its weights cost.
+#[derive(Debug)]
+struct Plan {
+    /// Input shape it runs.
+    shape: Vec<usize>,
+    runnable: Arc<TypedRunnableModel>,
+    /// Packed weight operands.
+    packed: usize,
+    /// Of them, shared with an earlier plan.
+    shared: usize,
 }
 
 impl ShapedGraph {
@@ -124,7 +131,6 @@ impl ShapedGraph {
             path: path.to_owned(),
             plans: Mutex::new(Vec::new()),
             packed: Mutex::new(HashMap::new()),
-            sharing: Mutex::new(Vec::new()),
         };
         if !shapes.is_empty() {
             let model = graph.decluttered()?;
@@ -135,7 +141,6 @@ impl ShapedGraph {
                 release_freed_memory();
             }
         }
-        release_freed_memory();
         Ok(graph)
     }
 
@@ -159,7 +164,6 @@ impl ShapedGraph {
         let mut subs = HashMap::new();
         for (dim, &value) in fact.shape.iter().zip(shape) {
             match dim {
-                TDim::Sym(_) if value == ANY => {}
                 TDim::Sym(sym) => {
                     subs.insert(sym.clone(), TDim::Val(value as i64));
                 }
@@ -182,16 +186,17 @@ impl ShapedGraph {
             "{} plan for {shape:?}: {packed} packed weight matrices, {shared} shared with earlier plans",
             self.role
         );
-        self.sharing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((shape.to_vec(), packed, shared));
-        let plan = optimised.into_runnable().map_err(|e| self.error(e))?;
+        let runnable = optimised.into_runnable().map_err(|e| self.error(e))?;
         self.plans
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push((shape.to_vec(), plan.clone()));
-        Ok(plan)
+            .push(Plan {
+                shape: shape.to_vec(),
+                runnable: runnable.clone(),
+                packed,
+                shared,
+            });
+        Ok(runnable)
     }
 
     /// Point every packed constant operand at an identical one already held by
@@ -250,8 +255,8 @@ impl ShapedGraph {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .find(|(s, _)| s.len() == shape.len() && s.iter().zip(shape).all(|(&p, &d)| p == ANY || p == d))
-            .map(|(_, p)| p.clone());
+            .find(|p| p.shape == shape)
+            .map(|p| p.runnable.clone());
         if let Some(plan) = known {
             return Ok(plan);
         }
@@ -269,10 +274,12 @@ impl ShapedGraph {
     /// Per plan built so far: (shape, packed weight operands, of them shared
     /// with an earlier plan).
     pub(crate) fn sharing(&self) -> Vec<(Vec<usize>, usize, usize)> {
-        self.sharing
+        self.plans
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .iter()
+            .map(|p| (p.shape.clone(), p.packed, p.shared))
+            .collect()
     }
 
     /// Run on one f32 input; return every output as f32.
