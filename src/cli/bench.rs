@@ -110,19 +110,14 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             gen.sample(100 + i, defect).image
         })
         .collect();
-    let sets: Vec<_> = config
-        .scales
-        .iter()
-        .map(|&k| winclip::WindowSet::new(arch.grid, k, config.stride))
-        .collect::<Option<Vec<_>>>()
-        .context("default window scales do not fit this model's grid")?;
+    let zero = Scorer::new(config.clone(), arch.grid, &prototypes, None)?;
+    let sets = zero.window_sets();
 
     eprintln!("extracting {max_k} reference picture(s) and one warm-up...");
     let mut ref_feats = Vec::with_capacity(max_k);
     for i in 0..max_k {
-        ref_feats.push(inspector::extract(&vision, &sets, &gen.sample(i as u64, None).image)?.0);
+        ref_feats.push(inspector::extract(&vision, sets, &gen.sample(i as u64, None).image)?.0);
     }
-    let zero = Scorer::new(config.clone(), arch.grid, &prototypes, None)?;
     let few: Vec<(usize, Scorer)> = args
         .shots
         .iter()
@@ -135,8 +130,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             ))
         })
         .collect::<anyhow::Result<_>>()?;
-    inspector::extract(&vision, &sets, &queries[0])?;
-    let text = prototypes_matrix(&prototypes);
+    inspector::extract(&vision, sets, &queries[0])?;
 
     // Per image: every stage once, every scorer once.
     let mut pre = Vec::new();
@@ -148,15 +142,14 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut score_k: Vec<Vec<f64>> = vec![Vec::new(); few.len()];
     for (i, q) in queries.iter().enumerate() {
         eprintln!("image {}/{}", i + 1, queries.len());
-        let (f, timings) = inspector::extract(&vision, &sets, q)?;
+        let (f, timings) = inspector::extract(&vision, sets, q)?;
         pre.push(timings.preprocess_ms);
         image.push(timings.image_ms);
         for (w, (_, t)) in windows.iter_mut().zip(&timings.windows_ms) {
             w.push(*t);
         }
         let t = Instant::now();
-        let emb = f.embedding.view().insert_axis(ndarray::Axis(0));
-        std::hint::black_box(winclip::score::class_scores(emb, text.view(), config.tau));
+        std::hint::black_box(zero.image_score(f.embedding.view()));
         cls.push(ms(t));
         let t = Instant::now();
         let o = zero.score(&f)?;
@@ -275,15 +268,6 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The two prototypes as rows (normal, anomalous), normalised as the scorer uses them.
-fn prototypes_matrix(p: &TextPrototypes) -> ndarray::Array2<f32> {
-    let mut t = ndarray::Array2::zeros((2, p.normal.len()));
-    t.row_mut(0).assign(&winclip::score::normalized(p.normal.view()));
-    t.row_mut(1)
-        .assign(&winclip::score::normalized(p.anomalous.view()));
-    t
 }
 
 fn gflops(gflop: f64, ms: f64) -> String {

@@ -271,6 +271,13 @@ impl Scorer {
         self.refs.is_some()
     }
 
+    /// The zero-shot image score `s_img = a(f(x))` alone: the whole of
+    /// zero-shot classification, needing one forward pass and no windows.
+    /// The embedding's width must match the prototypes ([`Scorer::score`] checks it).
+    pub fn image_score(&self, embedding: ArrayView1<'_, f32>) -> f32 {
+        score::class_scores(embedding.insert_axis(Axis(0)), self.text.view(), self.config.tau)[0]
+    }
+
     /// Score one image.
     pub fn score(&self, f: &Features) -> Result<Outcome, Error> {
         let p = self.grid * self.grid;
@@ -300,8 +307,7 @@ impl Scorer {
             )));
         }
         let tau = self.config.tau;
-        let image_score =
-            score::class_scores(f.embedding.view().insert_axis(Axis(0)), self.text.view(), tau)[0];
+        let image_score = self.image_score(f.embedding.view());
 
         // Zero-shot: harmonic mean of the image score and the aggregated window scores.
         let per_scale: Vec<Array1<f32>> = f
