@@ -149,6 +149,15 @@ fn stem(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// `<dir>/<stem>_mask.png` of a defective `image`, which must exist.
+fn mask_of(dir: &Path, image: &Path) -> Result<PathBuf, Error> {
+    let m = dir.join(format!("{}_mask.png", stem(image)));
+    if !m.is_file() {
+        return Err(layout(&m, format!("mask of {} is missing", image.display())));
+    }
+    Ok(m)
+}
+
 fn name(p: &Path) -> String {
     p.file_name()
         .map(|s| s.to_string_lossy().into_owned())
@@ -202,14 +211,7 @@ fn mvtec(root: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Listing, Error> {
             let anomalous = defect != "good";
             for image in images_in(&defect_dir)? {
                 let mask = if anomalous {
-                    let m = dir
-                        .join("ground_truth")
-                        .join(&defect)
-                        .join(format!("{}_mask.png", stem(&image)));
-                    if !m.is_file() {
-                        return Err(layout(&m, format!("mask of {} is missing", image.display())));
-                    }
-                    Some(m)
+                    Some(mask_of(&dir.join("ground_truth").join(&defect), &image)?)
                 } else {
                     None
                 };
@@ -358,12 +360,8 @@ fn folder(root: &Path) -> Result<Category, Error> {
         })
         .collect();
     for p in bad {
-        let m = masks.join(format!("{}_mask.png", stem(&p)));
         let mask = if masks.is_dir() {
-            if !m.is_file() {
-                return Err(layout(&m, format!("mask of {} is missing", p.display())));
-            }
-            Some(m)
+            Some(mask_of(&masks, &p)?)
         } else {
             None
         };
