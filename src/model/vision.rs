@@ -44,8 +44,9 @@ impl VisionModel {
         let files = &pack.manifest().files;
         let arch = pack.architecture().clone();
         // Window plans first: they share one copy of the packed weights, and
-        // building them before the full-image plan (which packs its weights
-        // the other way round) keeps the loading peak lower.
+        // building them before the full-image plan (which, having fewer rows
+        // than most weights have columns, packs those the other way round and
+        // so shares only the rest) keeps the loading peak lower.
         let mut shapes: Vec<Vec<usize>> = crate::winclip::DEFAULT_SCALES
             .iter()
             .filter_map(|&k| WindowSet::new(arch.grid, k, 1))
