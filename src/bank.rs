@@ -130,6 +130,12 @@ pub struct Calibration {
     pub map_max: f32,
     /// The σ multiplier used by the threshold rule.
     pub sigmas: f32,
+    /// How far a good part's final score rose above its prescore (the score
+    /// from the full-image pass alone), at most, plus `sigmas` standard
+    /// deviations: see [`early_exit_margin`]. Absent in banks calibrated on
+    /// fewer than [`EARLY_EXIT_MIN_IMAGES`] images or written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_exit_margin: Option<f32>,
 }
 
 /// The bank's metadata (stored as JSON in the safetensors header).
@@ -449,7 +455,14 @@ fn data_hash(tensors: &[(String, ArrayD<f32>)]) -> String {
 }
 
 /// Summarise calibration scores and grid maps; `None` without images.
-pub fn calibrate(scores: &[f32], maps: &[Array2<f32>], sigmas: f32) -> Option<Calibration> {
+/// `prescores` are the same images' scores without the window scales
+/// ([`crate::winclip::Scorer::prescore`]), for the early-exit margin.
+pub fn calibrate(
+    scores: &[f32],
+    maps: &[Array2<f32>],
+    prescores: &[f32],
+    sigmas: f32,
+) -> Option<Calibration> {
     if scores.is_empty() {
         return None;
     }
@@ -475,7 +488,32 @@ pub fn calibrate(scores: &[f32], maps: &[Array2<f32>], sigmas: f32) -> Option<Ca
         },
         map_max: values.last().copied().unwrap_or(0.0),
         sigmas,
+        early_exit_margin: early_exit_margin(scores, prescores, sigmas),
     })
+}
+
+/// Fewest calibration images for an early-exit margin: with fewer, the spread
+/// of the gaps is not estimated at all.
+pub const EARLY_EXIT_MIN_IMAGES: usize = 3;
+
+/// The early-exit margin: `max(gap) + sigmas · std(gap)` over the calibration
+/// images' gaps `score − prescore`. An image whose prescore plus this margin is
+/// at or below the threshold is passed without the window passes.
+pub fn early_exit_margin(scores: &[f32], prescores: &[f32], sigmas: f32) -> Option<f32> {
+    if scores.len() != prescores.len() || scores.len() < EARLY_EXIT_MIN_IMAGES {
+        return None;
+    }
+    let gaps: Vec<f64> = scores
+        .iter()
+        .zip(prescores)
+        .map(|(s, p)| f64::from(*s) - f64::from(*p))
+        .collect();
+    let n = gaps.len() as f64;
+    let mean = gaps.iter().sum::<f64>() / n;
+    let std = (gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let max = gaps.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let margin = (max + f64::from(sigmas) * std) as f32;
+    margin.is_finite().then_some(margin)
 }
 
 /// The calibration rule: every calibration image passes, and a normal
@@ -609,20 +647,37 @@ mod tests {
     #[test]
     fn calibration_rule_takes_the_stricter_of_max_and_three_sigma() {
         let scores = [0.50, 0.51, 0.52, 0.53, 0.54];
-        let c = calibrate(&scores, &[], 3.0).unwrap();
+        let c = calibrate(&scores, &[], &[], 3.0).unwrap();
         let t = calibrated_threshold(&c);
         let std = (0.0002f32).sqrt();
         assert!((t - (0.52 + 3.0 * std)).abs() < 1e-5, "{t}");
         // One outlier above mean + 3σ: the max wins so every calibration image passes.
-        let c = calibrate(&[0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.9], &[], 3.0).unwrap();
+        let c = calibrate(&[0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.9], &[], &[], 3.0).unwrap();
         assert_eq!(calibrated_threshold(&c), 0.9);
-        assert!(calibrate(&[], &[], 3.0).is_none());
+        assert!(calibrate(&[], &[], &[], 3.0).is_none());
+    }
+
+    #[test]
+    fn early_exit_margin_is_the_largest_gap_plus_sigmas() {
+        let scores = [0.50, 0.60, 0.70];
+        let pre = [0.45, 0.50, 0.70];
+        // Gaps 0.05, 0.10, 0.00: mean 0.05, population std sqrt(0.005/3).
+        let want = 0.10 + 3.0 * (0.005f64 / 3.0).sqrt();
+        let m = early_exit_margin(&scores, &pre, 3.0).unwrap();
+        assert!((f64::from(m) - want).abs() < 1e-6, "{m} vs {want}");
+        assert_eq!(
+            calibrate(&scores, &[], &pre, 3.0).unwrap().early_exit_margin,
+            Some(m)
+        );
+        // Too few images, or no prescores: no margin, no early exit.
+        assert_eq!(early_exit_margin(&scores[..2], &pre[..2], 3.0), None);
+        assert_eq!(calibrate(&scores, &[], &[], 3.0).unwrap().early_exit_margin, None);
     }
 
     #[test]
     fn colour_range_puts_good_parts_mid_scale() {
         let maps = vec![Array2::from_shape_vec((1, 3), vec![0.2, 0.3, 0.4]).unwrap()];
-        let c = calibrate(&[0.5], &maps, 3.0).unwrap();
+        let c = calibrate(&[0.5], &maps, &[0.4], 3.0).unwrap();
         let [lo, hi] = colour_range(Some(&c));
         assert!((lo - 0.3).abs() < 1e-6 && (hi - 0.5).abs() < 1e-6, "{lo} {hi}");
         assert_eq!(colour_range(None), [0.0, 1.0]);

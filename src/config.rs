@@ -79,6 +79,8 @@ struct RawModel {
     pack: PathBuf,
     bank: PathBuf,
     threshold: Option<f32>,
+    early_exit: Option<bool>,
+    precision: Option<crate::model::Precision>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,6 +179,10 @@ pub struct Model {
     pub bank: PathBuf,
     /// Threshold override.
     pub threshold: Option<f32>,
+    /// Early-exit cascade: pass clearly good parts from the full-image pass.
+    pub early_exit: bool,
+    /// Token encoder precision.
+    pub precision: crate::model::Precision,
 }
 
 /// Where the broker is.
@@ -432,6 +438,8 @@ fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
                 pack: resolve(base, m.pack),
                 bank: resolve(base, m.bank),
                 threshold: m.threshold,
+                early_exit: m.early_exit.unwrap_or(false),
+                precision: m.precision.unwrap_or_default(),
             }
         }
         None => {
@@ -440,6 +448,8 @@ fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
                 pack: PathBuf::new(),
                 bank: PathBuf::new(),
                 threshold: None,
+                early_exit: false,
+                precision: crate::model::Precision::F32,
             }
         }
     };
@@ -729,6 +739,20 @@ path = "/srv/drop"
     fn minimal_config_gets_defaults() {
         let c = parse_str(MINIMAL).unwrap();
         assert_eq!(c.station.name, "line1");
+        assert!(!c.model.early_exit, "early exit is opt-in");
+        assert_eq!(c.model.precision, crate::model::Precision::F32);
+        let on = parse_str(&MINIMAL.replace(
+            "bank = \"bottle.bank\"",
+            "bank = \"bottle.bank\"\nearly_exit = true\nprecision = \"f16\"",
+        ))
+        .unwrap();
+        assert!(on.model.early_exit);
+        assert_eq!(on.model.precision, crate::model::Precision::F16);
+        let bad = parse_str(&MINIMAL.replace(
+            "bank = \"bottle.bank\"",
+            "bank = \"bottle.bank\"\nprecision = \"f8\"",
+        ));
+        assert!(bad.unwrap_err().contains("precision"));
         assert_eq!(c.mqtt.prefix, "winclip");
         assert_eq!(
             c.mqtt.broker,

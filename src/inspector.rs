@@ -93,6 +93,12 @@ pub struct Inspection {
     pub map: Array2<f32>,
     /// Time per stage.
     pub timings: Timings,
+    /// Passed by the early-exit cascade from the full-image pass alone: the
+    /// window passes did not run, and `outcome` is the prescore (see
+    /// [`Scorer::prescore`]).
+    pub early_exit: bool,
+    /// The prescore, when the cascade is on.
+    pub prescore: Option<f32>,
 }
 
 fn ms(t: Instant) -> f64 {
@@ -122,27 +128,46 @@ pub fn extract(
     img: &RgbImage,
 ) -> Result<(Features, Timings), Error> {
     let mut timings = Timings::default();
+    let (mut features, token_map) = image_pass(vision, img, &mut timings)?;
+    window_passes(vision, sets, &token_map, &mut features, &mut timings)?;
+    Ok((features, timings))
+}
+
+/// Preprocessing and the full-image pass: features without windows, and the
+/// token map the window passes start from.
+fn image_pass(
+    vision: &VisionModel,
+    img: &RgbImage,
+    timings: &mut Timings,
+) -> Result<(Features, Array2<f32>), Error> {
     let t = Instant::now();
     let pixels = vision.preprocess(img);
     timings.preprocess_ms = ms(t);
     let t = Instant::now();
     let f = vision.image_features(&pixels)?;
     timings.image_ms = ms(t);
-    let mut windows = Vec::with_capacity(sets.len());
+    let patches = f.patch_features().to_owned();
+    let features = Features {
+        embedding: f.embedding,
+        patches,
+        windows: Vec::new(),
+    };
+    Ok((features, f.token_map))
+}
+
+fn window_passes(
+    vision: &VisionModel,
+    sets: &[WindowSet],
+    token_map: &Array2<f32>,
+    features: &mut Features,
+    timings: &mut Timings,
+) -> Result<(), Error> {
     for set in sets {
         let t = Instant::now();
-        windows.push(vision.window_embeddings(&f.token_map, set)?);
+        features.windows.push(vision.window_embeddings(token_map, set)?);
         timings.windows_ms.push((set.scale(), ms(t)));
     }
-    let patches = f.patch_features().to_owned();
-    Ok((
-        Features {
-            embedding: f.embedding,
-            patches,
-            windows,
-        },
-        timings,
-    ))
+    Ok(())
 }
 
 /// A vision model and a bank, ready to inspect images.
@@ -154,7 +179,17 @@ pub struct Inspector {
     bank_id: String,
     model_id: String,
     threshold: f32,
+    early_exit: Option<f32>,
 }
+
+/// Why the early-exit cascade cannot be switched on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the bank has no early-exit margin: rebuild it with at least {min} calibration images \
+     (`winclip-edge bank ... --calibration DIR`), or switch early exit off",
+    min = bank::EARLY_EXIT_MIN_IMAGES
+)]
+pub struct NoMargin;
 
 impl Inspector {
     /// Check that `bank` belongs to `pack` and prepare the scorer.
@@ -172,8 +207,31 @@ impl Inspector {
             bank_id: bank.id(),
             model_id: pack.id().to_string(),
             threshold: bank.meta.threshold,
+            early_exit: None,
             bank,
         })
+    }
+
+    /// The margin the early-exit cascade would use: none needed (0) for a
+    /// zero-shot bank, whose score is the prescore; the calibrated one otherwise.
+    pub fn early_exit_margin(&self) -> Option<f32> {
+        if self.scorer.is_few_shot() {
+            self.bank.meta.calibration.as_ref()?.early_exit_margin
+        } else {
+            Some(0.0)
+        }
+    }
+
+    /// Switch the early-exit cascade on or off. On: an image whose prescore
+    /// plus the bank's margin is at or below the threshold passes after the
+    /// full-image pass; every other image gets the full pipeline.
+    pub fn set_early_exit(&mut self, on: bool) -> Result<(), NoMargin> {
+        self.early_exit = if on {
+            Some(self.early_exit_margin().ok_or(NoMargin)?)
+        } else {
+            None
+        };
+        Ok(())
     }
 
     /// Override the bank's threshold.
@@ -208,10 +266,33 @@ impl Inspector {
 
     /// Inspect one decoded image.
     pub fn inspect(&self, img: &RgbImage) -> Result<Inspection, Error> {
-        let (features, mut timings) = extract(&self.vision, self.scorer.window_sets(), img)?;
+        let mut timings = Timings::default();
+        let (mut features, token_map) = image_pass(&self.vision, img, &mut timings)?;
+        let mut prescore = None;
+        if let Some(margin) = self.early_exit {
+            let t = Instant::now();
+            let pre = self.scorer.prescore(&features)?;
+            timings.scoring_ms = ms(t);
+            prescore = Some(pre.score);
+            if pre.score + margin <= self.threshold {
+                return self.finish(pre, timings, prescore, true);
+            }
+        }
+        let sets = self.scorer.window_sets();
+        window_passes(&self.vision, sets, &token_map, &mut features, &mut timings)?;
         let t = Instant::now();
         let outcome = self.scorer.score(&features)?;
-        timings.scoring_ms = ms(t);
+        timings.scoring_ms += ms(t);
+        self.finish(outcome, timings, prescore, false)
+    }
+
+    fn finish(
+        &self,
+        outcome: Outcome,
+        mut timings: Timings,
+        prescore: Option<f32>,
+        early_exit: bool,
+    ) -> Result<Inspection, Error> {
         if !outcome.score.is_finite() || outcome.map.iter().any(|v| !v.is_finite()) {
             return Err(Error::NonFinite);
         }
@@ -225,6 +306,8 @@ impl Inspector {
             outcome,
             map,
             timings,
+            early_exit,
+            prescore,
         })
     }
 }
@@ -287,14 +370,16 @@ pub fn build_bank(
     };
     let scorer = Scorer::new(spec.config.clone(), grid, &prototypes, references.as_ref())?;
     let mut scores = Vec::with_capacity(calibration.len());
+    let mut prescores = Vec::with_capacity(calibration.len());
     let mut maps = Vec::with_capacity(calibration.len());
     for img in calibration {
         let (f, _) = extract(vision, scorer.window_sets(), img)?;
         let o = scorer.score(&f)?;
         scores.push(o.score);
+        prescores.push(scorer.prescore(&f)?.score);
         maps.push(o.map);
     }
-    let calib = bank::calibrate(&scores, &maps, spec.sigmas);
+    let calib = bank::calibrate(&scores, &maps, &prescores, spec.sigmas);
     let (threshold, threshold_source) = match (spec.threshold, &calib) {
         (Some(t), _) => (t, ThresholdSource::Explicit),
         (None, Some(c)) => (bank::calibrated_threshold(c), ThresholdSource::Calibration),

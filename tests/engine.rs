@@ -237,6 +237,86 @@ fn bank_then_inspect_writes_json_maps_and_heatmaps() {
     assert!(thumb.width() <= 256 && thumb.height() <= 256);
 }
 
+/// A one-shot bank (shot 000) calibrated on the fixture shots `calib`.
+fn calibrated_bank(dir: &Path, calib: &[usize]) -> PathBuf {
+    let shots = fixtures().join("shots");
+    let cdir = dir.join("calib");
+    std::fs::create_dir_all(&cdir).unwrap();
+    for i in calib {
+        std::fs::copy(shots.join(format!("{i:03}.png")), cdir.join(format!("{i}.png"))).unwrap();
+    }
+    let s0 = shots.join("000.png");
+    bank_cmd(
+        dir,
+        &[
+            "--shots",
+            s0.to_str().unwrap(),
+            "--calibrate",
+            cdir.to_str().unwrap(),
+        ],
+    )
+}
+
+fn inspect_json(bank: &Path, extra: &[&str]) -> Result<serde_json::Value, String> {
+    let q = fixtures().join("queries/hole.png");
+    let mut args = vec![
+        "inspect",
+        "--json",
+        "--model",
+        tiny_pack().to_str().unwrap(),
+        "--bank",
+        bank.to_str().unwrap(),
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(q.to_str().unwrap().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = run(&args);
+    if !o.status.success() {
+        return Err(text(&o));
+    }
+    Ok(serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap())
+}
+
+#[test]
+fn early_exit_passes_clear_parts_after_one_pass_and_needs_a_calibrated_margin() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = calibrated_bank(dir.path(), &[1, 2, 3]);
+    let b = Bank::from_bytes(&std::fs::read(&bank).unwrap()).unwrap();
+    let margin = b.meta.calibration.as_ref().unwrap().early_exit_margin.unwrap();
+    assert!(margin.is_finite());
+
+    // Without --early-exit: the full pipeline, never an early exit.
+    let full = inspect_json(&bank, &[]).unwrap();
+    assert_eq!(full["early_exit"], false);
+    // Far above every score: the full-image pass decides, no window pass runs.
+    let early = inspect_json(&bank, &["--early-exit", "--threshold", "10"]).unwrap();
+    assert_eq!(early["early_exit"], true, "{early}");
+    assert_eq!(early["verdict"], "pass");
+    assert!(early["timings_ms"]["windows_2"].is_null(), "{early}");
+    assert_eq!(early["image_score"], full["image_score"]);
+    // The prescore has the same image score and no window terms.
+    let (s, pre) = (full["score"].as_f64().unwrap(), early["score"].as_f64().unwrap());
+    assert!(s.is_finite() && pre.is_finite() && s != pre, "{s} {pre}");
+    // Below every score: the prescore cannot pass it, the windows run.
+    let late = inspect_json(&bank, &["--early-exit", "--threshold=-10"]).unwrap();
+    assert_eq!(late["early_exit"], false);
+    assert_eq!(late["verdict"], "fail");
+    assert_eq!(late["score"], full["score"]);
+    assert!(late["timings_ms"]["windows_2"].as_f64().is_some());
+
+    // Two calibration images give no margin: a clear refusal, not a silent full run.
+    let dir = tempfile::tempdir().unwrap();
+    let bank = calibrated_bank(dir.path(), &[1, 2]);
+    let err = inspect_json(&bank, &["--early-exit"]).unwrap_err();
+    assert!(
+        err.contains("early-exit margin") && err.contains("3 calibration images"),
+        "{err}"
+    );
+}
+
 #[test]
 fn zero_shot_bank_uses_the_default_threshold_and_inspects() {
     let dir = tempfile::tempdir().unwrap();

@@ -25,6 +25,8 @@ pub(crate) struct Args {
     pub maps: Option<PathBuf>,
     pub heatmaps: Option<PathBuf>,
     pub threshold: Option<f32>,
+    pub early_exit: bool,
+    pub precision: crate::model::Precision,
 }
 
 /// Load a bank file with a message naming it.
@@ -37,12 +39,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let pack = ModelPack::open(&args.model)
         .with_context(|| format!("opening model pack {}", args.model.display()))?;
     let bank = load_bank(&args.bank)?;
-    let vision = VisionModel::load(&pack)?;
+    let vision = VisionModel::load_with(&pack, args.precision)?;
     let mut inspector =
         Inspector::new(&pack, vision, bank).with_context(|| format!("using bank {}", args.bank.display()))?;
     if let Some(t) = args.threshold {
         inspector.set_threshold(t);
     }
+    inspector
+        .set_early_exit(args.early_exit)
+        .with_context(|| format!("--early-exit with bank {}", args.bank.display()))?;
     for dir in [&args.maps, &args.heatmaps].into_iter().flatten() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -58,11 +63,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                     println!("{line}");
                 } else {
                     println!(
-                        "{:<4} score {:.5} (threshold {:.5})  {:>7.1} ms  {}",
+                        "{:<4} score {:.5} (threshold {:.5})  {:>7.1} ms{}  {}",
                         line["verdict"].as_str().unwrap_or("?").to_uppercase(),
                         line["score"].as_f64().unwrap_or(f64::NAN),
                         line["threshold"].as_f64().unwrap_or(f64::NAN),
                         line["timings_ms"]["total"].as_f64().unwrap_or(f64::NAN),
+                        if line["early_exit"] == true {
+                            " (early exit)"
+                        } else {
+                            ""
+                        },
                         path.display()
                     );
                 }
@@ -170,6 +180,8 @@ pub(crate) fn report(
         "threshold": ins.threshold,
         "image_score": o.image_score,
         "fewshot_max": o.fewshot_max,
+        "early_exit": ins.early_exit,
+        "prescore": ins.prescore,
         "map": {
             "max": max,
             "mean": sum / ins.map.len().max(1) as f64,

@@ -50,11 +50,19 @@ pub fn load_inspector(model: &config::Model) -> anyhow::Result<Inspector> {
     let bytes =
         std::fs::read(&model.bank).with_context(|| format!("reading bank {}", model.bank.display()))?;
     let bank = Bank::from_bytes(&bytes).with_context(|| format!("bank {}", model.bank.display()))?;
-    let vision = VisionModel::load(&pack)?;
+    let vision = VisionModel::load_with(&pack, model.precision)?;
     let mut inspector =
         Inspector::new(&pack, vision, bank).with_context(|| format!("bank {}", model.bank.display()))?;
     if let Some(t) = model.threshold {
         inspector.set_threshold(t);
+    }
+    inspector
+        .set_early_exit(model.early_exit)
+        .with_context(|| format!("model.early_exit with bank {}", model.bank.display()))?;
+    if let Some(margin) = inspector.early_exit_margin().filter(|_| model.early_exit) {
+        log::info!(
+            "early exit on: parts with prescore + {margin:.5} <= threshold pass after the full-image pass"
+        );
     }
     Ok(inspector)
 }

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 pub use manifest::{Architecture, FileEntry, Manifest, FORMAT_VERSION};
 pub use preprocess::Preprocessor;
-pub use runtime::set_threads;
+pub use runtime::{set_threads, Precision};
 pub use text::TextModel;
 pub use vision::{ImageFeatures, VisionModel};
 

@@ -71,6 +71,8 @@ fn outputs_to_arrays(
     outputs
         .iter()
         .map(|t| {
+            // f16 plans hand back f16; callers always get f32.
+            let t = t.cast_to::<f32>().map_err(|e| graph_error(role, path, e))?;
             let view = t
                 .to_plain_array_view::<f32>()
                 .map_err(|e| graph_error(role, path, e))?;
@@ -80,6 +82,30 @@ fn outputs_to_arrays(
                 .expect("IxDyn from IxDyn"))
         })
         .collect()
+}
+
+/// Arithmetic precision of the token encoder's plans.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// As exported: the reference numbers (the default).
+    #[default]
+    F32,
+    /// Half precision weights and activations (tract's `f32_to_f16`): native
+    /// f16 kernels on ARMv8.2+ (Jetson Orin, Cortex-A76 and later); elsewhere
+    /// tract emulates it, slower than f32. Maps move slightly (`bench --precision f16` measures it).
+    F16,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        })
+    }
 }
 
 /// Where to look for an identical packed weight matrix: the packing layout and
@@ -149,6 +175,7 @@ fn same_values(a: &EagerPackedInput, b: &EagerPackedInput) -> bool {
 pub(crate) struct ShapedGraph {
     role: &'static str,
     path: PathBuf,
+    precision: Precision,
     plans: Mutex<Vec<Plan>>,
     packed: Mutex<HashMap<PackedKey, Vec<EagerPackedInput>>>,
 }
@@ -167,10 +194,16 @@ struct Plan {
 
 impl ShapedGraph {
     /// Load `path` and optimise it for each shape of its first input in `shapes`.
-    pub(crate) fn load(role: &'static str, path: &Path, shapes: &[Vec<usize>]) -> Result<Self, Error> {
+    pub(crate) fn load(
+        role: &'static str,
+        path: &Path,
+        shapes: &[Vec<usize>],
+        precision: Precision,
+    ) -> Result<Self, Error> {
         let graph = Self {
             role,
             path: path.to_owned(),
+            precision,
             plans: Mutex::new(Vec::new()),
             packed: Mutex::new(HashMap::new()),
         };
@@ -190,11 +223,19 @@ impl ShapedGraph {
     }
 
     fn decluttered(&self) -> Result<TypedModel, Error> {
-        tract_onnx::onnx()
+        let model = tract_onnx::onnx()
             .model_for_path(&self.path)
             .and_then(|m| m.into_typed())
             .and_then(|m| m.into_decluttered())
-            .map_err(|e| self.error(e))
+            .map_err(|e| self.error(e))?;
+        match self.precision {
+            Precision::F32 => Ok(model),
+            Precision::F16 => tract_core::transform::get_transform("f32_to_f16")
+                .and_then(|t| t.ok_or_else(|| TractError::msg("tract has no f32_to_f16 transform")))
+                .and_then(|t| t.transform_into(model))
+                .and_then(|m| m.into_decluttered())
+                .map_err(|e| self.error(e)),
+        }
     }
 
     /// Optimise `model` for `shape` (of input 0), share packed weights, store the plan.
@@ -320,6 +361,10 @@ impl ShapedGraph {
     /// Run on one f32 input; return every output as f32.
     pub(crate) fn run(&self, input: Tensor) -> Result<Vec<ArrayD<f32>>, Error> {
         let plan = self.plan(input.shape())?;
+        let input = match self.precision {
+            Precision::F32 => input,
+            Precision::F16 => input.cast_to::<f16>().map_err(|e| self.error(e))?.into_owned(),
+        };
         let outputs = plan.run(tvec![input.into()]).map_err(|e| self.error(e))?;
         outputs_to_arrays(self.role, &self.path, outputs)
     }
@@ -383,7 +428,7 @@ mod tests {
     fn plans_share_identical_packed_weights_and_match_the_symbolic_graph() {
         let path = tiny_encoder();
         let shapes = [vec![196, 5, 64], vec![169, 10, 64], vec![1, 226, 64]];
-        let shaped = ShapedGraph::load("encoder", &path, &shapes).unwrap();
+        let shaped = ShapedGraph::load("encoder", &path, &shapes, Precision::F32).unwrap();
         let sharing = shaped.sharing();
         assert_eq!(sharing.len(), 3);
         for (_, packed, shared) in &sharing {
@@ -422,8 +467,27 @@ mod tests {
     }
 
     #[test]
+    fn an_f16_plan_takes_and_gives_f32_close_to_the_f32_plan() {
+        let shapes = [vec![3, 17, 64]];
+        let full = ShapedGraph::load("encoder", &tiny_encoder(), &shapes, Precision::F32).unwrap();
+        let half = ShapedGraph::load("encoder", &tiny_encoder(), &shapes, Precision::F16).unwrap();
+        let want = full.run(tokens(3, 17)).unwrap();
+        let got = half.run(tokens(3, 17)).unwrap();
+        for (w, g) in want.iter().zip(&got) {
+            assert_eq!(w.shape(), g.shape());
+            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = w.iter().zip(g).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            // Half precision: ~3 significant digits, not bit-equal.
+            assert!(
+                diff > 0.0 && diff < 2e-2 * scale,
+                "max diff {diff} at scale {scale}"
+            );
+        }
+    }
+
+    #[test]
     fn a_shape_that_cannot_fit_is_a_clear_error() {
-        let shaped = ShapedGraph::load("encoder", &tiny_encoder(), &[]).unwrap();
+        let shaped = ShapedGraph::load("encoder", &tiny_encoder(), &[], Precision::F32).unwrap();
         let err = shaped
             .run(tensor(ndarray::Array2::<f32>::zeros((5, 64))))
             .unwrap_err();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use image::RgbImage;
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
 
-use super::runtime::{tensor, Graph, ShapedGraph};
+use super::runtime::{tensor, Graph, Precision, ShapedGraph};
 use super::{Architecture, Error, ModelPack, Preprocessor};
 use crate::winclip::WindowSet;
 
@@ -41,6 +41,12 @@ impl VisionModel {
     /// encoder plans for the full image and the default window scales
     /// (other scales are planned on first use).
     pub fn load(pack: &ModelPack) -> Result<Self, Error> {
+        Self::load_with(pack, Precision::F32)
+    }
+
+    /// [`VisionModel::load`] with the token encoder in `precision` (the
+    /// image embedding stays f32: it is 1 % of the work).
+    pub fn load_with(pack: &ModelPack, precision: Precision) -> Result<Self, Error> {
         let files = &pack.manifest().files;
         let arch = pack.architecture().clone();
         // Window plans first: they share one copy of the packed weights, and
@@ -60,6 +66,7 @@ impl VisionModel {
                 "encoder",
                 &pack.path_of(&files.encoder),
                 &shapes,
+                precision,
             )?),
             arch,
         };

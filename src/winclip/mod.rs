@@ -280,7 +280,20 @@ impl Scorer {
 
     /// Score one image.
     pub fn score(&self, f: &Features) -> Result<Outcome, Error> {
-        let p = self.grid * self.grid;
+        self.check_windows(f)?;
+        self.outcome(f, &self.incidence)
+    }
+
+    /// The score and map without the window scales, from the full-image pass
+    /// alone (`f.windows` is not read): zero-shot `s_img` with the map `s_img`
+    /// everywhere (the zero-shot score itself, exactly); few-shot
+    /// `(s_img + max v_patch)/2` with the map `(s_img + v_patch)/2`. The first
+    /// stage of the early-exit cascade.
+    pub fn prescore(&self, f: &Features) -> Result<Outcome, Error> {
+        self.outcome(f, &[])
+    }
+
+    fn check_windows(&self, f: &Features) -> Result<(), Error> {
         if f.windows.len() != self.sets.len() {
             return Err(Error::Shape(format!(
                 "{} window scales in features, {} configured",
@@ -299,6 +312,12 @@ impl Scorer {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Score with the window scales of `incidence` (all of them, or none).
+    fn outcome(&self, f: &Features, incidence: &[Incidence]) -> Result<Outcome, Error> {
+        let p = self.grid * self.grid;
         if f.embedding.len() != self.text.ncols() {
             return Err(Error::Shape(format!(
                 "image embedding has width {}, text prototypes {}",
@@ -313,7 +332,7 @@ impl Scorer {
         let per_scale: Vec<Array1<f32>> = f
             .windows
             .iter()
-            .zip(&self.incidence)
+            .zip(incidence)
             .map(|(w, inc)| inc.harmonic(score::class_scores(w.view(), self.text.view(), tau).view()))
             .collect();
         let s_img = Array1::from_elem(p, image_score);
@@ -333,11 +352,11 @@ impl Scorer {
                 }
                 let q = score::normalized_rows(f.patches.view());
                 let mut few = score::association(q.view(), refs.patches.view());
-                for ((w, r), inc) in f.windows.iter().zip(&refs.windows).zip(&self.incidence) {
+                for ((w, r), inc) in f.windows.iter().zip(&refs.windows).zip(incidence) {
                     let q = score::normalized_rows(w.view());
                     few += &inc.harmonic(score::association(q.view(), r.view()).view());
                 }
-                few /= (1 + self.sets.len()) as f32;
+                few /= (1 + incidence.len()) as f32;
                 let max = few.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let map = (&zero_shot + &few) / 2.0;
                 ((image_score + max) / 2.0, Some(max), Some(few), map)
@@ -439,6 +458,33 @@ mod tests {
         assert!((o.score - (o.image_score + max) / 2.0).abs() < 1e-6);
         let avg = (o.zero_shot[[1, 1]] + few[[1, 1]]) / 2.0;
         assert!((o.map[[1, 1]] - avg).abs() < 1e-6);
+    }
+
+    #[test]
+    fn prescore_is_the_score_without_window_scales() {
+        // Zero-shot: the score needs no windows, so the prescore is exact.
+        let zero = Scorer::new(config(), 3, &text(), None).unwrap();
+        let f = features([1.0, 1.0], [[0.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]], 0.0);
+        let (full, pre) = (zero.score(&f).unwrap(), zero.prescore(&f).unwrap());
+        assert_eq!(pre.score, full.score);
+        assert!(pre.map.iter().all(|v| (v - full.image_score).abs() < 1e-6));
+
+        // Few-shot: patch association only, so the windows' anomaly is unseen.
+        let normal = features([1.0, 0.0], [[1.0, 0.0]; 4], 0.0);
+        let refs = References::from_features(std::slice::from_ref(&normal)).unwrap();
+        let few = Scorer::new(config(), 3, &text(), Some(&refs)).unwrap();
+        let mut odd = normal.clone();
+        odd.windows[0].row_mut(3).assign(&arr1(&[0.0, 1.0]));
+        let (full, pre) = (few.score(&odd).unwrap(), few.prescore(&odd).unwrap());
+        assert!(
+            pre.fewshot_max.unwrap().abs() < 1e-6,
+            "patches equal the reference"
+        );
+        assert!((pre.score - pre.image_score / 2.0).abs() < 1e-6);
+        assert!(full.score > pre.score + 0.05, "{} vs {}", full.score, pre.score);
+        // Windows are not read at all.
+        odd.windows.clear();
+        assert_eq!(few.prescore(&odd).unwrap().score, pre.score);
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! Pictures are synthetic (a fixed seed), so runs are comparable across
 //! machines and commits. Timing happens here, never in tests.
 
+mod precision;
+mod stream;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -14,7 +17,7 @@ use serde::Serialize;
 
 use crate::bench::{self, median};
 use crate::inspector;
-use crate::model::{ModelPack, TextModel, VisionModel};
+use crate::model::{ModelPack, Precision, TextModel, VisionModel};
 use crate::synth::{Defect, Generator, Scene};
 use crate::winclip::{self, upsample, Config, References, Scorer, TemplateSet, TextPrototypes};
 
@@ -25,6 +28,12 @@ pub(crate) struct Args {
     pub shots: Vec<usize>,
     pub threads: usize,
     pub json: Option<PathBuf>,
+    /// Pictures in the early-exit stream (0: no stream run).
+    pub stream: usize,
+    /// Good pictures the stream's bank is calibrated on.
+    pub calibration: usize,
+    /// Token encoder precision.
+    pub precision: Precision,
 }
 
 /// One timed stage.
@@ -60,6 +69,9 @@ struct Report {
     peak_rss_bytes: Option<u64>,
     stages: Vec<Stage>,
     modes: Vec<Mode>,
+    precision: Precision,
+    precision_check: Option<precision::PrecisionReport>,
+    stream: Option<stream::StreamReport>,
 }
 
 fn ms(t: Instant) -> f64 {
@@ -96,7 +108,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let peak_reset = bench::reset_peak();
 
     let t = Instant::now();
-    let vision = VisionModel::load(&pack)?;
+    let vision = VisionModel::load_with(&pack, args.precision)?;
     let load_ms = ms(t);
     let loaded = bench::memory();
     let load_peak = loaded.map(|m| m.peak).filter(|_| peak_reset);
@@ -248,6 +260,27 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
     }
 
+    let precision_check = match args.precision {
+        Precision::F32 => None,
+        p => {
+            let shots: Vec<_> = (0..max_k.max(1) as u64)
+                .map(|i| gen.sample(i, None).image)
+                .collect();
+            Some(precision::compare(
+                &pack,
+                &vision,
+                p,
+                &config,
+                &prototypes,
+                &shots,
+                &queries,
+            )?)
+        }
+    };
+    let stream = match args.stream {
+        0 => None,
+        n => Some(stream::run(&pack, &vision, n, max_k.max(1), args.calibration)?),
+    };
     let report = Report {
         model: pack.manifest().source.model.clone(),
         pack_id: pack.id().to_string(),
@@ -261,6 +294,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         peak_rss_bytes: peak,
         stages,
         modes,
+        precision: args.precision,
+        precision_check,
+        stream,
     };
     print_report(&report);
     if let Some(path) = &args.json {
@@ -284,8 +320,8 @@ fn gb(bytes: Option<u64>) -> String {
 
 fn print_report(r: &Report) {
     println!(
-        "winclip-edge bench: {} (pack {}), {} thread(s), {} picture(s) after one warm-up, {}",
-        r.model, r.pack_id, r.threads, r.images, r.cpu
+        "winclip-edge bench: {} (pack {}), {} encoder, {} thread(s), {} picture(s) after one warm-up, {}",
+        r.model, r.pack_id, r.precision, r.threads, r.images, r.cpu
     );
     println!(
         "\n{:<40} {:>11} {:>9} {:>9}",
@@ -324,5 +360,11 @@ fn print_report(r: &Report) {
     println!("(the text encoder is not counted: on a station the prototypes come from the bank)");
     for (shape, packed, shared) in &r.encoder_plans {
         println!("encoder plan for {shape:?}: {packed} packed weight matrices, {shared} shared with an earlier plan");
+    }
+    if let Some(p) = &r.precision_check {
+        precision::print(p);
+    }
+    if let Some(s) = &r.stream {
+        stream::print(s);
     }
 }
