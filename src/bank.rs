@@ -130,12 +130,10 @@ pub struct Calibration {
     pub map_max: f32,
     /// The σ multiplier used by the threshold rule.
     pub sigmas: f32,
-    /// How far a good part's final score rose above its prescore (the score
-    /// from the full-image pass alone), at most, plus `sigmas` standard
-    /// deviations: see [`early_exit_margin`]. Absent in banks calibrated on
-    /// fewer than [`EARLY_EXIT_MIN_IMAGES`] images or written before it existed.
+    /// The early-exit rule fitted on the calibration images (WinCLIP+ banks
+    /// calibrated on at least [`EARLY_EXIT_MIN_IMAGES`] images).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub early_exit_margin: Option<f32>,
+    pub early_exit: Option<EarlyExit>,
 }
 
 /// The bank's metadata (stored as JSON in the safetensors header).
@@ -455,12 +453,13 @@ fn data_hash(tensors: &[(String, ArrayD<f32>)]) -> String {
 }
 
 /// Summarise calibration scores and grid maps; `None` without images.
-/// `prescores` are the same images' scores without the window scales
-/// ([`crate::winclip::Scorer::prescore`]), for the early-exit margin.
+/// `maxima` are, per WinCLIP+ calibration image, `(max v_patch, max M_W)`:
+/// the few-shot map's maximum from the full-image pass alone and in full,
+/// for the early-exit rule (empty for zero-shot banks).
 pub fn calibrate(
     scores: &[f32],
     maps: &[Array2<f32>],
-    prescores: &[f32],
+    maxima: &[(f32, f32)],
     sigmas: f32,
 ) -> Option<Calibration> {
     if scores.is_empty() {
@@ -488,7 +487,7 @@ pub fn calibrate(
         },
         map_max: values.last().copied().unwrap_or(0.0),
         sigmas,
-        early_exit_margin: early_exit_margin(scores, prescores, sigmas),
+        early_exit: EarlyExit::fit(maxima, sigmas),
     })
 }
 
@@ -496,24 +495,66 @@ pub fn calibrate(
 /// of the gaps is not estimated at all.
 pub const EARLY_EXIT_MIN_IMAGES: usize = 3;
 
-/// The early-exit margin: `max(gap) + sigmas · std(gap)` over the calibration
-/// images' gaps `score − prescore`. An image whose prescore plus this margin is
-/// at or below the threshold is passed without the window passes.
-pub fn early_exit_margin(scores: &[f32], prescores: &[f32], sigmas: f32) -> Option<f32> {
-    if scores.len() != prescores.len() || scores.len() < EARLY_EXIT_MIN_IMAGES {
-        return None;
+/// The early-exit rule of a WinCLIP+ bank: an upper estimate of the final
+/// score from the full-image pass alone.
+///
+/// The final score is `(s_img + max M_W)/2` with `M_W = (v_patch + harm(v_2) +
+/// harm(v_3))/3`; the full-image pass gives `s_img` and `v_patch` exactly, the
+/// window terms need the window passes. On the good calibration images `max M_W`
+/// is fitted as `intercept + slope · max v_patch` (least squares; the slope is
+/// at least 1/3, because `M_W ≥ v_patch/3` everywhere), and `margin` is the
+/// largest residual plus `sigmas` standard deviations of the residuals. Then
+/// `bound = (s_img + intercept + slope · max v_patch + margin)/2`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EarlyExit {
+    /// Fitted intercept of `max M_W`.
+    pub intercept: f32,
+    /// Fitted slope of `max M_W` on `max v_patch` (≥ 1/3).
+    pub slope: f32,
+    /// Largest residual + `sigmas` standard deviations.
+    pub margin: f32,
+    /// Calibration images the rule was fitted on.
+    pub images: usize,
+}
+
+impl EarlyExit {
+    /// Fit on `(max v_patch, max M_W)` pairs; `None` below [`EARLY_EXIT_MIN_IMAGES`].
+    pub fn fit(maxima: &[(f32, f32)], sigmas: f32) -> Option<Self> {
+        if maxima.len() < EARLY_EXIT_MIN_IMAGES {
+            return None;
+        }
+        let n = maxima.len() as f64;
+        let (xs, ys): (Vec<f64>, Vec<f64>) =
+            maxima.iter().map(|(x, y)| (f64::from(*x), f64::from(*y))).unzip();
+        let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+        let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+        let sxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+        let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 }.max(1.0 / 3.0);
+        let intercept = my - slope * mx;
+        let residuals: Vec<f64> = xs
+            .iter()
+            .zip(&ys)
+            .map(|(x, y)| y - intercept - slope * x)
+            .collect();
+        let mean = residuals.iter().sum::<f64>() / n;
+        let std = (residuals.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let max = residuals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let rule = Self {
+            intercept: intercept as f32,
+            slope: slope as f32,
+            margin: (max + f64::from(sigmas) * std) as f32,
+            images: maxima.len(),
+        };
+        [rule.intercept, rule.slope, rule.margin]
+            .iter()
+            .all(|v| v.is_finite())
+            .then_some(rule)
     }
-    let gaps: Vec<f64> = scores
-        .iter()
-        .zip(prescores)
-        .map(|(s, p)| f64::from(*s) - f64::from(*p))
-        .collect();
-    let n = gaps.len() as f64;
-    let mean = gaps.iter().sum::<f64>() / n;
-    let std = (gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / n).sqrt();
-    let max = gaps.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let margin = (max + f64::from(sigmas) * std) as f32;
-    margin.is_finite().then_some(margin)
+
+    /// Upper estimate of the final score from `s_img` and `max v_patch`.
+    pub fn bound(&self, image_score: f32, patch_max: f32) -> f32 {
+        (image_score + self.intercept + self.slope * patch_max + self.margin) / 2.0
+    }
 }
 
 /// The calibration rule: every calibration image passes, and a normal
@@ -658,26 +699,32 @@ mod tests {
     }
 
     #[test]
-    fn early_exit_margin_is_the_largest_gap_plus_sigmas() {
-        let scores = [0.50, 0.60, 0.70];
-        let pre = [0.45, 0.50, 0.70];
-        // Gaps 0.05, 0.10, 0.00: mean 0.05, population std sqrt(0.005/3).
-        let want = 0.10 + 3.0 * (0.005f64 / 3.0).sqrt();
-        let m = early_exit_margin(&scores, &pre, 3.0).unwrap();
-        assert!((f64::from(m) - want).abs() < 1e-6, "{m} vs {want}");
+    fn early_exit_rule_fits_the_window_share_and_bounds_every_calibration_image() {
+        // max M_W = 0.1 + 0.5 · max v_patch, with residuals +0.01, −0.01, 0, 0.
+        let maxima = [(0.2, 0.21), (0.4, 0.29), (0.6, 0.40), (0.8, 0.50)];
+        let rule = EarlyExit::fit(&maxima, 3.0).unwrap();
+        assert!((rule.slope - 0.5).abs() < 0.05, "{rule:?}");
+        for (v, m) in maxima {
+            // Every calibration image's final score is at most its bound.
+            assert!(rule.bound(0.3, v) >= (0.3 + m) / 2.0, "{rule:?}");
+        }
+        assert_eq!(rule.images, 4);
         assert_eq!(
-            calibrate(&scores, &[], &pre, 3.0).unwrap().early_exit_margin,
-            Some(m)
+            calibrate(&[0.1; 4], &[], &maxima, 3.0).unwrap().early_exit,
+            Some(rule)
         );
-        // Too few images, or no prescores: no margin, no early exit.
-        assert_eq!(early_exit_margin(&scores[..2], &pre[..2], 3.0), None);
-        assert_eq!(calibrate(&scores, &[], &[], 3.0).unwrap().early_exit_margin, None);
+        // M_W ≥ v_patch/3: a fitted slope below 1/3 is raised to it.
+        let flat = EarlyExit::fit(&[(0.2, 0.3), (0.4, 0.3), (0.6, 0.3)], 3.0).unwrap();
+        assert!((flat.slope - 1.0 / 3.0).abs() < 1e-6, "{flat:?}");
+        // Too few images, or a zero-shot bank: no rule.
+        assert_eq!(EarlyExit::fit(&maxima[..2], 3.0), None);
+        assert_eq!(calibrate(&[0.1; 4], &[], &[], 3.0).unwrap().early_exit, None);
     }
 
     #[test]
     fn colour_range_puts_good_parts_mid_scale() {
         let maps = vec![Array2::from_shape_vec((1, 3), vec![0.2, 0.3, 0.4]).unwrap()];
-        let c = calibrate(&[0.5], &maps, &[0.4], 3.0).unwrap();
+        let c = calibrate(&[0.5], &maps, &[], 3.0).unwrap();
         let [lo, hi] = colour_range(Some(&c));
         assert!((lo - 0.3).abs() < 1e-6 && (hi - 0.5).abs() < 1e-6, "{lo} {hi}");
         assert_eq!(colour_range(None), [0.0, 1.0]);

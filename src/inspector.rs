@@ -94,11 +94,11 @@ pub struct Inspection {
     /// Time per stage.
     pub timings: Timings,
     /// Passed by the early-exit cascade from the full-image pass alone: the
-    /// window passes did not run, and `outcome` is the prescore (see
-    /// [`Scorer::prescore`]).
+    /// window passes did not run; `outcome` is the prescore's (see
+    /// [`Scorer::prescore`]) with the score bound as its score.
     pub early_exit: bool,
-    /// The prescore, when the cascade is on.
-    pub prescore: Option<f32>,
+    /// The score bound from the full-image pass, when the cascade is on.
+    pub score_bound: Option<f32>,
 }
 
 fn ms(t: Instant) -> f64 {
@@ -179,7 +179,39 @@ pub struct Inspector {
     bank_id: String,
     model_id: String,
     threshold: f32,
-    early_exit: Option<f32>,
+    early_exit: Option<ExitRule>,
+}
+
+/// How the early-exit cascade bounds the final score from the full-image pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ExitRule {
+    /// Zero-shot: the score is `s_img`, known exactly.
+    Exact,
+    /// WinCLIP+: the bank's calibrated upper estimate.
+    Calibrated(bank::EarlyExit),
+}
+
+impl ExitRule {
+    /// The score bound for a prescore outcome.
+    fn bound(&self, pre: &Outcome) -> f32 {
+        match (self, pre.fewshot_max) {
+            (ExitRule::Calibrated(rule), Some(patch_max)) => rule.bound(pre.image_score, patch_max),
+            _ => pre.score,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitRule::Exact => f.write_str("exact (zero-shot: the score is s_img)"),
+            ExitRule::Calibrated(r) => write!(
+                f,
+                "(s_img + {:.5} + {:.4} * max v_patch + margin {:.5})/2, fitted on {} good images",
+                r.intercept, r.slope, r.margin, r.images
+            ),
+        }
+    }
 }
 
 /// Why the early-exit cascade cannot be switched on.
@@ -189,7 +221,7 @@ pub struct Inspector {
      (`winclip-edge bank ... --calibration DIR`), or switch early exit off",
     min = bank::EARLY_EXIT_MIN_IMAGES
 )]
-pub struct NoMargin;
+pub struct NoExitRule;
 
 impl Inspector {
     /// Check that `bank` belongs to `pack` and prepare the scorer.
@@ -212,22 +244,23 @@ impl Inspector {
         })
     }
 
-    /// The margin the early-exit cascade would use: none needed (0) for a
-    /// zero-shot bank, whose score is the prescore; the calibrated one otherwise.
-    pub fn early_exit_margin(&self) -> Option<f32> {
+    /// The rule the early-exit cascade would use: exact for a zero-shot bank,
+    /// the bank's calibrated one for WinCLIP+ (`None`: not calibrated for it).
+    pub fn early_exit_rule(&self) -> Option<ExitRule> {
         if self.scorer.is_few_shot() {
-            self.bank.meta.calibration.as_ref()?.early_exit_margin
+            let rule = self.bank.meta.calibration.as_ref()?.early_exit?;
+            Some(ExitRule::Calibrated(rule))
         } else {
-            Some(0.0)
+            Some(ExitRule::Exact)
         }
     }
 
-    /// Switch the early-exit cascade on or off. On: an image whose prescore
-    /// plus the bank's margin is at or below the threshold passes after the
-    /// full-image pass; every other image gets the full pipeline.
-    pub fn set_early_exit(&mut self, on: bool) -> Result<(), NoMargin> {
+    /// Switch the early-exit cascade on or off. On: an image whose score bound
+    /// from the full-image pass is at or below the threshold passes at once;
+    /// every other image gets the full pipeline.
+    pub fn set_early_exit(&mut self, on: bool) -> Result<(), NoExitRule> {
         self.early_exit = if on {
-            Some(self.early_exit_margin().ok_or(NoMargin)?)
+            Some(self.early_exit_rule().ok_or(NoExitRule)?)
         } else {
             None
         };
@@ -268,14 +301,18 @@ impl Inspector {
     pub fn inspect(&self, img: &RgbImage) -> Result<Inspection, Error> {
         let mut timings = Timings::default();
         let (mut features, token_map) = image_pass(&self.vision, img, &mut timings)?;
-        let mut prescore = None;
-        if let Some(margin) = self.early_exit {
+        let mut score_bound = None;
+        if let Some(rule) = self.early_exit {
             let t = Instant::now();
-            let pre = self.scorer.prescore(&features)?;
+            let mut pre = self.scorer.prescore(&features)?;
+            // The bound stands in for the score: comparable with the
+            // threshold and with full scores, and never below the latter on
+            // the calibration images.
+            pre.score = rule.bound(&pre);
             timings.scoring_ms = ms(t);
-            prescore = Some(pre.score);
-            if pre.score + margin <= self.threshold {
-                return self.finish(pre, timings, prescore, true);
+            score_bound = Some(pre.score);
+            if pre.score <= self.threshold {
+                return self.finish(pre, timings, score_bound, true);
             }
         }
         let sets = self.scorer.window_sets();
@@ -283,14 +320,14 @@ impl Inspector {
         let t = Instant::now();
         let outcome = self.scorer.score(&features)?;
         timings.scoring_ms += ms(t);
-        self.finish(outcome, timings, prescore, false)
+        self.finish(outcome, timings, score_bound, false)
     }
 
     fn finish(
         &self,
         outcome: Outcome,
         mut timings: Timings,
-        prescore: Option<f32>,
+        score_bound: Option<f32>,
         early_exit: bool,
     ) -> Result<Inspection, Error> {
         if !outcome.score.is_finite() || outcome.map.iter().any(|v| !v.is_finite()) {
@@ -307,7 +344,7 @@ impl Inspector {
             map,
             timings,
             early_exit,
-            prescore,
+            score_bound,
         })
     }
 }
@@ -370,16 +407,18 @@ pub fn build_bank(
     };
     let scorer = Scorer::new(spec.config.clone(), grid, &prototypes, references.as_ref())?;
     let mut scores = Vec::with_capacity(calibration.len());
-    let mut prescores = Vec::with_capacity(calibration.len());
+    let mut maxima = Vec::with_capacity(calibration.len());
     let mut maps = Vec::with_capacity(calibration.len());
     for img in calibration {
         let (f, _) = extract(vision, scorer.window_sets(), img)?;
         let o = scorer.score(&f)?;
         scores.push(o.score);
-        prescores.push(scorer.prescore(&f)?.score);
+        if let (Some(patch), Some(full)) = (scorer.prescore(&f)?.fewshot_max, o.fewshot_max) {
+            maxima.push((patch, full));
+        }
         maps.push(o.map);
     }
-    let calib = bank::calibrate(&scores, &maps, &prescores, spec.sigmas);
+    let calib = bank::calibrate(&scores, &maps, &maxima, spec.sigmas);
     let (threshold, threshold_source) = match (spec.threshold, &calib) {
         (Some(t), _) => (t, ThresholdSource::Explicit),
         (None, Some(c)) => (bank::calibrated_threshold(c), ThresholdSource::Calibration),

@@ -221,6 +221,7 @@ fn dropped_files_give_one_result_and_one_heatmap_each() {
         assert_eq!(r["source"], "cam");
         assert!(r["verdict"] == "pass" || r["verdict"] == "fail", "{r}");
         assert!(r["score"].is_number() && r["threshold"].is_number());
+        assert_eq!(r["early_exit"], false, "early exit is opt-in: {r}");
         assert!(r["timings_ms"]["total"].is_number() && r["timings_ms"]["windows_3"].is_number());
         assert!(r["model"].as_str().unwrap().len() == 16 && r["bank"].as_str().unwrap().len() == 16);
         assert!(r["detected_at"].is_string() && r["inspected_at"].is_string());
@@ -456,6 +457,19 @@ fn sighup_with_a_broken_config_keeps_the_old_one_and_a_good_one_applies() {
         .find(|r| file_name(r) == "r2.png")
         .unwrap();
     assert!((r2["threshold"].as_f64().unwrap() - 0.123).abs() < 1e-6, "{r2}");
+
+    // Early exit with a bank that was not calibrated for it: refused with
+    // what to do, and the running configuration stays.
+    std::fs::write(
+        &st.config,
+        good_config.replace("[model]", "[model]\nearly_exit = true"),
+    )
+    .unwrap();
+    st.signal(Signal::SIGHUP);
+    wait_for(60, "the early-exit reload to be refused", || {
+        st.log().contains("no early-exit rule").then_some(())
+    });
+    assert!(st.alive());
 }
 
 #[test]

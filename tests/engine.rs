@@ -285,8 +285,9 @@ fn early_exit_passes_clear_parts_after_one_pass_and_needs_a_calibrated_margin() 
     let dir = tempfile::tempdir().unwrap();
     let bank = calibrated_bank(dir.path(), &[1, 2, 3]);
     let b = Bank::from_bytes(&std::fs::read(&bank).unwrap()).unwrap();
-    let margin = b.meta.calibration.as_ref().unwrap().early_exit_margin.unwrap();
-    assert!(margin.is_finite());
+    let rule = b.meta.calibration.as_ref().unwrap().early_exit.unwrap();
+    assert_eq!(rule.images, 3);
+    assert!(rule.slope >= 1.0 / 3.0 && rule.margin.is_finite(), "{rule:?}");
 
     // Without --early-exit: the full pipeline, never an early exit.
     let full = inspect_json(&bank, &[]).unwrap();
@@ -297,9 +298,16 @@ fn early_exit_passes_clear_parts_after_one_pass_and_needs_a_calibrated_margin() 
     assert_eq!(early["verdict"], "pass");
     assert!(early["timings_ms"]["windows_2"].is_null(), "{early}");
     assert_eq!(early["image_score"], full["image_score"]);
-    // The prescore has the same image score and no window terms.
-    let (s, pre) = (full["score"].as_f64().unwrap(), early["score"].as_f64().unwrap());
-    assert!(s.is_finite() && pre.is_finite() && s != pre, "{s} {pre}");
+    // The score is the bound from s_img and the patch map's maximum.
+    let bound = rule.bound(
+        early["image_score"].as_f64().unwrap() as f32,
+        early["fewshot_max"].as_f64().unwrap() as f32,
+    );
+    assert!(
+        (early["score"].as_f64().unwrap() - f64::from(bound)).abs() < 1e-6,
+        "{early}"
+    );
+    assert_eq!(early["score_bound"], early["score"]);
     // Below every score: the prescore cannot pass it, the windows run.
     let late = inspect_json(&bank, &["--early-exit", "--threshold=-10"]).unwrap();
     assert_eq!(late["early_exit"], false);

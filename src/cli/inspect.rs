@@ -181,7 +181,7 @@ pub(crate) fn report(
         "image_score": o.image_score,
         "fewshot_max": o.fewshot_max,
         "early_exit": ins.early_exit,
-        "prescore": ins.prescore,
+        "score_bound": ins.score_bound,
         "map": {
             "max": max,
             "mean": sum / ins.map.len().max(1) as f64,

@@ -59,9 +59,9 @@ pub fn load_inspector(model: &config::Model) -> anyhow::Result<Inspector> {
     inspector
         .set_early_exit(model.early_exit)
         .with_context(|| format!("model.early_exit with bank {}", model.bank.display()))?;
-    if let Some(margin) = inspector.early_exit_margin().filter(|_| model.early_exit) {
+    if let Some(rule) = inspector.early_exit_rule().filter(|_| model.early_exit) {
         log::info!(
-            "early exit on: parts with prescore + {margin:.5} <= threshold pass after the full-image pass"
+            "early exit on: a part whose score bound {rule} is at or below the threshold passes after the full-image pass"
         );
     }
     Ok(inspector)

@@ -30,7 +30,8 @@ pub(super) struct Disagreement {
 pub(super) struct Picture {
     defective: bool,
     full_score: f32,
-    prescore: Option<f32>,
+    /// The cascade's score bound.
+    bound: Option<f32>,
     early_exit: bool,
 }
 
@@ -42,7 +43,7 @@ pub(super) struct StreamReport {
     pub shots: usize,
     pub calibration_images: usize,
     pub threshold: f32,
-    pub margin: f32,
+    pub rule: String,
     /// Mean milliseconds per picture, decode excluded.
     pub full_ms: f64,
     pub cascade_ms: f64,
@@ -84,7 +85,9 @@ pub(super) fn run(
     let full = Inspector::new(pack, vision.clone(), bank.clone())?;
     let mut cascade = Inspector::new(pack, vision.clone(), bank)?;
     cascade.set_early_exit(true)?;
-    let margin = cascade.early_exit_margin().unwrap_or(f32::NAN);
+    let rule = cascade
+        .early_exit_rule()
+        .map_or_else(|| "none".to_string(), |r| r.to_string());
 
     let pictures: Vec<_> = (0..n)
         .map(|i| {
@@ -126,7 +129,7 @@ pub(super) fn run(
         shots,
         calibration_images,
         threshold: full.threshold(),
-        margin,
+        rule,
         full_ms,
         cascade_ms,
         early_exits: cascade_runs.iter().filter(|r| r.early_exit).count(),
@@ -140,7 +143,7 @@ pub(super) fn run(
             .map(|((f, c), (defective, _))| Picture {
                 defective: *defective,
                 full_score: f.outcome.score,
-                prescore: c.prescore,
+                bound: c.score_bound,
                 early_exit: c.early_exit,
             })
             .collect(),
@@ -151,8 +154,8 @@ pub(super) fn run(
 pub(super) fn print(r: &StreamReport) {
     println!(
         "\nearly-exit cascade on a stream of {} pictures ({} defective), {}-shot bank calibrated on {} good pictures \
-         (threshold {:.5}, margin {:.5}):",
-        r.images, r.defective, r.shots, r.calibration_images, r.threshold, r.margin
+         (threshold {:.5}; bound {}):",
+        r.images, r.defective, r.shots, r.calibration_images, r.threshold, r.rule
     );
     println!(
         "  full pipeline {:.1} ms/picture ({:.2} pics/s); cascade {:.1} ms/picture ({:.2} pics/s), {:.2}x",
