@@ -217,8 +217,8 @@ impl std::fmt::Display for ExitRule {
 /// Why the early-exit cascade cannot be switched on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the bank has no early-exit margin: rebuild it with at least {min} calibration images \
-     (`winclip-edge bank ... --calibration DIR`), or switch early exit off",
+    "the bank has no early-exit rule: rebuild it with at least {min} calibration images \
+     (`winclip-edge bank ... --calibrate DIR`), or switch early exit off",
     min = bank::EARLY_EXIT_MIN_IMAGES
 )]
 pub struct NoExitRule;

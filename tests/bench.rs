@@ -3,26 +3,31 @@
 
 use crate::util::{run, text, tiny_pack};
 
-#[test]
-fn bench_reports_every_stage_mode_and_memory() {
+/// Run `bench` on the tiny pack with `args` after the global ones; return its
+/// printed report and its JSON report.
+fn bench(global: &[&str], args: &[&str]) -> (String, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
-    let o = run(&[
-        "--threads",
-        "1",
+    let pack = tiny_pack();
+    let mut all: Vec<&str> = global.to_vec();
+    all.extend([
         "bench",
         "--model",
-        tiny_pack().to_str().unwrap(),
-        "--images",
-        "1",
-        "--shots",
-        "1,2",
+        pack.to_str().unwrap(),
         "--json",
         json.to_str().unwrap(),
     ]);
+    all.extend(args);
+    let o = run(&all);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("GFLOP/s"), "{}", text(&o));
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    (text(&o), report)
+}
+
+#[test]
+fn bench_reports_every_stage_mode_and_memory() {
+    let (out, r) = bench(&["--threads", "1"], &["--images", "1", "--shots", "1,2"]);
+    assert!(out.contains("GFLOP/s"), "{out}");
     assert_eq!(r["threads"], 1);
     let stages: Vec<&str> = r["stages"]
         .as_array()
@@ -59,4 +64,53 @@ fn bench_reports_every_stage_mode_and_memory() {
     if let Some(peak) = r["peak_rss_bytes"].as_u64() {
         assert!(peak >= r["rss_loaded_bytes"].as_u64().unwrap() / 2, "{r}");
     }
+}
+
+#[test]
+fn bench_stream_compares_the_cascade_with_the_full_pipeline() {
+    let (out, r) = bench(
+        &[],
+        &[
+            "--images",
+            "1",
+            "--shots",
+            "1",
+            "--stream",
+            "5",
+            "--calibration",
+            "3",
+        ],
+    );
+    assert!(out.contains("early-exit cascade"), "{out}");
+    let s = &r["stream"];
+    assert_eq!(s["images"], 5);
+    assert_eq!(s["calibration_images"], 3);
+    assert!(
+        s["rule"].as_str().unwrap().contains("fitted on 3 good images"),
+        "{s}"
+    );
+    let agreeing = s["agreeing"].as_u64().unwrap();
+    let differing = s["disagreements"].as_array().unwrap().len() as u64;
+    assert_eq!(agreeing + differing, 5);
+    let pictures = s["pictures"].as_array().unwrap();
+    assert_eq!(pictures.len(), 5);
+    let exits = pictures.iter().filter(|p| p["early_exit"] == true).count() as u64;
+    assert_eq!(s["early_exits"].as_u64().unwrap(), exits);
+    // A picture that exited has a bound at or below the threshold.
+    let threshold = s["threshold"].as_f64().unwrap();
+    for p in pictures.iter().filter(|p| p["early_exit"] == true) {
+        assert!(p["bound"].as_f64().unwrap() <= threshold + 1e-6, "{p}");
+    }
+    assert!(r["precision_check"].is_null(), "f32 needs no comparison");
+}
+
+#[test]
+fn bench_precision_f16_measures_the_difference_to_f32() {
+    let (_, r) = bench(&[], &["--images", "1", "--shots", "1", "--precision", "f16"]);
+    assert_eq!(r["precision"], "f16");
+    let p = &r["precision_check"];
+    let map = p["max_map_diff"].as_f64().unwrap();
+    // Half precision changes the numbers a little, never a lot.
+    assert!(map > 0.0 && map < 0.05 * p["map_range"].as_f64().unwrap(), "{p}");
+    assert!(p["max_score_diff"].as_f64().unwrap() < 1e-2, "{p}");
 }

@@ -281,7 +281,7 @@ fn inspect_json(bank: &Path, extra: &[&str]) -> Result<serde_json::Value, String
 }
 
 #[test]
-fn early_exit_passes_clear_parts_after_one_pass_and_needs_a_calibrated_margin() {
+fn early_exit_passes_clear_parts_after_one_pass_and_needs_a_calibrated_rule() {
     let dir = tempfile::tempdir().unwrap();
     let bank = calibrated_bank(dir.path(), &[1, 2, 3]);
     let b = Bank::from_bytes(&std::fs::read(&bank).unwrap()).unwrap();
@@ -320,7 +320,9 @@ fn early_exit_passes_clear_parts_after_one_pass_and_needs_a_calibrated_margin() 
     let bank = calibrated_bank(dir.path(), &[1, 2]);
     let err = inspect_json(&bank, &["--early-exit"]).unwrap_err();
     assert!(
-        err.contains("early-exit margin") && err.contains("3 calibration images"),
+        err.contains("early-exit rule")
+            && err.contains("--calibrate DIR")
+            && err.contains("3 calibration images"),
         "{err}"
     );
 }
