@@ -1,6 +1,8 @@
 //! `winclip-edge bench`: time every stage of an inspection on this machine and
 //! print median milliseconds, achieved GFLOP/s and peak memory, for zero-shot
-//! classification, zero-shot with maps, and WinCLIP+ with K shots.
+//! classification, zero-shot with maps, and WinCLIP+ with K shots; optionally
+//! the early-exit cascade on a stream ([`stream`]) and f16 against f32
+//! ([`precision`]).
 //!
 //! Pictures are synthetic (a fixed seed), so runs are comparable across
 //! machines and commits. Timing happens here, never in tests.
