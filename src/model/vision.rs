@@ -16,6 +16,37 @@ pub struct VisionModel {
     preprocessor: Preprocessor,
     embed: Graph,
     encoder: Arc<ShapedGraph>,
+    /// Most token rows (windows × tokens) per window pass; see [`window_rows_limit`].
+    max_rows: usize,
+}
+
+/// How many token rows one window pass may hold so that its plan packs the
+/// weights like the full-image plan, and one copy serves both.
+///
+/// tract puts the larger of (rows, weight columns) on the packed "A" side of
+/// each matrix product. The full image (`tokens` rows) has fewer rows than
+/// the `width` columns of most weights of a full-size ViT, so its plan packs
+/// those as A; a window pass of more rows would pack them as B, a second
+/// copy (≈ 300 MB for ViT-B-16-plus-240). Passes of fewer than `width` rows
+/// pack them as A too; measured: same speed. Where the full image already has
+/// at least `width` rows (small test models) there is nothing to gain.
+fn window_rows_limit(tokens: usize, width: usize) -> usize {
+    if tokens < width {
+        width - 1
+    } else {
+        usize::MAX
+    }
+}
+
+/// Split `n` windows of `t` tokens into the fewest passes of at most
+/// `max_rows` rows, as even as possible: the window counts per pass.
+fn pass_sizes(n: usize, t: usize, max_rows: usize) -> Vec<usize> {
+    let per = (max_rows / t.max(1)).clamp(1, n.max(1));
+    let passes = n.div_ceil(per).max(1);
+    (0..passes)
+        .map(|i| n / passes + usize::from(i < n % passes))
+        .filter(|&c| c > 0)
+        .collect()
 }
 
 /// Everything WinCLIP needs from one full-image forward pass.
@@ -49,15 +80,22 @@ impl VisionModel {
     pub fn load_with(pack: &ModelPack, precision: Precision) -> Result<Self, Error> {
         let files = &pack.manifest().files;
         let arch = pack.architecture().clone();
-        // Window plans first: they share one copy of the packed weights, and
-        // building them before the full-image plan (which, having fewer rows
-        // than most weights have columns, packs those the other way round and
-        // so shares only the rest) keeps the loading peak lower.
-        let mut shapes: Vec<Vec<usize>> = crate::winclip::DEFAULT_SCALES
+        // One plan per window pass shape of the default scales, then the
+        // full image; all share one copy of each packed weight where they
+        // pack it alike (see `window_rows_limit`).
+        let max_rows = window_rows_limit(arch.tokens, arch.vision_width);
+        let mut shapes: Vec<Vec<usize>> = Vec::new();
+        for set in crate::winclip::DEFAULT_SCALES
             .iter()
             .filter_map(|&k| WindowSet::new(arch.grid, k, 1))
-            .map(|set| vec![set.len(), set.seq_len(), arch.vision_width])
-            .collect();
+        {
+            for count in pass_sizes(set.len(), set.seq_len(), max_rows) {
+                let shape = vec![count, set.seq_len(), arch.vision_width];
+                if !shapes.contains(&shape) {
+                    shapes.push(shape);
+                }
+            }
+        }
         shapes.push(vec![1, arch.tokens, arch.vision_width]);
         let model = Self {
             preprocessor: pack.preprocessor(),
@@ -69,6 +107,7 @@ impl VisionModel {
                 precision,
             )?),
             arch,
+            max_rows,
         };
         Ok(model)
     }
@@ -168,13 +207,20 @@ impl VisionModel {
             });
         }
         let (n, t, w) = (windows.len(), windows.seq_len(), self.arch.vision_width);
-        let mut batch = Array3::<f32>::zeros((n, t, w));
-        for (i, mut seq) in batch.outer_iter_mut().enumerate() {
-            for (j, row) in windows.token_rows(i).enumerate() {
-                seq.row_mut(j).assign(&token_map.row(row));
+        let mut out = Array2::<f32>::zeros((n, self.arch.embed_dim));
+        let mut start = 0;
+        for count in pass_sizes(n, t, self.max_rows) {
+            let mut batch = Array3::<f32>::zeros((count, t, w));
+            for (i, mut seq) in batch.outer_iter_mut().enumerate() {
+                for (j, row) in windows.token_rows(start + i).enumerate() {
+                    seq.row_mut(j).assign(&token_map.row(row));
+                }
             }
+            out.slice_mut(s![start..start + count, ..])
+                .assign(&self.encode(batch)?.0);
+            start += count;
         }
-        Ok(self.encode(batch)?.0)
+        Ok(out)
     }
 }
 
@@ -200,4 +246,52 @@ fn expect_shape(role: &'static str, got: &[usize], want: &[usize]) -> Result<(),
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_passes_stay_under_the_row_limit_and_cover_every_window() {
+        // ViT-B-16-plus-240: 226 tokens, width 896.
+        assert_eq!(window_rows_limit(226, 896), 895);
+        assert_eq!(pass_sizes(196, 5, 895), vec![98, 98]);
+        assert_eq!(pass_sizes(169, 10, 895), vec![85, 84]);
+        // The tiny model (width 64): one pass per scale, as before.
+        assert_eq!(window_rows_limit(226, 64), usize::MAX);
+        assert_eq!(pass_sizes(196, 5, usize::MAX), vec![196]);
+        for (n, t, rows) in [(7, 3, 10), (1, 5, 1), (169, 10, 9), (50, 4, 200)] {
+            let sizes = pass_sizes(n, t, rows);
+            assert_eq!(sizes.iter().sum::<usize>(), n, "{n} {t} {rows}: {sizes:?}");
+            assert!(
+                sizes.iter().all(|&c| c > 0 && (c * t <= rows || c == 1)),
+                "{sizes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn window_embeddings_are_the_same_in_one_pass_or_several() {
+        let pack = ModelPack::open(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/tiny"
+        )))
+        .unwrap();
+        let mut model = VisionModel::load(&pack).unwrap();
+        let pixels = Array3::from_shape_fn((3, 240, 240), |(c, y, x)| {
+            ((c + y * 3 + x * 7) % 13) as f32 / 13.0 - 0.5
+        });
+        let map = model.token_map(&pixels).unwrap();
+        let set = WindowSet::new(model.arch.grid, 2, 1).unwrap();
+        let one = model.window_embeddings(&map, &set).unwrap();
+        model.max_rows = 101; // 20 windows per pass, 10 passes of 19–20
+        let several = model.window_embeddings(&map, &set).unwrap();
+        let diff = one
+            .iter()
+            .zip(&several)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "max diff {diff}");
+    }
 }
