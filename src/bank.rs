@@ -491,8 +491,8 @@ pub fn calibrate(
     })
 }
 
-/// Fewest calibration images for an early-exit margin: with fewer, the spread
-/// of the gaps is not estimated at all.
+/// Fewest calibration images for an early-exit rule: a line through two
+/// points leaves no residuals to size the margin from.
 pub const EARLY_EXIT_MIN_IMAGES: usize = 3;
 
 /// The early-exit rule of a WinCLIP+ bank: an upper estimate of the final
