@@ -16,8 +16,6 @@ pub struct VisionModel {
     preprocessor: Preprocessor,
     embed: Graph,
     encoder: Arc<ShapedGraph>,
-    /// Most token rows (windows × tokens) per window pass; see [`window_rows_limit`].
-    max_rows: usize,
 }
 
 /// How many token rows one window pass may hold so that its plan packs the
@@ -107,7 +105,6 @@ impl VisionModel {
                 precision,
             )?),
             arch,
-            max_rows,
         };
         Ok(model)
     }
@@ -206,10 +203,21 @@ impl VisionModel {
                 ),
             });
         }
+        let max_rows = window_rows_limit(self.arch.tokens, self.arch.vision_width);
+        self.window_passes(token_map, windows, max_rows)
+    }
+
+    /// The window batch as passes of at most `max_rows` token rows each.
+    fn window_passes(
+        &self,
+        token_map: &Array2<f32>,
+        windows: &WindowSet,
+        max_rows: usize,
+    ) -> Result<Array2<f32>, Error> {
         let (n, t, w) = (windows.len(), windows.seq_len(), self.arch.vision_width);
         let mut out = Array2::<f32>::zeros((n, self.arch.embed_dim));
         let mut start = 0;
-        for count in pass_sizes(n, t, self.max_rows) {
+        for count in pass_sizes(n, t, max_rows) {
             let mut batch = Array3::<f32>::zeros((count, t, w));
             for (i, mut seq) in batch.outer_iter_mut().enumerate() {
                 for (j, row) in windows.token_rows(start + i).enumerate() {
@@ -278,15 +286,15 @@ mod tests {
             "/models/tiny"
         )))
         .unwrap();
-        let mut model = VisionModel::load(&pack).unwrap();
+        let model = VisionModel::load(&pack).unwrap();
         let pixels = Array3::from_shape_fn((3, 240, 240), |(c, y, x)| {
             ((c + y * 3 + x * 7) % 13) as f32 / 13.0 - 0.5
         });
         let map = model.token_map(&pixels).unwrap();
         let set = WindowSet::new(model.arch.grid, 2, 1).unwrap();
         let one = model.window_embeddings(&map, &set).unwrap();
-        model.max_rows = 101; // 20 windows per pass, 10 passes of 19–20
-        let several = model.window_embeddings(&map, &set).unwrap();
+        // 20 windows per pass: 10 passes of 19–20.
+        let several = model.window_passes(&map, &set, 101).unwrap();
         let diff = one
             .iter()
             .zip(&several)
