@@ -59,8 +59,8 @@ pub struct ResultRecord {
     pub image_score: Option<f32>,
     /// max M_W (few-shot banks).
     pub fewshot_max: Option<f32>,
-    /// Passed by the early-exit cascade from the full-image pass: score and
-    /// map are the prescore's (no window passes ran).
+    /// Passed by the early-exit cascade from the full-image pass (no window
+    /// passes ran): `score` is the calibrated bound, the map the patch-level one.
     pub early_exit: Option<bool>,
     /// Maximum of the anomaly map.
     pub map_max: Option<f32>,
