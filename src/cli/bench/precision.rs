@@ -38,27 +38,31 @@ fn outcomes(
         .iter()
         .map(|img| Ok(inspector::extract(vision, sets, img)?.0))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let refs = References::from_features(&refs)?;
-    let scorer = Scorer::new(config.clone(), grid, prototypes, Some(&refs))?;
+    let refs = if refs.is_empty() {
+        None
+    } else {
+        Some(References::from_features(&refs)?)
+    };
+    let scorer = Scorer::new(config.clone(), grid, prototypes, refs.as_ref())?;
     queries
         .iter()
         .map(|img| Ok(scorer.score(&inspector::extract(vision, sets, img)?.0)?))
         .collect()
 }
 
-/// Score `queries` against a bank of `shots` with `low` and with a freshly
-/// loaded f32 encoder; report the largest differences.
+/// Compare `ours`, the reduced-precision outcomes of `queries` against a bank
+/// of `shots` (none: zero-shot) from the timed run, with the same pictures and
+/// bank through a freshly loaded f32 encoder; report the largest differences.
 pub(super) fn compare(
     pack: &ModelPack,
-    low: &VisionModel,
     precision: Precision,
+    ours: &[Outcome],
     config: &Config,
     prototypes: &TextPrototypes,
     shots: &[RgbImage],
     queries: &[RgbImage],
 ) -> anyhow::Result<PrecisionReport> {
     eprintln!("precision: scoring the pictures again with the f32 encoder...");
-    let ours = outcomes(low, config, prototypes, shots, queries)?;
     let f32_vision = VisionModel::load_with(pack, Precision::F32)?;
     let reference = outcomes(&f32_vision, config, prototypes, shots, queries)?;
     let mut r = PrecisionReport {
