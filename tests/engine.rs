@@ -174,25 +174,18 @@ fn bank_then_inspect_writes_json_maps_and_heatmaps() {
     let maps = dir.path().join("maps");
     let heat = dir.path().join("heat");
     let q = fixtures().join("queries");
-    let o = run(&[
-        "inspect",
-        "--json",
-        "--model",
-        tiny_pack().to_str().unwrap(),
-        "--bank",
-        bank.to_str().unwrap(),
-        "--maps",
-        maps.to_str().unwrap(),
-        "--heatmaps",
-        heat.to_str().unwrap(),
-        q.join("good.png").to_str().unwrap(),
-        q.join("hole.png").to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = inspect_json(
+        &bank,
+        &[
+            "--maps",
+            maps.to_str().unwrap(),
+            "--heatmaps",
+            heat.to_str().unwrap(),
+            q.join("good.png").to_str().unwrap(),
+            q.join("hole.png").to_str().unwrap(),
+        ],
+    )
+    .unwrap();
     assert_eq!(lines.len(), 2);
     for l in &lines {
         for key in [
@@ -257,27 +250,37 @@ fn calibrated_bank(dir: &Path, calib: &[usize]) -> PathBuf {
     )
 }
 
-fn inspect_json(bank: &Path, extra: &[&str]) -> Result<serde_json::Value, String> {
-    let q = fixtures().join("queries/hole.png");
-    let mut args = vec![
+/// `inspect --json` on the tiny pack with `bank`; `args` are further options
+/// and the images. One JSON object per image, or the failure's output.
+fn inspect_json(bank: &Path, args: &[&str]) -> Result<Vec<serde_json::Value>, String> {
+    let (pack, bank) = (tiny_pack(), bank.to_str().unwrap());
+    let mut all = vec![
         "inspect",
         "--json",
         "--model",
-        tiny_pack().to_str().unwrap(),
+        pack.to_str().unwrap(),
         "--bank",
-        bank.to_str().unwrap(),
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect::<Vec<_>>();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.push(q.to_str().unwrap().to_string());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = run(&args);
+        bank,
+    ];
+    all.extend(args);
+    let o = run(&all);
     if !o.status.success() {
         return Err(text(&o));
     }
-    Ok(serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap())
+    Ok(String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect())
+}
+
+/// [`inspect_json`] of the hole fixture alone.
+fn inspect_hole(bank: &Path, options: &[&str]) -> Result<serde_json::Value, String> {
+    let q = fixtures().join("queries/hole.png");
+    let mut args = options.to_vec();
+    args.push(q.to_str().unwrap());
+    let mut lines = inspect_json(bank, &args)?;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    Ok(lines.remove(0))
 }
 
 #[test]
@@ -290,10 +293,10 @@ fn early_exit_passes_clear_parts_after_one_pass_and_needs_a_calibrated_rule() {
     assert!(rule.slope >= 1.0 / 3.0 && rule.margin.is_finite(), "{rule:?}");
 
     // Without --early-exit: the full pipeline, never an early exit.
-    let full = inspect_json(&bank, &[]).unwrap();
+    let full = inspect_hole(&bank, &[]).unwrap();
     assert_eq!(full["early_exit"], false);
     // Far above every score: the full-image pass decides, no window pass runs.
-    let early = inspect_json(&bank, &["--early-exit", "--threshold", "10"]).unwrap();
+    let early = inspect_hole(&bank, &["--early-exit", "--threshold", "10"]).unwrap();
     assert_eq!(early["early_exit"], true, "{early}");
     assert_eq!(early["verdict"], "pass");
     assert!(early["timings_ms"]["windows_2"].is_null(), "{early}");
@@ -309,7 +312,7 @@ fn early_exit_passes_clear_parts_after_one_pass_and_needs_a_calibrated_rule() {
     );
     assert_eq!(early["score_bound"], early["score"]);
     // Below every score: the prescore cannot pass it, the windows run.
-    let late = inspect_json(&bank, &["--early-exit", "--threshold=-10"]).unwrap();
+    let late = inspect_hole(&bank, &["--early-exit", "--threshold=-10"]).unwrap();
     assert_eq!(late["early_exit"], false);
     assert_eq!(late["verdict"], "fail");
     assert_eq!(late["score"], full["score"]);
@@ -318,7 +321,7 @@ fn early_exit_passes_clear_parts_after_one_pass_and_needs_a_calibrated_rule() {
     // Two calibration images give no margin: a clear refusal, not a silent full run.
     let dir = tempfile::tempdir().unwrap();
     let bank = calibrated_bank(dir.path(), &[1, 2]);
-    let err = inspect_json(&bank, &["--early-exit"]).unwrap_err();
+    let err = inspect_hole(&bank, &["--early-exit"]).unwrap_err();
     assert!(
         err.contains("early-exit rule")
             && err.contains("--calibrate DIR")
