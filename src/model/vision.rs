@@ -5,7 +5,7 @@ use std::sync::Arc;
 use image::RgbImage;
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
 
-use super::runtime::{tensor, Graph, Precision, ShapedGraph};
+use super::runtime::{concurrently, tensor, workers, Graph, Precision, ShapedGraph};
 use super::{Architecture, Error, ModelPack, Preprocessor};
 use crate::winclip::WindowSet;
 
@@ -36,11 +36,14 @@ fn window_rows_limit(tokens: usize, width: usize) -> usize {
     }
 }
 
-/// Split `n` windows of `t` tokens into the fewest passes of at most
-/// `max_rows` rows, as even as possible: the window counts per pass.
-fn pass_sizes(n: usize, t: usize, max_rows: usize) -> Vec<usize> {
+/// Split `n` windows of `t` tokens into passes of at most `max_rows` rows,
+/// as even as possible: the window counts per pass. The fewest passes that
+/// fit, rounded up to a multiple of `workers` (so that every worker gets an
+/// equal share, see [`concurrently`]) where there are windows enough.
+fn pass_sizes(n: usize, t: usize, max_rows: usize, workers: usize) -> Vec<usize> {
     let per = (max_rows / t.max(1)).clamp(1, n.max(1));
-    let passes = n.div_ceil(per).max(1);
+    let fewest = n.div_ceil(per).max(1);
+    let passes = (fewest.div_ceil(workers.max(1)) * workers.max(1)).min(n.max(1));
     (0..passes)
         .map(|i| n / passes + usize::from(i < n % passes))
         .filter(|&c| c > 0)
@@ -87,7 +90,7 @@ impl VisionModel {
             .iter()
             .filter_map(|&k| WindowSet::new(arch.grid, k, 1))
         {
-            for count in pass_sizes(set.len(), set.seq_len(), max_rows) {
+            for count in pass_sizes(set.len(), set.seq_len(), max_rows, workers()) {
                 let shape = vec![count, set.seq_len(), arch.vision_width];
                 if !shapes.contains(&shape) {
                     shapes.push(shape);
@@ -204,29 +207,37 @@ impl VisionModel {
             });
         }
         let max_rows = window_rows_limit(self.arch.tokens, self.arch.vision_width);
-        self.window_passes(token_map, windows, max_rows)
+        self.window_passes(token_map, windows, max_rows, workers())
     }
 
-    /// The window batch as passes of at most `max_rows` token rows each.
+    /// The window batch as passes of at most `max_rows` token rows each, run
+    /// [`concurrently`] on `workers` threads.
     fn window_passes(
         &self,
         token_map: &Array2<f32>,
         windows: &WindowSet,
         max_rows: usize,
+        workers: usize,
     ) -> Result<Array2<f32>, Error> {
         let (n, t, w) = (windows.len(), windows.seq_len(), self.arch.vision_width);
-        let mut out = Array2::<f32>::zeros((n, self.arch.embed_dim));
+        let mut passes = Vec::new();
         let mut start = 0;
-        for count in pass_sizes(n, t, max_rows) {
-            let mut batch = Array3::<f32>::zeros((count, t, w));
-            for (i, mut seq) in batch.outer_iter_mut().enumerate() {
-                for (j, row) in windows.token_rows(start + i).enumerate() {
+        for count in pass_sizes(n, t, max_rows, workers) {
+            passes.push(start..start + count);
+            start += count;
+        }
+        let embeddings = concurrently(workers, &passes, |pass| {
+            let mut batch = Array3::<f32>::zeros((pass.len(), t, w));
+            for (mut seq, window) in batch.outer_iter_mut().zip(pass.clone()) {
+                for (j, row) in windows.token_rows(window).enumerate() {
                     seq.row_mut(j).assign(&token_map.row(row));
                 }
             }
-            out.slice_mut(s![start..start + count, ..])
-                .assign(&self.encode(batch)?.0);
-            start += count;
+            self.encode(batch).map(|(cls, _)| cls)
+        });
+        let mut out = Array2::<f32>::zeros((n, self.arch.embed_dim));
+        for (pass, cls) in passes.iter().zip(embeddings) {
+            out.slice_mut(s![pass.clone(), ..]).assign(&cls?);
         }
         Ok(out)
     }
@@ -264,13 +275,19 @@ mod tests {
     fn window_passes_stay_under_the_row_limit_and_cover_every_window() {
         // ViT-B-16-plus-240: 226 tokens, width 896.
         assert_eq!(window_rows_limit(226, 896), 895);
-        assert_eq!(pass_sizes(196, 5, 895), vec![98, 98]);
-        assert_eq!(pass_sizes(169, 10, 895), vec![85, 84]);
-        // The tiny model (width 64): one pass per scale, as before.
+        assert_eq!(pass_sizes(196, 5, 895, 1), vec![98, 98]);
+        assert_eq!(pass_sizes(169, 10, 895, 1), vec![85, 84]);
+        assert_eq!(pass_sizes(196, 5, 895, 2), vec![98, 98]);
+        assert_eq!(pass_sizes(196, 5, 895, 4), vec![49; 4]);
+        assert_eq!(pass_sizes(169, 10, 895, 3), vec![57, 56, 56]);
+        // The tiny model (width 64): one pass per scale for one worker.
         assert_eq!(window_rows_limit(226, 64), usize::MAX);
-        assert_eq!(pass_sizes(196, 5, usize::MAX), vec![196]);
-        for (n, t, rows) in [(7, 3, 10), (1, 5, 1), (169, 10, 9), (50, 4, 200)] {
-            let sizes = pass_sizes(n, t, rows);
+        assert_eq!(pass_sizes(196, 5, usize::MAX, 1), vec![196]);
+        assert_eq!(pass_sizes(196, 5, usize::MAX, 2), vec![98, 98]);
+        // Never more passes than windows.
+        assert_eq!(pass_sizes(3, 5, usize::MAX, 8), vec![1, 1, 1]);
+        for (n, t, rows, workers) in [(7, 3, 10, 1), (1, 5, 1, 2), (169, 10, 9, 4), (50, 4, 200, 3)] {
+            let sizes = pass_sizes(n, t, rows, workers);
             assert_eq!(sizes.iter().sum::<usize>(), n, "{n} {t} {rows}: {sizes:?}");
             assert!(
                 sizes.iter().all(|&c| c > 0 && (c * t <= rows || c == 1)),
@@ -292,14 +309,16 @@ mod tests {
         });
         let map = model.token_map(&pixels).unwrap();
         let set = WindowSet::new(model.arch.grid, 2, 1).unwrap();
-        let one = model.window_embeddings(&map, &set).unwrap();
-        // 20 windows per pass: 10 passes of 19–20.
-        let several = model.window_passes(&map, &set, 101).unwrap();
-        let diff = one
-            .iter()
-            .zip(&several)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(diff < 1e-5, "max diff {diff}");
+        let one = model.window_passes(&map, &set, usize::MAX, 1).unwrap();
+        // 20 windows per pass: 10 passes of 19–20, in turn or 3 at a time.
+        for workers in [1, 3] {
+            let several = model.window_passes(&map, &set, 101, workers).unwrap();
+            let diff = one
+                .iter()
+                .zip(&several)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-5, "{workers} worker(s): max diff {diff}");
+        }
     }
 }
