@@ -11,6 +11,7 @@ mod manifest;
 mod preprocess;
 pub mod reference;
 mod runtime;
+mod shared_weights;
 mod text;
 mod vision;
 
@@ -23,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 pub use manifest::{Architecture, FileEntry, Manifest, FORMAT_VERSION};
 pub use preprocess::Preprocessor;
+pub(crate) use runtime::release_freed_memory;
 pub use runtime::{set_threads, Precision};
 pub use text::TextModel;
 pub use vision::{ImageFeatures, VisionModel};

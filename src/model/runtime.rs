@@ -6,12 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use ndarray::{ArrayD, IxDyn};
-use tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
-use tract_linalg::mmm::EagerPackedInput;
 use tract_linalg::multithread::{multithread_tract_scope, set_default_executor, Executor};
-use tract_linalg::pack::PackedFormat;
 use tract_onnx::prelude::*;
 
+use super::shared_weights::SharedWeights;
 use super::Error;
 
 /// A loaded, optimised graph ready to run.
@@ -110,76 +108,22 @@ impl std::fmt::Display for Precision {
     }
 }
 
-/// Where to look for an identical packed weight matrix: the packing layout and
-/// a fingerprint of its values. Plans name their nodes differently (fusions add
-/// suffixes), so matching is by content: candidates with the same key are
-/// compared value for value before one copy replaces the other.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct PackedKey {
-    layout: String,
-    panel_bytes: usize,
-    len: usize,
-    fingerprint: u64,
-}
-
-impl PackedKey {
-    /// `None` for packings whose layout we cannot read (never shared).
-    fn of(packed: &EagerPackedInput) -> Option<Self> {
-        use std::hash::{Hash, Hasher};
-        let mut panels = panel_values(packed)?;
-        // The first and last panels tell weights apart; a full compare confirms.
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        panels.next().hash(&mut hasher);
-        panels.last().hash(&mut hasher);
-        Some(Self {
-            layout: format!("{:?}", packed.fact),
-            panel_bytes: packed.panel_bytes,
-            len: packed.packed.len(),
-            fingerprint: hasher.finish(),
-        })
-    }
-}
-
-/// The value bytes of each panel of a packed operand. Each panel ends in a
-/// padding record that tract leaves uninitialised, so whole buffers of equal
-/// weights differ; only these parts are compared.
-fn panel_values(packed: &EagerPackedInput) -> Option<impl Iterator<Item = &[u8]>> {
-    let format = packed.fact.format.downcast_ref::<PackedFormat>()?;
-    let values = packed.fact.k * format.r * format.dt.size_of();
-    if packed.panel_bytes == 0 || values > packed.panel_bytes {
-        return None;
-    }
-    Some(
-        packed
-            .packed
-            .as_bytes()
-            .chunks(packed.panel_bytes)
-            .map(move |panel| &panel[..values.min(panel.len())]),
-    )
-}
-
-fn same_values(a: &EagerPackedInput, b: &EagerPackedInput) -> bool {
-    match (panel_values(a), panel_values(b)) {
-        (Some(a), Some(b)) => a.eq(b),
-        _ => false,
-    }
-}
-
 /// A graph with one optimised plan per input shape.
 ///
 /// tract optimises much better when every dimension is known (measured: the
 /// full-size window passes run ≈ 1.6× faster than with symbolic batch and
 /// sequence). One plan per shape would normally hold its own copy of the
 /// packed weights (≈ 470 MB each for ViT-B-16-plus-240); here plans that pack
-/// a weight identically share it. Shapes not planned at load time are planned
-/// on first use (the ONNX file is read again, ≈ 1 s).
+/// a weight identically share it ([`SharedWeights`], as it is packed, so
+/// loading peaks at one copy plus the unpacked weights). Shapes not planned at
+/// load time are planned on first use (the ONNX file is read again, ≈ 1 s).
 #[derive(Debug)]
 pub(crate) struct ShapedGraph {
     role: &'static str,
     path: PathBuf,
     precision: Precision,
     plans: Mutex<Vec<Plan>>,
-    packed: Mutex<HashMap<PackedKey, Vec<EagerPackedInput>>>,
+    weights: Arc<SharedWeights>,
 }
 
 /// One optimised plan and what its weights cost.
@@ -207,14 +151,16 @@ impl ShapedGraph {
             path: path.to_owned(),
             precision,
             plans: Mutex::new(Vec::new()),
-            packed: Mutex::new(HashMap::new()),
+            weights: Arc::default(),
         };
         if !shapes.is_empty() {
             let model = graph.decluttered()?;
+            // The ONNX protobuf is gone: return its memory before packing.
+            release_freed_memory();
             for shape in shapes {
                 graph.add_plan(&model, shape)?;
-                // The unshared copies of this plan's packed weights are free
-                // now: return them before packing the next plan.
+                // What optimising this plan dropped is free now: return it
+                // before the next.
                 release_freed_memory();
             }
             // And the unpacked weights of the decluttered model.
@@ -265,65 +211,34 @@ impl ShapedGraph {
                 }
             }
         }
+        // Held while optimising: two window passes meeting a new shape at
+        // once plan it once.
+        let mut plans = self.plans.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = plans.iter().find(|p| p.shape == shape) {
+            return Ok(known.runnable.clone());
+        }
+        let plan = plans.len();
         let mut optimised = model
             .set_symbols(&subs)
-            .and_then(|m| m.into_optimized())
+            .and_then(|mut m| {
+                m.declutter()?;
+                m.optimize_with_session(&mut self.weights.optimizer(plan).session())?;
+                Ok(m)
+            })
             .map_err(|e| self.error(e))?;
-        let (packed, shared) = self.share_packed_weights(&mut optimised);
+        let (packed, shared) = self.weights.share_plan(plan, &mut optimised);
         log::debug!(
             "{} plan for {shape:?}: {packed} packed weight matrices, {shared} shared with earlier plans",
             self.role
         );
         let runnable = optimised.into_runnable().map_err(|e| self.error(e))?;
-        self.plans
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Plan {
-                shape: shape.to_vec(),
-                runnable: runnable.clone(),
-                packed,
-                shared,
-            });
+        plans.push(Plan {
+            shape: shape.to_vec(),
+            runnable: runnable.clone(),
+            packed,
+            shared,
+        });
         Ok(runnable)
-    }
-
-    /// Point every packed constant operand at an identical one already held by
-    /// another plan, when there is one.
-    /// Returns (packed operands seen, operands now shared).
-    fn share_packed_weights(&self, model: &mut TypedModel) -> (usize, usize) {
-        let mut table = self.packed.lock().unwrap_or_else(PoisonError::into_inner);
-        let (mut seen, mut shared) = (0, 0);
-        for node in model.nodes.iter_mut() {
-            let Some(op) = node.op.downcast_mut::<OptMatMul>() else {
-                continue;
-            };
-            for spec in op.micro_ops.iter_mut() {
-                let ProtoFusedSpec::AddMatMul { a, b, .. } = spec else {
-                    continue;
-                };
-                for value in [a, b] {
-                    let MatMulOperand::Const(value) = value else {
-                        continue;
-                    };
-                    let Some(packed) = value.downcast_mut::<EagerPackedInput>() else {
-                        continue;
-                    };
-                    seen += 1;
-                    let Some(key) = PackedKey::of(packed) else {
-                        continue;
-                    };
-                    let held = table.entry(key).or_default();
-                    match held.iter().find(|h| same_values(h, packed)) {
-                        Some(same) => {
-                            packed.packed = same.packed.clone();
-                            shared += 1;
-                        }
-                        None => held.push(packed.clone()),
-                    }
-                }
-            }
-        }
-        (seen, shared)
     }
 
     /// The plan for `shape`, built now if it was not planned at load time.
@@ -379,7 +294,7 @@ impl ShapedGraph {
 /// Give memory freed while loading (the ONNX protobuf, the unpacked weights)
 /// back to the OS; glibc keeps it otherwise, and a station's resident set is
 /// what its operators watch.
-fn release_freed_memory() {
+pub(crate) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks glibc's own free lists; it has no
     // preconditions and may be called at any time from any thread.
