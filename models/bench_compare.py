@@ -191,7 +191,8 @@ def section(pack: str, manifest: dict, ours: dict, ort_ms: dict, torch_ms: dict,
         lines.append(f"| {m['name']} | {m['median_ms']:.1f} | {1e3 / m['median_ms']:.2f} | {gf:.1f} |")
     gb = lambda b: f"{b / 1e9:.2f} GB" if b else "n/a"  # noqa: E731
     lines += ["", f"Memory (winclip-edge): RSS after loading the vision graphs {gb(ours['rss_loaded_bytes'])},"
-              f" peak while inspecting with K = 1 and 4 banks {gb(ours['peak_rss_bytes'])}.", ""]
+              f" peak while inspecting with K = 1 and 4 banks {gb(ours['peak_rss_bytes'])},"
+              f" peak while loading {gb(ours.get('load_peak_rss_bytes'))}.", ""]
     return "\n".join(lines)
 
 
