@@ -123,6 +123,8 @@ pub(crate) struct ShapedGraph {
     path: PathBuf,
     precision: Precision,
     plans: Mutex<Vec<Plan>>,
+    /// Held while a plan is built on first use.
+    planning: Mutex<()>,
     weights: Arc<SharedWeights>,
 }
 
@@ -151,6 +153,7 @@ impl ShapedGraph {
             path: path.to_owned(),
             precision,
             plans: Mutex::new(Vec::new()),
+            planning: Mutex::new(()),
             weights: Arc::default(),
         };
         if !shapes.is_empty() {
@@ -211,13 +214,7 @@ impl ShapedGraph {
                 }
             }
         }
-        // Held while optimising: two window passes meeting a new shape at
-        // once plan it once.
-        let mut plans = self.plans.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(known) = plans.iter().find(|p| p.shape == shape) {
-            return Ok(known.runnable.clone());
-        }
-        let plan = plans.len();
+        let plan = self.plans.lock().unwrap_or_else(PoisonError::into_inner).len();
         let mut optimised = model
             .set_symbols(&subs)
             .and_then(|mut m| {
@@ -232,25 +229,27 @@ impl ShapedGraph {
             self.role
         );
         let runnable = optimised.into_runnable().map_err(|e| self.error(e))?;
-        plans.push(Plan {
-            shape: shape.to_vec(),
-            runnable: runnable.clone(),
-            packed,
-            shared,
-        });
+        self.plans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Plan {
+                shape: shape.to_vec(),
+                runnable: runnable.clone(),
+                packed,
+                shared,
+            });
         Ok(runnable)
     }
 
     /// The plan for `shape`, built now if it was not planned at load time.
     fn plan(&self, shape: &[usize]) -> Result<Arc<TypedRunnableModel>, Error> {
-        let known = self
-            .plans
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .find(|p| p.shape == shape)
-            .map(|p| p.runnable.clone());
-        if let Some(plan) = known {
+        if let Some(plan) = self.known(shape) {
+            return Ok(plan);
+        }
+        // One at a time: window passes running concurrently that meet the
+        // same new shape would each read and optimise the graph otherwise.
+        let _planning = self.planning.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(plan) = self.known(shape) {
             return Ok(plan);
         }
         log::info!(
@@ -262,6 +261,15 @@ impl ShapedGraph {
         drop(model);
         release_freed_memory();
         Ok(plan)
+    }
+
+    fn known(&self, shape: &[usize]) -> Option<Arc<TypedRunnableModel>> {
+        self.plans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|p| p.shape == shape)
+            .map(|p| p.runnable.clone())
     }
 
     /// Per plan built so far: (shape, packed weight operands, of them shared
@@ -452,6 +460,17 @@ mod tests {
                 "max diff {diff} at scale {scale}"
             );
         }
+    }
+
+    #[test]
+    fn a_new_shape_met_by_concurrent_runs_is_planned_once() {
+        let shaped = ShapedGraph::load("encoder", &tiny_encoder(), &[], Precision::F32).unwrap();
+        let outputs = concurrently(3, &[0, 1, 2], |_| shaped.run(tokens(2, 5)).unwrap());
+        assert_eq!(outputs.len(), 3);
+        assert_eq!(outputs[0], outputs[2]);
+        let sharing = shaped.sharing();
+        assert_eq!(sharing.len(), 1, "{sharing:?}");
+        assert_eq!(sharing[0].0, vec![2, 5, 64]);
     }
 
     #[test]
