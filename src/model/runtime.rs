@@ -224,6 +224,7 @@ impl ShapedGraph {
             })
             .map_err(|e| self.error(e))?;
         let (packed, shared) = self.weights.share_plan(plan, &mut optimised);
+        self.weights.prune();
         log::debug!(
             "{} plan for {shape:?}: {packed} packed weight matrices, {shared} shared with earlier plans",
             self.role

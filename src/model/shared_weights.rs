@@ -79,6 +79,16 @@ impl SharedWeights {
         (seen, shared)
     }
 
+    /// Let go of held copies no plan uses: packed constants an optimiser
+    /// created and then dropped or replaced.
+    pub(crate) fn prune(&self) {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        for held in table.values_mut() {
+            held.retain(|h| Arc::strong_count(&h.value.packed) > 1);
+        }
+        table.retain(|_, held| !held.is_empty());
+    }
+
     /// Make `packed` use the held copy of its values, or hold it if there is
     /// none. Returns the plan that first packed these values (`None`: a
     /// layout that cannot be compared, never shared).
@@ -309,6 +319,28 @@ mod tests {
         );
         let mut second = second;
         assert_eq!(weights.share_plan(1, &mut second), (operands.len(), from_first));
+    }
+
+    #[test]
+    fn copies_no_plan_uses_are_let_go() {
+        let weights = SharedWeights::default();
+        let operand =
+            packed_operands(&optimised(&Arc::new(SharedWeights::default()), 0, 4, 5)).swap_remove(0);
+        let fresh = || {
+            let mut copy = operand.clone();
+            copy.packed =
+                Arc::new(tract_data::internal::Blob::from_bytes(operand.packed.as_bytes()).unwrap());
+            copy
+        };
+        // Held by the table only, as if its plan had dropped it.
+        assert_eq!(weights.share(0, &mut fresh()), Some(0));
+        weights.prune();
+        assert_eq!(weights.share(1, &mut fresh()), Some(1), "an unused copy was kept");
+        // Plan 1's copy is in use (`kept`): it stays.
+        let mut kept = fresh();
+        assert_eq!(weights.share(1, &mut kept), Some(1));
+        weights.prune();
+        assert_eq!(weights.share(2, &mut fresh()), Some(1));
     }
 
     #[test]
