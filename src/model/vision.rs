@@ -310,7 +310,8 @@ mod tests {
         let map = model.token_map(&pixels).unwrap();
         let set = WindowSet::new(model.arch.grid, 2, 1).unwrap();
         let one = model.window_passes(&map, &set, usize::MAX, 1).unwrap();
-        // 20 windows per pass: 10 passes of 19–20, in turn or 3 at a time.
+        // At most 20 windows per pass: 10 passes of 19–20 in turn, or 12 of
+        // 16–17 three at a time.
         for workers in [1, 3] {
             let several = model.window_passes(&map, &set, 101, workers).unwrap();
             let diff = one
