@@ -101,7 +101,8 @@ pub struct Inspection {
     pub score_bound: Option<f32>,
 }
 
-fn ms(t: Instant) -> f64 {
+/// Milliseconds since `t`.
+pub(crate) fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 

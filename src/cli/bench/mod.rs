@@ -18,7 +18,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::bench::{self, median};
-use crate::inspector;
+use crate::inspector::{self, ms};
 use crate::model::{ModelPack, Precision, TextModel, VisionModel};
 use crate::synth::{Defect, Generator, Scene};
 use crate::winclip::{self, upsample, Config, Outcome, References, Scorer, TemplateSet, TextPrototypes};
@@ -74,10 +74,6 @@ struct Report {
     precision: Precision,
     precision_check: Option<precision::PrecisionReport>,
     stream: Option<stream::StreamReport>,
-}
-
-fn ms(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1e3
 }
 
 fn cpu_name() -> String {
