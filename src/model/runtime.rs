@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use ndarray::{ArrayD, IxDyn};
-use tract_linalg::multithread::{multithread_tract_scope, set_default_executor, Executor};
+use tract_linalg::multithread::{
+    current_tract_executor, multithread_tract_scope, set_default_executor, Executor,
+};
 use tract_onnx::prelude::*;
 
 use super::shared_weights::SharedWeights;
@@ -332,16 +334,17 @@ pub fn set_threads(n: usize) -> usize {
         Executor::multithread(n)
     };
     set_default_executor(executor);
-    WORKERS.store(n, Ordering::Relaxed);
     n
 }
 
-/// The thread count [`set_threads`] chose (1 until it is called).
-static WORKERS: AtomicUsize = AtomicUsize::new(1);
-
-/// How many independent graph runs to overlap with [`concurrently`].
+/// How many independent graph runs to overlap with [`concurrently`]: the
+/// threads of tract's executor on this thread ([`set_threads`] sets the
+/// default; 1 inside a concurrent job, whose runs are single-threaded).
 pub(crate) fn workers() -> usize {
-    WORKERS.load(Ordering::Relaxed).max(1)
+    match current_tract_executor() {
+        Executor::MultiThread(pool) => pool.current_num_threads().max(1),
+        _ => 1,
+    }
 }
 
 /// Run `f` on every job, up to `workers` at a time, each on its own thread
@@ -481,10 +484,7 @@ mod tests {
         let caller = std::thread::current().id();
         assert!(sequential.iter().all(|&(_, id)| id == caller));
         let overlapped = concurrently(3, &jobs, |&j| {
-            let single = matches!(
-                tract_linalg::multithread::current_tract_executor(),
-                Executor::SingleThread
-            );
+            let single = matches!(current_tract_executor(), Executor::SingleThread) && workers() == 1;
             (j * j, single, std::thread::current().id())
         });
         let squares: Vec<usize> = overlapped.iter().map(|r| r.0).collect();
