@@ -222,13 +222,7 @@ pub fn run(
     let categories = dataset::load(&spec.dataset, &spec.categories)?;
     let grid = pack.architecture().grid;
     let size = pack.architecture().image_size;
-    let sets: Vec<_> = spec
-        .config
-        .scales
-        .iter()
-        .map(|&k| winclip::WindowSet::new(grid, k, spec.config.stride))
-        .collect::<Option<Vec<_>>>()
-        .context("a window scale does not fit the patch grid")?;
+    let sets = spec.config.window_sets(grid)?;
     let cache = spec.out.join("cache").join(pack.id().as_str());
     std::fs::create_dir_all(&cache)?;
     check_settings(pack, spec)?;

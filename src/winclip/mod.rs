@@ -60,6 +60,23 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// The window sets of every configured scale on a `grid`×`grid` patch grid.
+    pub fn window_sets(&self, grid: usize) -> Result<Vec<WindowSet>, Error> {
+        self.scales
+            .iter()
+            .map(|&k| {
+                WindowSet::new(grid, k, self.stride).ok_or_else(|| {
+                    Error::Config(format!(
+                        "window scale {k} with stride {} does not fit a {grid}x{grid} grid",
+                        self.stride
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
 /// Normal / anomalous text prototypes: means of un-normalised prompt embeddings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextPrototypes {
@@ -182,18 +199,7 @@ impl Scorer {
                 config.tau
             )));
         }
-        let sets = config
-            .scales
-            .iter()
-            .map(|&k| {
-                WindowSet::new(grid, k, config.stride).ok_or_else(|| {
-                    Error::Config(format!(
-                        "window scale {k} with stride {} does not fit a {grid}x{grid} grid",
-                        config.stride
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let sets = config.window_sets(grid)?;
         let d = text.normal.len();
         if d == 0 || text.anomalous.len() != d {
             return Err(Error::Shape(
@@ -509,5 +515,18 @@ mod tests {
             ),
             Err(Error::Config(_))
         ));
+    }
+
+    #[test]
+    fn window_sets_follow_the_configured_scales_and_name_one_that_does_not_fit() {
+        let sets = Config::default().window_sets(15).unwrap();
+        let sizes: Vec<_> = sets.iter().map(|s| (s.scale(), s.len())).collect();
+        assert_eq!(sizes, [(2, 196), (3, 169)]);
+        let too_big = Config {
+            scales: vec![2, 16],
+            ..Config::default()
+        };
+        let err = too_big.window_sets(15).unwrap_err().to_string();
+        assert!(err.contains("window scale 16") && err.contains("15x15"), "{err}");
     }
 }
