@@ -145,6 +145,20 @@ path = "{incoming}"
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
 
+    /// Write `config` over the station's configuration, send SIGHUP, wait
+    /// until the daemon logs that the reload ended (applied or refused), and
+    /// return the log.
+    fn reload(&self, config: &str) -> String {
+        let ended = |log: &str| log.matches("reloaded").count() + log.matches("reload failed").count();
+        let before = ended(&self.log());
+        std::fs::write(&self.config, config).unwrap();
+        self.signal(Signal::SIGHUP);
+        wait_for(60, "the reload to end", || {
+            let log = self.log();
+            (ended(&log) > before).then_some(log)
+        })
+    }
+
     /// Drop a picture the way cameras do: write a temporary name, rename into place.
     fn drop_file(&self, from: &Path, name: &str) {
         let tmp = self.dir.join("in").join(format!(".{name}.part"));
@@ -417,16 +431,9 @@ fn sighup_with_a_broken_config_keeps_the_old_one_and_a_good_one_applies() {
     });
     let good_config = std::fs::read_to_string(&st.config).unwrap();
 
-    std::fs::write(
-        &st.config,
-        good_config.replace("[model]", "[model]\nthreshhold = 0.9"),
-    )
-    .unwrap();
-    st.signal(Signal::SIGHUP);
-    wait_for(60, "the reload to be refused", || {
-        st.log().contains("reload failed").then_some(())
-    });
-    assert!(st.log().contains("threshhold"), "the message names the bad key");
+    let log = st.reload(&good_config.replace("[model]", "[model]\nthreshhold = 0.9"));
+    assert!(log.contains("reload failed"), "{log}");
+    assert!(log.contains("threshhold"), "the message names the bad key: {log}");
     st.drop_file(&fixture("queries/good.png"), "r1.png");
     wait_for(120, "a result with the old config", || {
         files_seen(&sub).contains("r1.png").then_some(())
@@ -440,13 +447,8 @@ fn sighup_with_a_broken_config_keeps_the_old_one_and_a_good_one_applies() {
     assert_ne!(r1["threshold"].as_f64().unwrap(), 0.123);
 
     // A valid change applies: a new threshold.
-    std::fs::write(
-        &st.config,
-        good_config.replace("[model]", "[model]\nthreshold = 0.123"),
-    )
-    .unwrap();
-    st.signal(Signal::SIGHUP);
-    wait_for(60, "the reload", || st.log().contains("reloaded").then_some(()));
+    let log = st.reload(&good_config.replace("[model]", "[model]\nthreshold = 0.123"));
+    assert!(log.contains("reloaded"), "{log}");
     st.drop_file(&fixture("queries/good.png"), "r2.png");
     wait_for(120, "a result with the new config", || {
         files_seen(&sub).contains("r2.png").then_some(())
@@ -460,18 +462,7 @@ fn sighup_with_a_broken_config_keeps_the_old_one_and_a_good_one_applies() {
 
     // Early exit with a bank that was not calibrated for it: refused with
     // what to do, and the running configuration stays.
-    let ended = |log: &str| log.matches("reloaded").count() + log.matches("reload failed").count();
-    let before = ended(&st.log());
-    std::fs::write(
-        &st.config,
-        good_config.replace("[model]", "[model]\nearly_exit = true"),
-    )
-    .unwrap();
-    st.signal(Signal::SIGHUP);
-    wait_for(60, "the early-exit reload to end", || {
-        (ended(&st.log()) > before).then_some(())
-    });
-    let log = st.log();
+    let log = st.reload(&good_config.replace("[model]", "[model]\nearly_exit = true"));
     assert!(log.contains("no early-exit rule"), "{log}");
     assert!(st.alive());
 }
