@@ -394,6 +394,21 @@ pub fn build_bank(
     let ens = winclip::ensemble(&spec.object, spec.prompt_set, &spec.extra_states);
     let prototypes =
         winclip::TextPrototypes::from_embeddings(&text.embed(&ens.normal)?, &text.embed(&ens.anomalous)?)?;
+    build_bank_from_prototypes(pack, vision, prototypes, spec, shots, calibration)
+}
+
+/// [`build_bank`] with the text side already done: `prototypes` must be the
+/// pack's text encoder's prototypes for `spec`'s prompt ensemble. For callers
+/// that have them and want the text encoder out of memory.
+pub fn build_bank_from_prototypes(
+    pack: &ModelPack,
+    vision: &VisionModel,
+    prototypes: winclip::TextPrototypes,
+    spec: &BankSpec,
+    shots: &[(FileRef, RgbImage)],
+    calibration: &[RgbImage],
+) -> Result<Bank, Error> {
+    let ens = winclip::ensemble(&spec.object, spec.prompt_set, &spec.extra_states);
     let grid = pack.architecture().grid;
     // Validates the configuration against the grid before any heavy work.
     let zero_shot = Scorer::new(spec.config.clone(), grid, &prototypes, None)?;

@@ -100,7 +100,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     // in production). The text encoder is dropped before memory is measured.
     let prototypes = {
         let text = TextModel::load(&pack)?;
-        let ens = winclip::ensemble("bottle", TemplateSet::Paper, &[]);
+        let ens = winclip::ensemble(stream::OBJECT, TemplateSet::Paper, &[]);
         TextPrototypes::from_embeddings(&text.embed(&ens.normal)?, &text.embed(&ens.anomalous)?)?
     };
     // glibc keeps the text encoder's freed memory otherwise, and it would count
@@ -293,7 +293,14 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let stream = match args.stream {
         0 => None,
-        n => Some(stream::run(&pack, &vision, n, max_k.max(1), args.calibration)?),
+        n => Some(stream::run(
+            &pack,
+            &vision,
+            &prototypes,
+            n,
+            max_k.max(1),
+            args.calibration,
+        )?),
     };
     let report = Report {
         model: pack.manifest().source.model.clone(),

@@ -8,8 +8,13 @@ use serde::Serialize;
 
 use crate::bank::FileRef;
 use crate::inspector::{self, BankSpec, Inspector, Verdict};
-use crate::model::{ModelPack, TextModel, VisionModel};
+use crate::model::{ModelPack, VisionModel};
 use crate::synth::{Defect, Generator, Scene};
+use crate::winclip::TextPrototypes;
+
+/// The object the bench's prompts name, for the main run and the stream's bank
+/// alike (the synthetic parts are generic; the name only sets the prompts).
+pub(super) const OBJECT: &str = "bottle";
 
 /// Every this many pictures one is defective (5 %).
 const DEFECT_EVERY: usize = 20;
@@ -55,10 +60,12 @@ pub(super) struct StreamReport {
 }
 
 /// Build a `shots`-shot bank calibrated on `calibration` good pictures, then
-/// inspect `n` pictures with and without early exit.
+/// inspect `n` pictures with and without early exit. `prototypes` are the
+/// text prototypes for [`OBJECT`] with the paper's prompts.
 pub(super) fn run(
     pack: &ModelPack,
     vision: &VisionModel,
+    prototypes: &TextPrototypes,
     n: usize,
     shots: usize,
     calibration: usize,
@@ -78,10 +85,9 @@ pub(super) fn run(
         .map(|i| gen.sample(1000 + i, None).image)
         .collect();
     eprintln!("stream: building a {shots}-shot bank calibrated on {calibration_images} good pictures...");
-    let bank = {
-        let text = TextModel::load(pack)?;
-        inspector::build_bank(pack, vision, &text, &BankSpec::new("object"), &refs, &calibration)?
-    };
+    let spec = BankSpec::new(OBJECT);
+    let bank =
+        inspector::build_bank_from_prototypes(pack, vision, prototypes.clone(), &spec, &refs, &calibration)?;
     let full = Inspector::new(pack, vision.clone(), bank.clone())?;
     let mut cascade = Inspector::new(pack, vision.clone(), bank)?;
     cascade.set_early_exit(true)?;
