@@ -303,6 +303,7 @@ impl Inspector {
         let mut timings = Timings::default();
         let (mut features, token_map) = image_pass(&self.vision, img, &mut timings)?;
         let mut score_bound = None;
+        let mut prescore = None;
         if let Some(rule) = self.early_exit {
             let t = Instant::now();
             let mut pre = self.scorer.prescore(&features)?;
@@ -315,11 +316,15 @@ impl Inspector {
             if pre.score <= self.threshold {
                 return self.finish(pre, timings, score_bound, true);
             }
+            prescore = Some(pre);
         }
         let sets = self.scorer.window_sets();
         window_passes(&self.vision, sets, &token_map, &mut features, &mut timings)?;
         let t = Instant::now();
-        let outcome = self.scorer.score(&features)?;
+        let outcome = match &prescore {
+            Some(pre) => self.scorer.score_after(&features, pre)?,
+            None => self.scorer.score(&features)?,
+        };
         timings.scoring_ms += ms(t);
         self.finish(outcome, timings, score_bound, false)
     }
@@ -427,9 +432,10 @@ pub fn build_bank_from_prototypes(
     let mut maps = Vec::with_capacity(calibration.len());
     for img in calibration {
         let (f, _) = extract(vision, scorer.window_sets(), img)?;
-        let o = scorer.score(&f)?;
+        let pre = scorer.prescore(&f)?;
+        let o = scorer.score_after(&f, &pre)?;
         scores.push(o.score);
-        if let (Some(patch), Some(full)) = (scorer.prescore(&f)?.fewshot_max, o.fewshot_max) {
+        if let (Some(patch), Some(full)) = (pre.fewshot_max, o.fewshot_max) {
             maxima.push((patch, full));
         }
         maps.push(o.map);

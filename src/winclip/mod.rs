@@ -287,7 +287,15 @@ impl Scorer {
     /// Score one image.
     pub fn score(&self, f: &Features) -> Result<Outcome, Error> {
         self.check_windows(f)?;
-        self.outcome(f, &self.incidence)
+        self.outcome(f, &self.incidence, None)
+    }
+
+    /// [`Scorer::score`] of an image whose [`Scorer::prescore`] outcome is
+    /// `pre`: the few-shot patch association comes from `pre` instead of being
+    /// computed again. The result is the same, bit for bit.
+    pub fn score_after(&self, f: &Features, pre: &Outcome) -> Result<Outcome, Error> {
+        self.check_windows(f)?;
+        self.outcome(f, &self.incidence, pre.few_shot.as_ref())
     }
 
     /// The score and map without the window scales, from the full-image pass
@@ -296,7 +304,7 @@ impl Scorer {
     /// `(s_img + max v_patch)/2` with the map `(s_img + v_patch)/2`. The first
     /// stage of the early-exit cascade.
     pub fn prescore(&self, f: &Features) -> Result<Outcome, Error> {
-        self.outcome(f, &[])
+        self.outcome(f, &[], None)
     }
 
     fn check_windows(&self, f: &Features) -> Result<(), Error> {
@@ -322,7 +330,13 @@ impl Scorer {
     }
 
     /// Score with the window scales of `incidence` (all of them, or none).
-    fn outcome(&self, f: &Features, incidence: &[Incidence]) -> Result<Outcome, Error> {
+    /// `patch_few`: the patch association, when a prescore already has it.
+    fn outcome(
+        &self,
+        f: &Features,
+        incidence: &[Incidence],
+        patch_few: Option<&Array2<f32>>,
+    ) -> Result<Outcome, Error> {
         let p = self.grid * self.grid;
         if f.embedding.len() != self.text.ncols() {
             return Err(Error::Shape(format!(
@@ -356,8 +370,15 @@ impl Scorer {
                         refs.patches.ncols()
                     )));
                 }
-                let q = score::normalized_rows(f.patches.view());
-                let mut few = score::association(q.view(), refs.patches.view());
+                // A prescore's few-shot map is the patch association alone
+                // (divided by one scale).
+                let mut few = match patch_few {
+                    Some(m) if m.len() == p => m.iter().copied().collect(),
+                    _ => {
+                        let q = score::normalized_rows(f.patches.view());
+                        score::association(q.view(), refs.patches.view())
+                    }
+                };
                 for ((w, r), inc) in f.windows.iter().zip(&refs.windows).zip(incidence) {
                     let q = score::normalized_rows(w.view());
                     few += &inc.harmonic(score::association(q.view(), r.view()).view());
@@ -491,6 +512,22 @@ mod tests {
         // Windows are not read at all.
         odd.windows.clear();
         assert_eq!(few.prescore(&odd).unwrap().score, pre.score);
+    }
+
+    #[test]
+    fn score_after_a_prescore_reuses_its_patch_association_and_equals_score() {
+        let normal = features([1.0, 0.0], [[1.0, 0.0]; 4], 0.0);
+        let refs = References::from_features(std::slice::from_ref(&normal)).unwrap();
+        let few = Scorer::new(config(), 3, &text(), Some(&refs)).unwrap();
+        let mut odd = features([0.5, 1.0], [[0.2, 1.0]; 4], 1.0);
+        odd.patches.row_mut(4).assign(&arr1(&[0.0, 1.0, 0.0]));
+        let mut pre = few.prescore(&odd).unwrap();
+        let (after, full) = (few.score_after(&odd, &pre).unwrap(), few.score(&odd).unwrap());
+        assert_eq!((after.score, &after.map), (full.score, &full.map));
+        // The association is read from the prescore, not computed again.
+        pre.few_shot.as_mut().unwrap().fill(0.0);
+        let reused = few.score_after(&odd, &pre).unwrap();
+        assert!(reused.score < full.score, "{} vs {}", reused.score, full.score);
     }
 
     #[test]
