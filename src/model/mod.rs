@@ -7,6 +7,7 @@
 //! [`TextModel`] load the graphs and return plain `ndarray` values, so the
 //! scoring code never sees a tract type.
 
+mod contraction_split;
 mod manifest;
 mod preprocess;
 pub mod reference;

@@ -11,6 +11,7 @@ use tract_linalg::multithread::{
 };
 use tract_onnx::prelude::*;
 
+use super::contraction_split::{split_long_contractions, MAX_CONTRACTION};
 use super::shared_weights::SharedWeights;
 use super::Error;
 
@@ -181,14 +182,25 @@ impl ShapedGraph {
             .and_then(|m| m.into_typed())
             .and_then(|m| m.into_decluttered())
             .map_err(|e| self.error(e))?;
-        match self.precision {
-            Precision::F32 => Ok(model),
+        let mut model = match self.precision {
+            Precision::F32 => model,
             Precision::F16 => tract_core::transform::get_transform("f32_to_f16")
                 .and_then(|t| t.ok_or_else(|| TractError::msg("tract has no f32_to_f16 transform")))
                 .and_then(|t| t.transform_into(model))
                 .and_then(|m| m.into_decluttered())
-                .map_err(|e| self.error(e)),
+                .map_err(|e| self.error(e))?,
+        };
+        let split = split_long_contractions(&mut model, MAX_CONTRACTION).map_err(|e| self.error(e))?;
+        if split > 0 {
+            // tract moves the new slices up to the producing products (the
+            // MLP's first product is split by output column) and slices their
+            // weights. Done once here, each plan starts from the sliced copies;
+            // otherwise every plan would slice again, and the first would hold
+            // the unsliced weights and the slices at once while packing.
+            model.declutter().map_err(|e| self.error(e))?;
         }
+        log::debug!("{}: {split} long contractions split", self.role);
+        Ok(model)
     }
 
     /// Optimise `model` for `shape` (of input 0), share packed weights, store the plan.
