@@ -21,7 +21,7 @@ pub(crate) const MAX_CONTRACTION: usize = 1024;
 pub(crate) fn split_long_contractions(model: &mut TypedModel, max_k: usize) -> TractResult<usize> {
     let mut split = 0;
     // Node ids change when the graph is compacted, so look again after each split.
-    while let Some((id, k_axes, chunks)) = next_candidate(model, max_k)? {
+    while let Some(Candidate { id, k_axes, chunks }) = next_candidate(model, max_k)? {
         let node = model.node(id);
         let op = node.op.clone();
         let name = node.name.clone();
@@ -58,9 +58,18 @@ pub(crate) fn split_long_contractions(model: &mut TypedModel, max_k: usize) -> T
     Ok(split)
 }
 
-/// The first product to split: node id, the contracted axis in each input,
-/// and the number of chunks.
-fn next_candidate(model: &TypedModel, max_k: usize) -> TractResult<Option<(usize, (usize, usize), usize)>> {
+/// A product to split.
+struct Candidate {
+    /// Its node.
+    id: usize,
+    /// The contracted axis in the activation and in the matrix.
+    k_axes: (usize, usize),
+    /// Into how many chunks.
+    chunks: usize,
+}
+
+/// The first product to split.
+fn next_candidate(model: &TypedModel, max_k: usize) -> TractResult<Option<Candidate>> {
     for node in model.nodes() {
         let Some(op) = node.op_as::<EinSum>() else {
             continue;
@@ -81,7 +90,11 @@ fn next_candidate(model: &TypedModel, max_k: usize) -> TractResult<Option<(usize
         let k = konst.shape()[*kb];
         let chunks = k.div_ceil(max_k);
         if chunks > 1 && k % chunks == 0 {
-            return Ok(Some((node.id, (*ka, *kb), chunks)));
+            return Ok(Some(Candidate {
+                id: node.id,
+                k_axes: (*ka, *kb),
+                chunks,
+            }));
         }
     }
     Ok(None)
