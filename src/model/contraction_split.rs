@@ -11,8 +11,8 @@ use tract_core::internal::*;
 use tract_core::ops::array::Slice;
 use tract_core::ops::einsum::EinSum;
 
-/// Longest contraction left whole: the width of ViT-B-16-plus-240, whose
-/// products with k = 896 run at the kernels' best.
+/// Longest contraction left whole. ViT-B-16-plus-240's k = 896 products run
+/// at the kernels' best; its MLP's 3 584 becomes 4 × 896.
 pub(crate) const MAX_CONTRACTION: usize = 1024;
 
 /// Split every product of an activation with a constant matrix whose
