@@ -54,26 +54,10 @@ impl SharedWeights {
     /// Returns (packed operands, of them first packed by an earlier plan).
     pub(crate) fn share_plan(&self, plan: usize, model: &mut TypedModel) -> (usize, usize) {
         let (mut seen, mut shared) = (0, 0);
-        for node in model.nodes.iter_mut() {
-            let Some(op) = node.op.downcast_mut::<OptMatMul>() else {
-                continue;
-            };
-            for spec in op.micro_ops.iter_mut() {
-                let ProtoFusedSpec::AddMatMul { a, b, .. } = spec else {
-                    continue;
-                };
-                for value in [a, b] {
-                    let MatMulOperand::Const(value) = value else {
-                        continue;
-                    };
-                    let Some(packed) = value.downcast_mut::<EagerPackedInput>() else {
-                        continue;
-                    };
-                    seen += 1;
-                    if self.share(plan, packed).is_some_and(|first| first < plan) {
-                        shared += 1;
-                    }
-                }
+        for packed in packed_operands(model) {
+            seen += 1;
+            if self.share(plan, packed).is_some_and(|first| first < plan) {
+                shared += 1;
             }
         }
         (seen, shared)
@@ -143,6 +127,24 @@ impl SharedWeights {
         let fact = konst.exotic_fact().map(tract_core::dyn_clone::clone_box);
         Const::new_with_opt_exotic_fact(Arc::new(tensor), fact).map(Some)
     }
+}
+
+/// The packed constant operands of every matrix product of an optimised model.
+fn packed_operands(model: &mut TypedModel) -> impl Iterator<Item = &mut EagerPackedInput> {
+    model
+        .nodes
+        .iter_mut()
+        .filter_map(|node| node.op.downcast_mut::<OptMatMul>())
+        .flat_map(|op| op.micro_ops.iter_mut())
+        .filter_map(|spec| match spec {
+            ProtoFusedSpec::AddMatMul { a, b, .. } => Some([a, b]),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|operand| match operand {
+            MatMulOperand::Const(value) => value.downcast_mut::<EagerPackedInput>(),
+            _ => None,
+        })
 }
 
 /// An optimiser pass that shares the packed constants its inner pass creates
@@ -271,23 +273,9 @@ mod tests {
         model
     }
 
-    fn packed_operands(model: &TypedModel) -> Vec<EagerPackedInput> {
-        let mut found = Vec::new();
-        for node in &model.nodes {
-            let Some(op) = node.op_as::<OptMatMul>() else {
-                continue;
-            };
-            for spec in &op.micro_ops {
-                if let ProtoFusedSpec::AddMatMul { a, b, .. } = spec {
-                    for value in [a, b] {
-                        if let MatMulOperand::Const(v) = value {
-                            found.extend(v.downcast_ref::<EagerPackedInput>().cloned());
-                        }
-                    }
-                }
-            }
-        }
-        found
+    /// Copies of a model's packed operands (sharing their buffers).
+    fn packed_copies(model: &TypedModel) -> Vec<EagerPackedInput> {
+        packed_operands(&mut model.clone()).map(|p| p.clone()).collect()
     }
 
     #[test]
@@ -295,7 +283,7 @@ mod tests {
         let weights = Arc::new(SharedWeights::default());
         optimised(&weights, 0, 4, 5);
         let second = optimised(&weights, 1, 3, 5);
-        let operands = packed_operands(&second);
+        let operands = packed_copies(&second);
         // Every weight the first plan packed alike must already be the first
         // plan's copy, not an equal one still to be swapped in afterwards.
         let mut from_first = 0;
@@ -324,8 +312,7 @@ mod tests {
     #[test]
     fn copies_no_plan_uses_are_let_go() {
         let weights = SharedWeights::default();
-        let operand =
-            packed_operands(&optimised(&Arc::new(SharedWeights::default()), 0, 4, 5)).swap_remove(0);
+        let operand = packed_copies(&optimised(&Arc::new(SharedWeights::default()), 0, 4, 5)).swap_remove(0);
         let fresh = || {
             let mut copy = operand.clone();
             copy.packed =
@@ -347,7 +334,7 @@ mod tests {
     fn different_values_are_never_shared() {
         let weights = SharedWeights::default();
         let first = optimised(&Arc::new(SharedWeights::default()), 0, 4, 5);
-        let mut a = packed_operands(&first)
+        let mut a = packed_copies(&first)
             .into_iter()
             .max_by_key(|p| p.packed.len() / p.panel_bytes)
             .unwrap();
