@@ -102,16 +102,14 @@ fn next_candidate(model: &TypedModel, max_k: usize) -> TractResult<Option<Candid
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use tract_onnx::prelude::InferenceModelExt;
 
+    use super::super::tiny_encoder_path;
     use super::*;
 
     fn tiny_encoder() -> TypedModel {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/encoder.onnx");
         tract_onnx::onnx()
-            .model_for_path(path)
+            .model_for_path(tiny_encoder_path())
             .and_then(|m| m.into_typed())
             .and_then(|m| m.into_decluttered())
             .unwrap()

@@ -30,6 +30,12 @@ pub use runtime::{set_threads, Precision};
 pub use text::TextModel;
 pub use vision::{ImageFeatures, VisionModel};
 
+/// The committed tiny pack's token encoder, for the runtime's unit tests.
+#[cfg(test)]
+fn tiny_encoder_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny/encoder.onnx")
+}
+
 /// What can go wrong while opening or running a model pack.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

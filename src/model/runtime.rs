@@ -404,11 +404,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::super::tiny_encoder_path;
     use super::*;
-
-    fn tiny_encoder() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny/encoder.onnx")
-    }
 
     fn tokens(b: usize, t: usize) -> Tensor {
         let a = ndarray::Array3::from_shape_fn((b, t, 64), |(i, j, k)| {
@@ -419,7 +416,7 @@ mod tests {
 
     #[test]
     fn plans_share_identical_packed_weights_and_match_the_symbolic_graph() {
-        let path = tiny_encoder();
+        let path = tiny_encoder_path();
         let shapes = [vec![196, 5, 64], vec![169, 10, 64], vec![1, 226, 64]];
         let shaped = ShapedGraph::load("encoder", &path, &shapes, Precision::F32).unwrap();
         let sharing = shaped.sharing();
@@ -462,8 +459,8 @@ mod tests {
     #[test]
     fn an_f16_plan_takes_and_gives_f32_close_to_the_f32_plan() {
         let shapes = [vec![3, 17, 64]];
-        let full = ShapedGraph::load("encoder", &tiny_encoder(), &shapes, Precision::F32).unwrap();
-        let half = ShapedGraph::load("encoder", &tiny_encoder(), &shapes, Precision::F16).unwrap();
+        let full = ShapedGraph::load("encoder", &tiny_encoder_path(), &shapes, Precision::F32).unwrap();
+        let half = ShapedGraph::load("encoder", &tiny_encoder_path(), &shapes, Precision::F16).unwrap();
         let want = full.run(tokens(3, 17)).unwrap();
         let got = half.run(tokens(3, 17)).unwrap();
         for (w, g) in want.iter().zip(&got) {
@@ -480,7 +477,7 @@ mod tests {
 
     #[test]
     fn a_new_shape_met_by_concurrent_runs_is_planned_once() {
-        let shaped = ShapedGraph::load("encoder", &tiny_encoder(), &[], Precision::F32).unwrap();
+        let shaped = ShapedGraph::load("encoder", &tiny_encoder_path(), &[], Precision::F32).unwrap();
         let outputs = concurrently(3, &[0, 1, 2], |_| shaped.run(tokens(2, 5)).unwrap());
         assert_eq!(outputs.len(), 3);
         assert_eq!(outputs[0], outputs[2]);
@@ -511,7 +508,7 @@ mod tests {
 
     #[test]
     fn a_shape_that_cannot_fit_is_a_clear_error() {
-        let shaped = ShapedGraph::load("encoder", &tiny_encoder(), &[], Precision::F32).unwrap();
+        let shaped = ShapedGraph::load("encoder", &tiny_encoder_path(), &[], Precision::F32).unwrap();
         let err = shaped
             .run(tensor(ndarray::Array2::<f32>::zeros((5, 64))))
             .unwrap_err();

@@ -255,14 +255,14 @@ fn same_values(a: &EagerPackedInput, b: &EagerPackedInput) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tiny_encoder_path;
     use super::*;
 
     /// The tiny encoder optimised for `[b, t, 64]` as plan number `plan`,
     /// without the final [`SharedWeights::share_plan`] pass.
     fn optimised(weights: &Arc<SharedWeights>, plan: usize, b: usize, t: usize) -> TypedModel {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny/encoder.onnx");
         let mut model = tract_onnx::onnx()
-            .model_for_path(path)
+            .model_for_path(tiny_encoder_path())
             .and_then(|m| m.with_input_fact(0, f32::fact([b, t, 64]).into()))
             .and_then(|m| m.into_typed())
             .and_then(|m| m.into_decluttered())
