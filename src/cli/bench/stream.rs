@@ -12,10 +12,6 @@ use crate::model::{ModelPack, VisionModel};
 use crate::synth::{Defect, Generator, Scene};
 use crate::winclip::TextPrototypes;
 
-/// The object the bench's prompts name, for the main run and the stream's bank
-/// alike (the synthetic parts are generic; the name only sets the prompts).
-pub(super) const OBJECT: &str = "bottle";
-
 /// Every this many pictures one is defective (5 %).
 const DEFECT_EVERY: usize = 20;
 
@@ -61,7 +57,7 @@ pub(super) struct StreamReport {
 
 /// Build a `shots`-shot bank calibrated on `calibration` good pictures, then
 /// inspect `n` pictures with and without early exit. `prototypes` are the
-/// text prototypes for [`OBJECT`] with the paper's prompts.
+/// text prototypes for [`super::OBJECT`] with the paper's prompts.
 pub(super) fn run(
     pack: &ModelPack,
     vision: &VisionModel,
@@ -85,7 +81,7 @@ pub(super) fn run(
         .map(|i| gen.sample(1000 + i, None).image)
         .collect();
     eprintln!("stream: building a {shots}-shot bank calibrated on {calibration_images} good pictures...");
-    let spec = BankSpec::new(OBJECT);
+    let spec = BankSpec::new(super::OBJECT);
     let bank =
         inspector::build_bank_from_prototypes(pack, vision, prototypes.clone(), &spec, &refs, &calibration)?;
     let full = Inspector::new(pack, vision.clone(), bank.clone())?;
