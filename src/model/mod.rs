@@ -8,6 +8,7 @@
 //! scoring code never sees a tract type.
 
 mod contraction_split;
+mod dense;
 mod manifest;
 mod preprocess;
 pub mod reference;
@@ -26,7 +27,7 @@ use sha2::{Digest, Sha256};
 pub use manifest::{Architecture, FileEntry, Manifest, FORMAT_VERSION};
 pub use preprocess::Preprocessor;
 pub(crate) use runtime::release_freed_memory;
-pub use runtime::{set_threads, Precision};
+pub use runtime::{set_threads, PlanWeights, Precision};
 pub use text::TextModel;
 pub use vision::{ImageFeatures, VisionModel};
 

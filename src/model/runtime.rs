@@ -12,6 +12,7 @@ use tract_linalg::multithread::{
 use tract_onnx::prelude::*;
 
 use super::contraction_split::{split_long_contractions, MAX_CONTRACTION};
+use super::dense::{dense_products, use_dense_products};
 use super::shared_weights::SharedWeights;
 use super::Error;
 
@@ -116,8 +117,10 @@ impl std::fmt::Display for Precision {
 /// tract optimises much better when every dimension is known (measured: the
 /// full-size window passes run ≈ 1.6× faster than with symbolic batch and
 /// sequence). One plan per shape would normally hold its own copy of the
-/// packed weights (≈ 470 MB each for ViT-B-16-plus-240); here plans that pack
-/// a weight identically share it ([`SharedWeights`], as it is packed, so
+/// weights (≈ 470 MB for ViT-B-16-plus-240). Here f32 plans run the linear
+/// layers as dense products ([`super::dense`]) whose matrices every plan
+/// shares (one `Arc`); f16 plans, left to tract's kernels, share the weights
+/// each plan packs identically ([`SharedWeights`], as it is packed, so
 /// loading peaks at one copy plus the unpacked weights). Shapes not planned at
 /// load time are planned on first use (the ONNX file is read again, ≈ 1 s).
 #[derive(Debug)]
@@ -137,10 +140,20 @@ struct Plan {
     /// Input shape it runs.
     shape: Vec<usize>,
     runnable: Arc<TypedRunnableModel>,
-    /// Packed weight operands.
-    packed: usize,
-    /// Of them, shared with an earlier plan.
-    shared: usize,
+    weights: PlanWeights,
+}
+
+/// How a plan holds its constant matrices.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PlanWeights {
+    /// Input shape the plan runs.
+    pub shape: Vec<usize>,
+    /// Dense products: their matrices are the same `Arc`s in every plan.
+    pub dense: usize,
+    /// Weight operands packed for tract's kernels (f16 plans).
+    pub packed: usize,
+    /// Of them, shared with an earlier plan rather than copied.
+    pub shared: usize,
 }
 
 impl ShapedGraph {
@@ -190,16 +203,24 @@ impl ShapedGraph {
                 .and_then(|m| m.into_decluttered())
                 .map_err(|e| self.error(e))?,
         };
+        // f32 products with constant matrices go to `gemm`; what stays with
+        // tract's kernels (f16) gets its long contractions split.
+        let dense = use_dense_products(&mut model).map_err(|e| self.error(e))?;
         let split = split_long_contractions(&mut model, MAX_CONTRACTION).map_err(|e| self.error(e))?;
-        if split > 0 {
-            // tract moves the new slices up to the producing products (the
-            // MLP's first product is split by output column) and slices their
-            // weights. Done once here, each plan starts from the sliced copies;
-            // otherwise every plan would slice again, and the first would hold
-            // the unsliced weights and the slices at once while packing.
+        if dense + split > 0 {
+            // Fuses the bias additions into the dense products; after a
+            // split, tract moves the new slices up to the producing products
+            // (the MLP's first product is split by output column) and slices
+            // their weights. Done once here, each plan starts from the
+            // rewritten graph and shares its matrices; otherwise every plan
+            // would rewrite again, and the first would hold the old weights
+            // and the new at once while packing.
             model.declutter().map_err(|e| self.error(e))?;
         }
-        log::debug!("{}: {split} long contractions split", self.role);
+        log::debug!(
+            "{}: {dense} dense products, {split} long contractions split",
+            self.role
+        );
         Ok(model)
     }
 
@@ -239,10 +260,13 @@ impl ShapedGraph {
             .map_err(|e| self.error(e))?;
         let (packed, shared) = self.weights.share_plan(plan, &mut optimised);
         self.weights.prune();
-        log::debug!(
-            "{} plan for {shape:?}: {packed} packed weight matrices, {shared} shared with earlier plans",
-            self.role
-        );
+        let weights = PlanWeights {
+            shape: shape.to_vec(),
+            dense: dense_products(&optimised).count(),
+            packed,
+            shared,
+        };
+        log::debug!("{} plan: {weights:?}", self.role);
         let runnable = optimised.into_runnable().map_err(|e| self.error(e))?;
         self.plans
             .lock()
@@ -250,8 +274,7 @@ impl ShapedGraph {
             .push(Plan {
                 shape: shape.to_vec(),
                 runnable: runnable.clone(),
-                packed,
-                shared,
+                weights,
             });
         Ok(runnable)
     }
@@ -287,14 +310,13 @@ impl ShapedGraph {
             .map(|p| p.runnable.clone())
     }
 
-    /// Per plan built so far: (shape, packed weight operands, of them shared
-    /// with an earlier plan).
-    pub(crate) fn sharing(&self) -> Vec<(Vec<usize>, usize, usize)> {
+    /// How every plan built so far holds its weights, in build order.
+    pub(crate) fn sharing(&self) -> Vec<PlanWeights> {
         self.plans
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|p| (p.shape.clone(), p.packed, p.shared))
+            .map(|p| p.weights.clone())
             .collect()
     }
 
@@ -414,33 +436,39 @@ mod tests {
         tensor(a)
     }
 
+    /// The dense products' matrices of every plan, as addresses, sorted.
+    fn dense_matrices(shaped: &ShapedGraph) -> Vec<Vec<*const Tensor>> {
+        let plans = shaped.plans.lock().unwrap();
+        plans
+            .iter()
+            .map(|p| {
+                let mut m: Vec<_> = dense_products(p.runnable.model())
+                    .map(|d| Arc::as_ptr(d.weight()))
+                    .collect();
+                m.sort();
+                m
+            })
+            .collect()
+    }
+
     #[test]
-    fn plans_share_identical_packed_weights_and_match_the_symbolic_graph() {
+    fn f32_plans_share_their_dense_matrices_and_match_the_symbolic_graph() {
         let path = tiny_encoder_path();
         let shapes = [vec![196, 5, 64], vec![169, 10, 64], vec![1, 226, 64]];
         let shaped = ShapedGraph::load("encoder", &path, &shapes, Precision::F32).unwrap();
         let sharing = shaped.sharing();
         assert_eq!(sharing.len(), 3);
-        for (_, packed, shared) in &sharing {
-            assert!(shared <= packed, "{sharing:?}");
+        // 2 blocks × (query, key, value, attention out, MLP in, MLP out) and
+        // the projection; nothing left for tract to pack.
+        for p in &sharing {
+            assert_eq!((p.dense, p.packed), (13, 0), "{sharing:?}");
         }
-        // Which kernel (and so which packing) tract picks depends on the CPU;
-        // on x86-64 both window shapes pack every weight alike, and the full
-        // image (fewer rows than the MLP is wide) packs the MLP's first layer
-        // the other way round but the rest alike, under other node names.
-        if cfg!(target_arch = "x86_64") {
-            let (packed, shared) = (sharing[1].1, sharing[1].2);
-            assert!(packed > 0, "{sharing:?}");
-            assert_eq!(
-                packed, shared,
-                "the second window plan reuses every packed weight: {sharing:?}"
-            );
-            let (packed, shared) = (sharing[2].1, sharing[2].2);
-            assert!(
-                shared > 0 && shared < packed,
-                "the image plan shares some: {sharing:?}"
-            );
-        }
+        let matrices = dense_matrices(&shaped);
+        assert_eq!(matrices[0].len(), 13);
+        assert!(
+            matrices.iter().all(|m| *m == matrices[0]),
+            "every plan holds the same matrices"
+        );
 
         let symbolic = Graph::load("encoder", &path).unwrap();
         // A planned shape and one planned on first use both agree with the symbolic graph.
@@ -454,6 +482,21 @@ mod tests {
             }
         }
         assert_eq!(shaped.sharing().len(), 4, "(3, 17) was planned on first use");
+    }
+
+    #[test]
+    fn f16_plans_share_the_weights_they_pack_alike() {
+        let shapes = [vec![196, 5, 64], vec![169, 10, 64], vec![1, 226, 64]];
+        let shaped = ShapedGraph::load("encoder", &tiny_encoder_path(), &shapes, Precision::F16).unwrap();
+        let sharing = shaped.sharing();
+        assert_eq!(sharing.len(), 3);
+        for p in &sharing {
+            assert!(
+                p.dense == 0 && p.packed > 0 && p.shared <= p.packed,
+                "{sharing:?}"
+            );
+        }
+        assert!(sharing[1].shared > 0 && sharing[2].shared > 0, "{sharing:?}");
     }
 
     #[test]
@@ -483,7 +526,7 @@ mod tests {
         assert_eq!(outputs[0], outputs[2]);
         let sharing = shaped.sharing();
         assert_eq!(sharing.len(), 1, "{sharing:?}");
-        assert_eq!(sharing[0].0, vec![2, 5, 64]);
+        assert_eq!(sharing[0].shape, vec![2, 5, 64]);
     }
 
     #[test]

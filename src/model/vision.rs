@@ -5,7 +5,7 @@ use std::sync::Arc;
 use image::RgbImage;
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
 
-use super::runtime::{concurrently, tensor, workers, Graph, Precision, ShapedGraph};
+use super::runtime::{concurrently, tensor, workers, Graph, PlanWeights, Precision, ShapedGraph};
 use super::{Architecture, Error, ModelPack, Preprocessor};
 use crate::winclip::WindowSet;
 
@@ -82,8 +82,8 @@ impl VisionModel {
         let files = &pack.manifest().files;
         let arch = pack.architecture().clone();
         // One plan per window pass shape of the default scales, then the
-        // full image; all share one copy of each packed weight where they
-        // pack it alike (see `window_rows_limit`).
+        // full image; all share one copy of each weight (f16 plans: where
+        // they pack it alike, see `window_rows_limit`).
         let max_rows = window_rows_limit(arch.tokens, arch.vision_width);
         let mut shapes: Vec<Vec<usize>> = Vec::new();
         for set in crate::winclip::DEFAULT_SCALES
@@ -112,9 +112,9 @@ impl VisionModel {
         Ok(model)
     }
 
-    /// The token encoder's plans so far, in build order: (input shape, packed
-    /// weight matrices, of them shared with an earlier plan rather than copied).
-    pub fn encoder_plans(&self) -> Vec<(Vec<usize>, usize, usize)> {
+    /// The token encoder's plans so far, in build order, and how they hold
+    /// their weights.
+    pub fn encoder_plans(&self) -> Vec<PlanWeights> {
         self.encoder.sharing()
     }
 

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::bench::{self, median};
 use crate::inspector::{self, ms};
-use crate::model::{ModelPack, Precision, TextModel, VisionModel};
+use crate::model::{ModelPack, PlanWeights, Precision, TextModel, VisionModel};
 use crate::synth::{Defect, Generator, Scene};
 use crate::winclip::{self, upsample, Config, Outcome, References, Scorer, TemplateSet, TextPrototypes};
 
@@ -64,8 +64,8 @@ struct Report {
     images: usize,
     cpu: String,
     load_ms: f64,
-    /// Encoder plans: input shape, packed weight matrices, of them shared.
-    encoder_plans: Vec<(Vec<usize>, usize, usize)>,
+    /// Encoder plans and how they hold their weights.
+    encoder_plans: Vec<PlanWeights>,
     load_peak_rss_bytes: Option<u64>,
     rss_loaded_bytes: Option<u64>,
     peak_rss_bytes: Option<u64>,
@@ -383,8 +383,12 @@ fn print_report(r: &Report) {
         gb(r.peak_rss_bytes)
     );
     println!("(the text encoder is not counted: on a station the prototypes come from the bank)");
-    for (shape, packed, shared) in &r.encoder_plans {
-        println!("encoder plan for {shape:?}: {packed} packed weight matrices, {shared} shared with an earlier plan");
+    for p in &r.encoder_plans {
+        println!(
+            "encoder plan for {:?}: {} dense products (matrices shared by every plan), \
+             {} packed weight matrices ({} shared with an earlier plan)",
+            p.shape, p.dense, p.packed, p.shared
+        );
     }
     if let Some(p) = &r.precision_check {
         precision::print(p);
