@@ -14,6 +14,7 @@ mod preprocess;
 pub mod reference;
 mod runtime;
 mod shared_weights;
+mod short_attention;
 mod text;
 mod vision;
 

@@ -14,6 +14,7 @@ use tract_onnx::prelude::*;
 use super::contraction_split::{split_long_contractions, MAX_CONTRACTION};
 use super::dense::{dense_products, use_dense_products};
 use super::shared_weights::SharedWeights;
+use super::short_attention::use_short_attention;
 use super::Error;
 
 /// A loaded, optimised graph ready to run.
@@ -254,6 +255,11 @@ impl ShapedGraph {
             .set_symbols(&subs)
             .and_then(|mut m| {
                 m.declutter()?;
+                let short = use_short_attention(&mut m)?;
+                log::debug!(
+                    "{} plan for {shape:?}: {short} short-sequence attention nodes",
+                    self.role
+                );
                 m.optimize_with_session(&mut self.weights.optimizer(plan).session())?;
                 Ok(m)
             })
