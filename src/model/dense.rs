@@ -104,13 +104,25 @@ impl EvalOp for DenseProduct {
 
 /// `y (+)= x · w`, all row-major: `x` is `rows × k`, `w` `k × n`, `y` `rows × n`.
 fn product(rows: usize, k: usize, n: usize, x: &[f32], w: &[f32], y: &mut [f32], accumulate: bool) {
+    if rows == 0 || k == 0 || n == 0 {
+        return;
+    }
     // Follow tract's executor: one thread inside a concurrent window pass,
     // the executor's pool otherwise.
     match current_tract_executor() {
         Executor::SingleThread => gemm_f32(rows, k, n, x, w, y, accumulate, gemm::Parallelism::None),
         Executor::MultiThread(pool) => {
-            let threads = pool.current_num_threads();
-            pool.install(|| gemm_f32(rows, k, n, x, w, y, accumulate, gemm::Parallelism::Rayon(threads)))
+            // One block of rows per thread, each a single-threaded product:
+            // on the full image's 226 rows gemm's own threading gained
+            // 0.9–1.4× on 2 threads, row blocks 1.5–1.7×.
+            let block = rows.div_ceil(pool.current_num_threads().max(1));
+            pool.scope(|scope| {
+                for (x, y) in x.chunks(block * k).zip(y.chunks_mut(block * n)) {
+                    scope.spawn(move |_| {
+                        gemm_f32(x.len() / k, k, n, x, w, y, accumulate, gemm::Parallelism::None)
+                    });
+                }
+            })
         }
         Executor::RayonGlobal => gemm_f32(rows, k, n, x, w, y, accumulate, gemm::Parallelism::Rayon(0)),
     }
