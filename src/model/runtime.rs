@@ -138,9 +138,8 @@ pub(crate) struct ShapedGraph {
 /// One optimised plan and what its weights cost.
 #[derive(Debug)]
 struct Plan {
-    /// Input shape it runs.
-    shape: Vec<usize>,
     runnable: Arc<TypedRunnableModel>,
+    /// Its input shape and how it holds its weights.
     weights: PlanWeights,
 }
 
@@ -278,7 +277,6 @@ impl ShapedGraph {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(Plan {
-                shape: shape.to_vec(),
                 runnable: runnable.clone(),
                 weights,
             });
@@ -312,7 +310,7 @@ impl ShapedGraph {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .find(|p| p.shape == shape)
+            .find(|p| p.weights.shape == shape)
             .map(|p| p.runnable.clone())
     }
 
