@@ -123,13 +123,15 @@ def versions() -> dict:
     import open_clip
     import torch
 
-    tract = "?"
+    tract, gemm = "?", "?"
     with open(os.path.join(ROOT, "Cargo.lock"), "rb") as f:
         lock = tomllib.load(f)
     for p in lock.get("package", []):
         if p["name"] == "tract-core":
             tract = p["version"]
-    return {"tract": tract, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+        if p["name"] == "gemm":
+            gemm = p["version"]
+    return {"tract": tract, "gemm": gemm, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
             "open_clip": open_clip.__version__, "python": platform.python_version()}
 
 
@@ -164,11 +166,11 @@ def section(pack: str, manifest: dict, ours: dict, ort_ms: dict, torch_ms: dict,
         "",
         f"- machine: {ours['cpu']}, {os.cpu_count()} cores, {platform.system()} {platform.release()};"
         f" {threads} thread(s) for every engine",
-        f"- versions: winclip-edge {git_commit()} with tract {v['tract']}; onnxruntime {v['onnxruntime']};"
+        f"- versions: winclip-edge {git_commit()} with tract {v['tract']} and gemm {v['gemm']}; onnxruntime {v['onnxruntime']};"
         f" torch {v['torch']} with open_clip {v['open_clip']}",
         f"- method: median of {images} runs after one warm-up per stage, all three engines in one"
         f" `models/bench_compare.py` run on {datetime.date.today().isoformat()};"
-        f" onnxruntime and tract run the same ONNX files; PyTorch runs open_clip's modules with the same weights"
+        f" onnxruntime and winclip-edge run the same ONNX files; PyTorch runs open_clip's modules with the same weights"
         f" (their image embeddings agree to {agree:.1e})",
         "",
         "| network work per picture | winclip-edge ms | onnxruntime ms | PyTorch ms | ours / ORT | ours / PyTorch |",
