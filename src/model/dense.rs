@@ -92,7 +92,7 @@ impl EvalOp for DenseProduct {
             let ys = view.as_slice_mut::<f32>()?;
             if let Some(bias) = &self.bias {
                 let bs = bias.try_as_plain_ram()?.as_slice::<f32>()?;
-                for row in ys.chunks_exact_mut(n) {
+                for row in ys.chunks_exact_mut(n.max(1)) {
                     row.copy_from_slice(bs);
                 }
             }

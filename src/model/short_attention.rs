@@ -279,12 +279,18 @@ fn small_product(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Sma
         }
         match (a.first(), b.first(), o.first()) {
             (Some(&a), Some(&b), None) => {
-                if contracted.replace([a, b]).is_some() {
+                if contracted.replace([a, b]).is_some() || x[a] != y[b] {
                     return Ok(None);
                 }
                 k = x[a];
             }
             (a, b, Some(&o)) if a.is_some() || b.is_some() => {
+                // An axis both inputs run along must not broadcast one of them.
+                if let (Some(&a), Some(&b)) = (a, b) {
+                    if x[a] != y[b] {
+                        return Ok(None);
+                    }
+                }
                 output_axes[o] = [a.copied(), b.copied()];
                 // Axes of one input only are the per-batch product's rows and columns.
                 match (a, b) {
@@ -388,6 +394,17 @@ mod tests {
             let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
             assert!(worst < 1e-5, "{seq} tokens: max difference {worst}");
         }
+    }
+
+    #[test]
+    fn a_broadcast_batch_axis_stays_with_tract() {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([1, 5, 8])).unwrap();
+        let y = model.add_source("y", f32::fact([3, 5, 8])).unwrap();
+        let op = EinSum::new("bmk,bnk->bmn".parse().unwrap(), f32::datum_type());
+        let out = model.wire_node("qk", op, &[x, y]).unwrap();
+        model.select_output_outlets(&out).unwrap();
+        assert_eq!(use_short_attention(&mut model).unwrap(), 0);
     }
 
     #[test]
