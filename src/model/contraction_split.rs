@@ -102,25 +102,8 @@ fn next_candidate(model: &TypedModel, max_k: usize) -> TractResult<Option<Candid
 
 #[cfg(test)]
 mod tests {
-    use tract_onnx::prelude::InferenceModelExt;
-
-    use super::super::tiny_encoder_path;
+    use super::super::graph_testing::{max_difference, run, tiny_encoder, tokens};
     use super::*;
-
-    fn tiny_encoder() -> TypedModel {
-        tract_onnx::onnx()
-            .model_for_path(tiny_encoder_path())
-            .and_then(|m| m.into_typed())
-            .and_then(|m| m.into_decluttered())
-            .unwrap()
-    }
-
-    fn run(model: TypedModel, tokens: &Tensor) -> Tensor {
-        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-        plan.run(tvec!(tokens.clone().into())).unwrap()[0]
-            .clone()
-            .into_tensor()
-    }
 
     fn einsums(model: &TypedModel) -> usize {
         model.nodes().iter().filter(|n| n.op_is::<EinSum>()).count()
@@ -137,21 +120,10 @@ mod tests {
         assert_eq!(split_long_contractions(&mut split, 128).unwrap(), 0);
         assert_eq!(split_long_contractions(&mut whole.clone(), 256).unwrap(), 0);
 
-        let width = 64;
-        let tokens = Tensor::from_shape(
-            &[3, 5, width],
-            &(0..3 * 5 * width)
-                .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
-        let (a, b) = (run(whole, &tokens), run(split, &tokens));
-        let (a, b) = (
-            a.to_plain_array_view::<f32>().unwrap(),
-            b.to_plain_array_view::<f32>().unwrap(),
-        );
+        let input = tokens(3, 5);
+        let (a, b) = (run(whole, &input), run(split, &input));
         assert_eq!(a.shape(), [3, 32], "the window embeddings");
-        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        let worst = max_difference(&a, &b);
         assert!(worst < 1e-5, "max difference {worst}");
     }
 }

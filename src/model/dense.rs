@@ -241,11 +241,8 @@ pub(crate) fn use_dense_products(model: &mut TypedModel) -> TractResult<usize> {
         let Some(dense) = as_dense(model, node)? else {
             continue;
         };
-        let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(model, node.inputs[0])?;
-        let y = patch.wire_node(&node.name, dense, &[x])?[0];
-        patch.shunt_outside(model, id.into(), y)?;
-        patch.apply(model)?;
+        // The constant is not an input any more: the product holds it.
+        TypedModelPatch::replace_single_op(model, node, &node.inputs[..1], dense)?.apply(model)?;
         replaced += 1;
     }
     model.compact()?;
@@ -314,25 +311,8 @@ pub(crate) fn dense_products(model: &TypedModel) -> impl Iterator<Item = &DenseP
 
 #[cfg(test)]
 mod tests {
-    use tract_onnx::prelude::InferenceModelExt;
-
-    use super::super::tiny_encoder_path;
+    use super::super::graph_testing::{max_difference, run, tiny_encoder, tokens};
     use super::*;
-
-    fn tiny_encoder() -> TypedModel {
-        tract_onnx::onnx()
-            .model_for_path(tiny_encoder_path())
-            .and_then(|m| m.into_typed())
-            .and_then(|m| m.into_decluttered())
-            .unwrap()
-    }
-
-    fn run(model: TypedModel, tokens: &Tensor) -> Tensor {
-        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-        plan.run(tvec!(tokens.clone().into())).unwrap()[0]
-            .clone()
-            .into_tensor()
-    }
 
     #[test]
     fn dense_products_give_tracts_outputs_with_the_biases_fused() {
@@ -363,21 +343,10 @@ mod tests {
             }
         }
 
-        let width = 64;
-        let tokens = Tensor::from_shape(
-            &[3, 5, width],
-            &(0..3 * 5 * width)
-                .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
-        let (a, b) = (run(tract, &tokens), run(dense, &tokens));
-        let (a, b) = (
-            a.to_plain_array_view::<f32>().unwrap(),
-            b.to_plain_array_view::<f32>().unwrap(),
-        );
+        let input = tokens(3, 5);
+        let (a, b) = (run(tract, &input), run(dense, &input));
         assert_eq!(a.shape(), [3, 32], "the window embeddings");
-        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        let worst = max_difference(&a, &b);
         assert!(worst < 1e-5, "max difference {worst}");
     }
 

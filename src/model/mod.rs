@@ -9,6 +9,8 @@
 
 mod contraction_split;
 mod dense;
+#[cfg(test)]
+mod graph_testing;
 mod manifest;
 mod preprocess;
 pub mod reference;

@@ -233,15 +233,7 @@ pub(crate) fn use_short_attention(model: &mut TypedModel) -> TractResult<usize> 
         } else {
             continue;
         };
-        let mut patch = TypedModelPatch::default();
-        let inputs: TVec<OutletId> = node
-            .inputs
-            .iter()
-            .map(|&i| patch.tap_model(model, i))
-            .collect::<TractResult<_>>()?;
-        let out = patch.wire_node(&node.name, op, &inputs)?[0];
-        patch.shunt_outside(model, id.into(), out)?;
-        patch.apply(model)?;
+        TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?.apply(model)?;
         replaced += 1;
     }
     model.compact()?;
@@ -331,52 +323,13 @@ fn short_softmax(model: &TypedModel, node: &TypedNode) -> TractResult<bool> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
-    use tract_onnx::prelude::InferenceModelExt;
-
-    use super::super::tiny_encoder_path;
+    use super::super::graph_testing::{max_difference, run, tiny_encoder_for, tokens};
     use super::*;
-
-    /// The tiny encoder, decluttered for `batch` sequences of `tokens`.
-    fn tiny_encoder(batch: usize, tokens: usize) -> TypedModel {
-        let model = tract_onnx::onnx()
-            .model_for_path(tiny_encoder_path())
-            .and_then(|m| m.into_typed())
-            .and_then(|m| m.into_decluttered())
-            .unwrap();
-        let fact = model.input_fact(0).unwrap();
-        let subs: HashMap<Symbol, TDim> = fact
-            .shape
-            .iter()
-            .zip([batch, tokens])
-            .filter_map(|(d, v)| match d {
-                TDim::Sym(s) => Some((s.clone(), TDim::Val(v as i64))),
-                _ => None,
-            })
-            .collect();
-        let mut model = model.set_symbols(&subs).unwrap();
-        model.declutter().unwrap();
-        model
-    }
-
-    fn run(model: TypedModel, tokens: &Tensor) -> Tensor {
-        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-        plan.run(tvec!(tokens.clone().into())).unwrap()[0]
-            .clone()
-            .into_tensor()
-    }
-
-    fn tokens(batch: usize, tokens: usize) -> Tensor {
-        let len = batch * tokens * 64;
-        let values: Vec<f32> = (0..len).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
-        Tensor::from_shape(&[batch, tokens, 64], &values).unwrap()
-    }
 
     #[test]
     fn window_attention_gives_tracts_outputs() {
         for seq in [5, 10] {
-            let tract = tiny_encoder(7, seq);
+            let tract = tiny_encoder_for(7, seq);
             let mut ours = tract.clone();
             // Per block: queries by keys, the softmax, weights by values.
             assert_eq!(use_short_attention(&mut ours).unwrap(), 2 * 3);
@@ -386,12 +339,8 @@ mod tests {
             );
             let input = tokens(7, seq);
             let (a, b) = (run(tract, &input), run(ours, &input));
-            let (a, b) = (
-                a.to_plain_array_view::<f32>().unwrap(),
-                b.to_plain_array_view::<f32>().unwrap(),
-            );
             assert_eq!(a.shape(), [7, 32], "the window embeddings");
-            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            let worst = max_difference(&a, &b);
             assert!(worst < 1e-5, "{seq} tokens: max difference {worst}");
         }
     }
@@ -409,7 +358,7 @@ mod tests {
 
     #[test]
     fn long_sequences_stay_with_tract() {
-        assert_eq!(use_short_attention(&mut tiny_encoder(1, 226)).unwrap(), 0);
+        assert_eq!(use_short_attention(&mut tiny_encoder_for(1, 226)).unwrap(), 0);
     }
 
     #[test]
