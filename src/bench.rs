@@ -4,7 +4,7 @@
 //! The timing loop itself lives in `cli::bench`; this module holds the parts
 //! that can be unit-tested without running a model.
 
-use crate::model::Architecture;
+use crate::model::{Architecture, Outputs};
 
 /// CLIP's ViT MLP hidden width is 4 × the model width (open_clip's default
 /// `mlp_ratio`, used by every pack the exporter writes).
@@ -14,8 +14,10 @@ const MLP_RATIO: f64 = 4.0;
 /// encoder pass over `batch` sequences of `seq` tokens: per layer and token the
 /// q/k/v and output projections (8·w²), the MLP (2·2·w·4w) and attention
 /// (2·2·seq·w); then the class-token projection. Layer norms, softmax and GELU
-/// are left out (well under 1 %).
-pub fn encoder_flops(arch: &Architecture, batch: usize, seq: usize) -> f64 {
+/// are left out (well under 1 %). A pass computing the class embedding alone
+/// ([`Outputs::First`]) needs only the keys and values (4·w²) of the other
+/// tokens in the last layer.
+pub fn encoder_flops(arch: &Architecture, batch: usize, seq: usize, outputs: Outputs) -> f64 {
     let (w, l, b, t) = (
         arch.vision_width as f64,
         arch.vision_layers as f64,
@@ -23,7 +25,11 @@ pub fn encoder_flops(arch: &Architecture, batch: usize, seq: usize) -> f64 {
         seq as f64,
     );
     let per_token_layer = 8.0 * w * w + 4.0 * MLP_RATIO * w * w + 4.0 * t * w;
-    b * t * l * per_token_layer + b * 2.0 * w * arch.embed_dim as f64
+    let per_sequence = match outputs {
+        Outputs::All => t * l * per_token_layer,
+        Outputs::First => t * (l - 1.0) * per_token_layer + per_token_layer + (t - 1.0) * 4.0 * w * w,
+    };
+    b * per_sequence + b * 2.0 * w * arch.embed_dim as f64
 }
 
 /// FLOPs of the patch embedding (a strided convolution) of one image.
@@ -111,11 +117,15 @@ mod tests {
     fn winclip_image_is_about_two_thirds_of_a_teraflop() {
         // The figure: ≈ 0.67 TFLOP per image, windows ≈ 90 %.
         let a = vit_b16_plus_240();
-        let image = encoder_flops(&a, 1, 226) + embed_flops(&a);
-        let windows = encoder_flops(&a, 196, 5) + encoder_flops(&a, 169, 10);
-        let total = image + windows;
+        let image = encoder_flops(&a, 1, 226, Outputs::All) + embed_flops(&a);
+        let windows = |o| encoder_flops(&a, 196, 5, o) + encoder_flops(&a, 169, 10, o);
+        let total = image + windows(Outputs::All);
         assert!((0.6e12..0.75e12).contains(&total), "{total:e}");
-        assert!(windows / total > 0.85, "{}", windows / total);
+        assert!(windows(Outputs::All) / total > 0.85);
+        // The class embedding alone skips most of the last layer for all
+        // tokens but one: 6–7 % of the windows' work.
+        let saved = 1.0 - windows(Outputs::First) / windows(Outputs::All);
+        assert!((0.055..0.07).contains(&saved), "{saved}");
     }
 
     #[test]

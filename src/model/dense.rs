@@ -186,6 +186,44 @@ impl TypedOp for DenseProduct {
         )))
     }
 
+    fn axes_mapping(&self, inputs: &[&TypedFact], _outputs: &[&TypedFact]) -> TractResult<AxesMapping> {
+        // Leading (row) axes pass through; the contracted axes and the
+        // trailing ones are the product's own.
+        let rows = inputs[0].rank() - self.contracted;
+        let label = |i: usize| char::from(b'a' + i as u8);
+        ensure!(
+            rows + self.contracted + self.trailing.len() <= 26,
+            "too many axes"
+        );
+        let mut axes: Vec<Axis> = (0..rows).map(|i| Axis::natural(1, 1, label(i), i)).collect();
+        for c in 0..self.contracted {
+            axes.push(Axis::new(label(rows + c), 1, 1).input(0, rows + c));
+        }
+        for t in 0..self.trailing.len() {
+            axes.push(Axis::new(label(rows + self.contracted + t), 1, 1).output(0, rows + t));
+        }
+        AxesMapping::new(1, 1, axes)
+    }
+
+    fn slice(
+        &self,
+        patch: &mut TypedModelPatch,
+        model: &TypedModel,
+        node: &TypedNode,
+        prefix: &str,
+        inputs: &[OutletId],
+        output_axis: usize,
+        _start: &TDim,
+        _end: &TDim,
+    ) -> TractResult<Option<TVec<OutletId>>> {
+        // Each output row is one input row times the matrix.
+        let rows = model.outlet_fact(node.id.into())?.rank() - self.trailing.len();
+        if output_axis >= rows {
+            return Ok(None);
+        }
+        patch.wire_node(prefix, self.clone(), inputs).map(Some)
+    }
+
     fn declutter(&self, model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
         if self.bias.is_some() {
             return Ok(None);

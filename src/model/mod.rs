@@ -12,6 +12,7 @@ mod dense;
 #[cfg(test)]
 mod graph_testing;
 mod manifest;
+mod needed_rows;
 mod preprocess;
 pub mod reference;
 mod runtime;
@@ -30,7 +31,7 @@ use sha2::{Digest, Sha256};
 pub use manifest::{Architecture, FileEntry, Manifest, FORMAT_VERSION};
 pub use preprocess::Preprocessor;
 pub(crate) use runtime::release_freed_memory;
-pub use runtime::{set_threads, PlanWeights, Precision};
+pub use runtime::{set_threads, Outputs, PlanSummary, Precision};
 pub use text::TextModel;
 pub use vision::{ImageFeatures, VisionModel};
 

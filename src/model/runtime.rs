@@ -13,6 +13,7 @@ use tract_onnx::prelude::*;
 
 use super::contraction_split::{split_long_contractions, MAX_CONTRACTION};
 use super::dense::{dense_products, use_dense_products};
+use super::needed_rows::use_needed_rows;
 use super::shared_weights::SharedWeights;
 use super::short_attention::use_short_attention;
 use super::Error;
@@ -113,7 +114,7 @@ impl std::fmt::Display for Precision {
     }
 }
 
-/// A graph with one optimised plan per input shape.
+/// A graph with one optimised plan per input shape (and selection of outputs).
 ///
 /// tract optimises much better when every dimension is known (measured: the
 /// full-size window passes run ≈ 1.6× faster than with symbolic batch and
@@ -135,19 +136,33 @@ pub(crate) struct ShapedGraph {
     weights: Arc<SharedWeights>,
 }
 
-/// One optimised plan and what its weights cost.
+/// One optimised plan and what it computes.
 #[derive(Debug)]
 struct Plan {
     runnable: Arc<TypedRunnableModel>,
-    /// Its input shape and how it holds its weights.
-    weights: PlanWeights,
+    summary: PlanSummary,
 }
 
-/// How a plan holds its constant matrices.
+/// Which outputs of a graph a plan computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outputs {
+    /// Every output.
+    All,
+    /// The first only: what only the others need is not computed (for the
+    /// encoder, the last layer on all but the class token).
+    First,
+}
+
+/// What a plan computes and how it holds its constant matrices.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct PlanWeights {
+pub struct PlanSummary {
     /// Input shape the plan runs.
     pub shape: Vec<usize>,
+    /// Outputs it computes.
+    pub outputs: Outputs,
+    /// Nodes that compute only the rows its outputs read ([`super::needed_rows`]).
+    pub narrowed: usize,
     /// Dense products: their matrices are the same `Arc`s in every plan.
     pub dense: usize,
     /// Weight operands packed for tract's kernels (f16 plans).
@@ -157,11 +172,12 @@ pub struct PlanWeights {
 }
 
 impl ShapedGraph {
-    /// Load `path` and optimise it for each shape of its first input in `shapes`.
+    /// Load `path` and optimise it for each shape of its first input and
+    /// selection of outputs in `plans`.
     pub(crate) fn load(
         role: &'static str,
         path: &Path,
-        shapes: &[Vec<usize>],
+        plans: &[(Vec<usize>, Outputs)],
         precision: Precision,
     ) -> Result<Self, Error> {
         let graph = Self {
@@ -172,12 +188,12 @@ impl ShapedGraph {
             planning: Mutex::new(()),
             weights: Arc::default(),
         };
-        if !shapes.is_empty() {
+        if !plans.is_empty() {
             let model = graph.decluttered()?;
             // The ONNX protobuf is gone: return its memory before packing.
             release_freed_memory();
-            for shape in shapes {
-                graph.add_plan(&model, shape)?;
+            for (shape, outputs) in plans {
+                graph.add_plan(&model, shape, *outputs)?;
                 // What optimising this plan dropped is free now: return it
                 // before the next.
                 release_freed_memory();
@@ -224,8 +240,14 @@ impl ShapedGraph {
         Ok(model)
     }
 
-    /// Optimise `model` for `shape` (of input 0), share packed weights, store the plan.
-    fn add_plan(&self, model: &TypedModel, shape: &[usize]) -> Result<Arc<TypedRunnableModel>, Error> {
+    /// Optimise `model` for `shape` (of input 0) and `outputs`, share packed
+    /// weights, store the plan.
+    fn add_plan(
+        &self,
+        model: &TypedModel,
+        shape: &[usize],
+        outputs: Outputs,
+    ) -> Result<Arc<TypedRunnableModel>, Error> {
         let fact = model.input_fact(0).map_err(|e| self.error(e))?;
         if fact.rank() != shape.len() {
             return Err(Error::Shape {
@@ -250,10 +272,16 @@ impl ShapedGraph {
             }
         }
         let plan = self.plans.lock().unwrap_or_else(PoisonError::into_inner).len();
+        let mut narrowed = 0;
         let mut optimised = model
             .set_symbols(&subs)
             .and_then(|mut m| {
+                if outputs == Outputs::First {
+                    let first = m.output_outlets()?[0];
+                    m.select_output_outlets(&[first])?;
+                }
                 m.declutter()?;
+                narrowed = use_needed_rows(&mut m)?;
                 let short = use_short_attention(&mut m)?;
                 log::debug!(
                     "{} plan for {shape:?}: {short} short-sequence attention nodes",
@@ -265,33 +293,35 @@ impl ShapedGraph {
             .map_err(|e| self.error(e))?;
         let (packed, shared) = self.weights.share_plan(plan, &mut optimised);
         self.weights.prune();
-        let weights = PlanWeights {
+        let summary = PlanSummary {
             shape: shape.to_vec(),
+            outputs,
+            narrowed,
             dense: dense_products(&optimised).count(),
             packed,
             shared,
         };
-        log::debug!("{} plan: {weights:?}", self.role);
+        log::debug!("{} plan: {summary:?}", self.role);
         let runnable = optimised.into_runnable().map_err(|e| self.error(e))?;
         self.plans
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(Plan {
                 runnable: runnable.clone(),
-                weights,
+                summary,
             });
         Ok(runnable)
     }
 
-    /// The plan for `shape`, built now if it was not planned at load time.
-    fn plan(&self, shape: &[usize]) -> Result<Arc<TypedRunnableModel>, Error> {
-        if let Some(plan) = self.known(shape) {
+    /// The plan for `shape` and `outputs`, built now if it was not planned at load time.
+    fn plan(&self, shape: &[usize], outputs: Outputs) -> Result<Arc<TypedRunnableModel>, Error> {
+        if let Some(plan) = self.known(shape, outputs) {
             return Ok(plan);
         }
         // One at a time: window passes running concurrently that meet the
         // same new shape would each read and optimise the graph otherwise.
         let _planning = self.planning.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(plan) = self.known(shape) {
+        if let Some(plan) = self.known(shape, outputs) {
             return Ok(plan);
         }
         log::info!(
@@ -299,34 +329,35 @@ impl ShapedGraph {
             self.role
         );
         let model = self.decluttered()?;
-        let plan = self.add_plan(&model, shape)?;
+        let plan = self.add_plan(&model, shape, outputs)?;
         drop(model);
         release_freed_memory();
         Ok(plan)
     }
 
-    fn known(&self, shape: &[usize]) -> Option<Arc<TypedRunnableModel>> {
+    fn known(&self, shape: &[usize], outputs: Outputs) -> Option<Arc<TypedRunnableModel>> {
         self.plans
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .find(|p| p.weights.shape == shape)
+            .find(|p| p.summary.shape == shape && p.summary.outputs == outputs)
             .map(|p| p.runnable.clone())
     }
 
-    /// How every plan built so far holds its weights, in build order.
-    pub(crate) fn sharing(&self) -> Vec<PlanWeights> {
+    /// What every plan built so far computes and how it holds its weights,
+    /// in build order.
+    pub(crate) fn plans(&self) -> Vec<PlanSummary> {
         self.plans
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|p| p.weights.clone())
+            .map(|p| p.summary.clone())
             .collect()
     }
 
-    /// Run on one f32 input; return every output as f32.
-    pub(crate) fn run(&self, input: Tensor) -> Result<Vec<ArrayD<f32>>, Error> {
-        let plan = self.plan(input.shape())?;
+    /// Run on one f32 input; return `outputs` as f32.
+    pub(crate) fn run(&self, input: Tensor, outputs: Outputs) -> Result<Vec<ArrayD<f32>>, Error> {
+        let plan = self.plan(input.shape(), outputs)?;
         let input = match self.precision {
             Precision::F32 => input,
             Precision::F16 => input.cast_to::<f16>().map_err(|e| self.error(e))?.into_owned(),
@@ -433,6 +464,13 @@ mod tests {
     use super::super::tiny_encoder_path;
     use super::*;
 
+    const THREE_SHAPES: [[usize; 3]; 3] = [[196, 5, 64], [169, 10, 64], [1, 226, 64]];
+
+    /// Plans of every output for `shapes`.
+    fn all(shapes: &[[usize; 3]]) -> Vec<(Vec<usize>, Outputs)> {
+        shapes.iter().map(|s| (s.to_vec(), Outputs::All)).collect()
+    }
+
     fn tokens(b: usize, t: usize) -> Tensor {
         let a = ndarray::Array3::from_shape_fn((b, t, 64), |(i, j, k)| {
             ((i * 7 + j * 3 + k) % 11) as f32 / 11.0 - 0.5
@@ -458,14 +496,13 @@ mod tests {
     #[test]
     fn f32_plans_share_their_dense_matrices_and_match_the_symbolic_graph() {
         let path = tiny_encoder_path();
-        let shapes = [vec![196, 5, 64], vec![169, 10, 64], vec![1, 226, 64]];
-        let shaped = ShapedGraph::load("encoder", &path, &shapes, Precision::F32).unwrap();
-        let sharing = shaped.sharing();
-        assert_eq!(sharing.len(), 3);
+        let shaped = ShapedGraph::load("encoder", &path, &all(&THREE_SHAPES), Precision::F32).unwrap();
+        let plans = shaped.plans();
+        assert_eq!(plans.len(), 3);
         // 2 blocks × (query, key, value, attention out, MLP in, MLP out) and
         // the projection; nothing left for tract to pack.
-        for p in &sharing {
-            assert_eq!((p.dense, p.packed), (13, 0), "{sharing:?}");
+        for p in &plans {
+            assert_eq!((p.dense, p.packed), (13, 0), "{plans:?}");
         }
         let matrices = dense_matrices(&shaped);
         assert_eq!(matrices[0].len(), 13);
@@ -478,38 +515,40 @@ mod tests {
         // A planned shape and one planned on first use both agree with the symbolic graph.
         for (b, t) in [(169, 10), (3, 17)] {
             let want = symbolic.run(vec![tokens(b, t)]).unwrap();
-            let got = shaped.run(tokens(b, t)).unwrap();
+            let got = shaped.run(tokens(b, t), Outputs::All).unwrap();
             for (w, g) in want.iter().zip(&got) {
                 assert_eq!(w.shape(), g.shape());
                 let diff = w.iter().zip(g).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(diff < 1e-4, "({b}, {t}): max diff {diff}");
             }
         }
-        assert_eq!(shaped.sharing().len(), 4, "(3, 17) was planned on first use");
+        assert_eq!(shaped.plans().len(), 4, "(3, 17) was planned on first use");
     }
 
     #[test]
     fn f16_plans_share_the_weights_they_pack_alike() {
-        let shapes = [vec![196, 5, 64], vec![169, 10, 64], vec![1, 226, 64]];
-        let shaped = ShapedGraph::load("encoder", &tiny_encoder_path(), &shapes, Precision::F16).unwrap();
-        let sharing = shaped.sharing();
-        assert_eq!(sharing.len(), 3);
-        for p in &sharing {
-            assert!(
-                p.dense == 0 && p.packed > 0 && p.shared <= p.packed,
-                "{sharing:?}"
-            );
+        let shaped = ShapedGraph::load(
+            "encoder",
+            &tiny_encoder_path(),
+            &all(&THREE_SHAPES),
+            Precision::F16,
+        )
+        .unwrap();
+        let plans = shaped.plans();
+        assert_eq!(plans.len(), 3);
+        for p in &plans {
+            assert!(p.dense == 0 && p.packed > 0 && p.shared <= p.packed, "{plans:?}");
         }
-        assert!(sharing[1].shared > 0 && sharing[2].shared > 0, "{sharing:?}");
+        assert!(plans[1].shared > 0 && plans[2].shared > 0, "{plans:?}");
     }
 
     #[test]
     fn an_f16_plan_takes_and_gives_f32_close_to_the_f32_plan() {
-        let shapes = [vec![3, 17, 64]];
+        let shapes = all(&[[3, 17, 64]]);
         let full = ShapedGraph::load("encoder", &tiny_encoder_path(), &shapes, Precision::F32).unwrap();
         let half = ShapedGraph::load("encoder", &tiny_encoder_path(), &shapes, Precision::F16).unwrap();
-        let want = full.run(tokens(3, 17)).unwrap();
-        let got = half.run(tokens(3, 17)).unwrap();
+        let want = full.run(tokens(3, 17), Outputs::All).unwrap();
+        let got = half.run(tokens(3, 17), Outputs::All).unwrap();
         for (w, g) in want.iter().zip(&got) {
             assert_eq!(w.shape(), g.shape());
             let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -523,14 +562,40 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_of_the_first_output_gives_what_the_whole_plan_gives_first() {
+        for precision in [Precision::F32, Precision::F16] {
+            let shaped = ShapedGraph::load("encoder", &tiny_encoder_path(), &[], precision).unwrap();
+            let whole = shaped.run(tokens(7, 5), Outputs::All).unwrap();
+            let first = shaped.run(tokens(7, 5), Outputs::First).unwrap();
+            assert_eq!((whole.len(), first.len()), (2, 1));
+            assert_eq!(whole[0].shape(), first[0].shape());
+            let scale = whole[0].iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = whole[0]
+                .iter()
+                .zip(&first[0])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                diff <= 1e-5 * scale,
+                "{precision}: max diff {diff} at scale {scale}"
+            );
+            let plans = shaped.plans();
+            assert_eq!(plans.len(), 2, "one plan per selection of outputs");
+            assert_eq!((plans[0].outputs, plans[0].narrowed), (Outputs::All, 0));
+            assert_eq!(plans[1].outputs, Outputs::First);
+            assert!(plans[1].narrowed > 0, "{plans:?}");
+        }
+    }
+
+    #[test]
     fn a_new_shape_met_by_concurrent_runs_is_planned_once() {
         let shaped = ShapedGraph::load("encoder", &tiny_encoder_path(), &[], Precision::F32).unwrap();
-        let outputs = concurrently(3, &[0, 1, 2], |_| shaped.run(tokens(2, 5)).unwrap());
+        let outputs = concurrently(3, &[0, 1, 2], |_| shaped.run(tokens(2, 5), Outputs::All).unwrap());
         assert_eq!(outputs.len(), 3);
         assert_eq!(outputs[0], outputs[2]);
-        let sharing = shaped.sharing();
-        assert_eq!(sharing.len(), 1, "{sharing:?}");
-        assert_eq!(sharing[0].shape, vec![2, 5, 64]);
+        let plans = shaped.plans();
+        assert_eq!(plans.len(), 1, "{plans:?}");
+        assert_eq!(plans[0].shape, vec![2, 5, 64]);
     }
 
     #[test]
@@ -557,7 +622,7 @@ mod tests {
     fn a_shape_that_cannot_fit_is_a_clear_error() {
         let shaped = ShapedGraph::load("encoder", &tiny_encoder_path(), &[], Precision::F32).unwrap();
         let err = shaped
-            .run(tensor(ndarray::Array2::<f32>::zeros((5, 64))))
+            .run(tensor(ndarray::Array2::<f32>::zeros((5, 64))), Outputs::All)
             .unwrap_err();
         assert!(err.to_string().contains("encoder"), "{err}");
     }

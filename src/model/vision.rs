@@ -5,7 +5,7 @@ use std::sync::Arc;
 use image::RgbImage;
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
 
-use super::runtime::{concurrently, tensor, workers, Graph, PlanWeights, Precision, ShapedGraph};
+use super::runtime::{concurrently, tensor, workers, Graph, Outputs, PlanSummary, Precision, ShapedGraph};
 use super::{Architecture, Error, ModelPack, Preprocessor};
 use crate::winclip::WindowSet;
 
@@ -81,30 +81,31 @@ impl VisionModel {
     pub fn load_with(pack: &ModelPack, precision: Precision) -> Result<Self, Error> {
         let files = &pack.manifest().files;
         let arch = pack.architecture().clone();
-        // One plan per window pass shape of the default scales, then the
-        // full image; all share one copy of each weight (f16 plans: where
-        // they pack it alike, see `window_rows_limit`).
+        // One plan per window pass shape of the default scales, computing
+        // the class embedding only, then the full image; all share one copy
+        // of each weight (f16 plans: where they pack it alike, see
+        // `window_rows_limit`).
         let max_rows = window_rows_limit(arch.tokens, arch.vision_width);
-        let mut shapes: Vec<Vec<usize>> = Vec::new();
+        let mut plans: Vec<(Vec<usize>, Outputs)> = Vec::new();
         for set in crate::winclip::DEFAULT_SCALES
             .iter()
             .filter_map(|&k| WindowSet::new(arch.grid, k, 1))
         {
             for count in pass_sizes(set.len(), set.seq_len(), max_rows, workers()) {
-                let shape = vec![count, set.seq_len(), arch.vision_width];
-                if !shapes.contains(&shape) {
-                    shapes.push(shape);
+                let plan = (vec![count, set.seq_len(), arch.vision_width], Outputs::First);
+                if !plans.contains(&plan) {
+                    plans.push(plan);
                 }
             }
         }
-        shapes.push(vec![1, arch.tokens, arch.vision_width]);
+        plans.push((vec![1, arch.tokens, arch.vision_width], Outputs::All));
         let model = Self {
             preprocessor: pack.preprocessor(),
             embed: Graph::load("embed", &pack.path_of(&files.embed))?,
             encoder: Arc::new(ShapedGraph::load(
                 "encoder",
                 &pack.path_of(&files.encoder),
-                &shapes,
+                &plans,
                 precision,
             )?),
             arch,
@@ -112,10 +113,10 @@ impl VisionModel {
         Ok(model)
     }
 
-    /// The token encoder's plans so far, in build order, and how they hold
-    /// their weights.
-    pub fn encoder_plans(&self) -> Vec<PlanWeights> {
-        self.encoder.sharing()
+    /// The token encoder's plans so far, in build order: what each computes
+    /// and how it holds its weights.
+    pub fn encoder_plans(&self) -> Vec<PlanSummary> {
+        self.encoder.plans()
     }
 
     /// The network's shapes.
@@ -150,6 +151,30 @@ impl VisionModel {
     /// Run the token encoder on a batch of token sequences `[B, T, D_w]`.
     /// Returns the projected class tokens `[B, D]` and all `ln_post` tokens `[B, T, D_w]`.
     pub fn encode(&self, tokens: Array3<f32>) -> Result<(Array2<f32>, Array3<f32>), Error> {
+        let (b, t, w) = self.encoder_input(&tokens)?;
+        let mut out = self.encoder.run(tensor(tokens), Outputs::All)?.into_iter();
+        let (Some(cls), Some(toks)) = (out.next(), out.next()) else {
+            return Err(Error::Shape {
+                role: "encoder",
+                message: "expected two outputs".into(),
+            });
+        };
+        let toks = toks
+            .into_dimensionality::<ndarray::Ix3>()
+            .map_err(|e| shape_error("encoder", e))?;
+        expect_shape("encoder", toks.shape(), &[b, t, w])?;
+        Ok((self.class_embeddings(cls, b)?, toks))
+    }
+
+    /// [`VisionModel::encode`]'s projected class tokens `[B, D]` alone, by a
+    /// plan that computes the last layer for the class token only.
+    pub fn encode_classes(&self, tokens: Array3<f32>) -> Result<Array2<f32>, Error> {
+        let (b, _, _) = self.encoder_input(&tokens)?;
+        let out = self.encoder.run(tensor(tokens), Outputs::First)?;
+        self.class_embeddings(first(out, "encoder")?, b)
+    }
+
+    fn encoder_input(&self, tokens: &Array3<f32>) -> Result<(usize, usize, usize), Error> {
         let (b, t, w) = tokens.dim();
         if w != self.arch.vision_width || t == 0 || b == 0 {
             return Err(Error::Shape {
@@ -160,22 +185,15 @@ impl VisionModel {
                 ),
             });
         }
-        let mut out = self.encoder.run(tensor(tokens))?.into_iter();
-        let (Some(cls), Some(toks)) = (out.next(), out.next()) else {
-            return Err(Error::Shape {
-                role: "encoder",
-                message: "expected two outputs".into(),
-            });
-        };
+        Ok((b, t, w))
+    }
+
+    fn class_embeddings(&self, cls: ndarray::ArrayD<f32>, b: usize) -> Result<Array2<f32>, Error> {
         let cls = cls
             .into_dimensionality::<ndarray::Ix2>()
             .map_err(|e| shape_error("encoder", e))?;
-        let toks = toks
-            .into_dimensionality::<ndarray::Ix3>()
-            .map_err(|e| shape_error("encoder", e))?;
         expect_shape("encoder", cls.shape(), &[b, self.arch.embed_dim])?;
-        expect_shape("encoder", toks.shape(), &[b, t, w])?;
-        Ok((cls, toks))
+        Ok(cls)
     }
 
     /// Full-image features from a preprocessed image.
@@ -233,7 +251,7 @@ impl VisionModel {
                     seq.row_mut(j).assign(&token_map.row(row));
                 }
             }
-            self.encode(batch).map(|(cls, _)| cls)
+            self.encode_classes(batch)
         });
         let mut out = Array2::<f32>::zeros((n, self.arch.embed_dim));
         for (pass, cls) in passes.iter().zip(embeddings) {

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::bench::{self, median};
 use crate::inspector::{self, ms};
-use crate::model::{ModelPack, PlanWeights, Precision, TextModel, VisionModel};
+use crate::model::{ModelPack, Outputs, PlanSummary, Precision, TextModel, VisionModel};
 use crate::synth::{Defect, Generator, Scene};
 use crate::winclip::{self, upsample, Config, Outcome, References, Scorer, TemplateSet, TextPrototypes};
 
@@ -65,7 +65,7 @@ struct Report {
     cpu: String,
     load_ms: f64,
     /// Encoder plans and how they hold their weights.
-    encoder_plans: Vec<PlanWeights>,
+    encoder_plans: Vec<PlanSummary>,
     load_peak_rss_bytes: Option<u64>,
     rss_loaded_bytes: Option<u64>,
     peak_rss_bytes: Option<u64>,
@@ -203,10 +203,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             .collect()
     };
     let g = 1e-9;
-    let image_gflop = (bench::embed_flops(&arch) + bench::encoder_flops(&arch, 1, arch.tokens)) * g;
+    let image_gflop =
+        (bench::embed_flops(&arch) + bench::encoder_flops(&arch, 1, arch.tokens, Outputs::All)) * g;
     let window_gflop: Vec<f64> = sets
         .iter()
-        .map(|s| bench::encoder_flops(&arch, s.len(), s.seq_len()) * g)
+        .map(|s| bench::encoder_flops(&arch, s.len(), s.seq_len(), Outputs::First) * g)
         .collect();
     let mut stages = vec![
         Stage {
@@ -384,8 +385,12 @@ fn print_report(r: &Report) {
     );
     println!("(the text encoder is not counted: on a station the prototypes come from the bank)");
     for p in &r.encoder_plans {
+        let outputs = match p.outputs {
+            Outputs::All => String::new(),
+            Outputs::First => format!(", class token only ({} nodes on its rows alone)", p.narrowed),
+        };
         println!(
-            "encoder plan for {:?}: {} dense products (matrices shared by every plan), \
+            "encoder plan for {:?}{outputs}: {} dense products (matrices shared by every plan), \
              {} packed weight matrices ({} shared with an earlier plan)",
             p.shape, p.dense, p.packed, p.shared
         );
