@@ -23,7 +23,7 @@ use tract_core::ops::array::{Gather, Slice};
 use tract_core::ops::nn::Softmax;
 
 /// Which values of an outlet its consumers read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Need {
     /// All of them.
     Whole,
@@ -106,7 +106,7 @@ pub(crate) fn use_needed_rows(model: &mut TypedModel) -> TractResult<usize> {
 
     let mut patch = TypedModelPatch::new("compute only the rows read");
     let mut rows_of: HashMap<OutletId, OutletId> = HashMap::new();
-    let mut slices: HashMap<(OutletId, usize), OutletId> = HashMap::new();
+    let mut slices: HashMap<(OutletId, Need), OutletId> = HashMap::new();
     for &id in &order {
         let node = model.node(id);
         if let Some(n) = narrowed.get(&id) {
@@ -115,16 +115,7 @@ pub(crate) fn use_needed_rows(model: &mut TypedModel) -> TractResult<usize> {
                 let wire = match (rows_of.get(&input), axis) {
                     (Some(&rows), _) => rows,
                     (None, None) => patch.tap_model(model, input)?,
-                    (None, Some(axis)) => match slices.get(&(input, axis)) {
-                        Some(&wire) => wire,
-                        None => {
-                            let whole = patch.tap_model(model, input)?;
-                            let name = format!("{}.rows-{}..{}", model.node(input.node).name, n.start, n.end);
-                            let wire = patch.wire_node(name, Slice::new(axis, n.start, n.end), &[whole])?[0];
-                            slices.insert((input, axis), wire);
-                            wire
-                        }
-                    },
+                    (None, Some(axis)) => slice_of_whole(&mut patch, model, &mut slices, input, axis, n)?,
                 };
                 inputs.push(wire);
             }
@@ -146,6 +137,31 @@ pub(crate) fn use_needed_rows(model: &mut TypedModel) -> TractResult<usize> {
     patch.apply(model)?;
     model.compact()?;
     Ok(narrowed.len())
+}
+
+/// Rows `n.start..n.end` along `axis` of `input`, a result computed whole;
+/// sliced once per range, however many narrowed nodes read it.
+fn slice_of_whole(
+    patch: &mut TypedModelPatch,
+    model: &TypedModel,
+    slices: &mut HashMap<(OutletId, Need), OutletId>,
+    input: OutletId,
+    axis: usize,
+    n: &Narrowing,
+) -> TractResult<OutletId> {
+    let rows = Need::Rows {
+        axis,
+        start: n.start,
+        end: n.end,
+    };
+    if let Some(&wire) = slices.get(&(input, rows)) {
+        return Ok(wire);
+    }
+    let whole = patch.tap_model(model, input)?;
+    let name = format!("{}.rows-{}..{}", model.node(input.node).name, n.start, n.end);
+    let wire = patch.wire_node(name, Slice::new(axis, n.start, n.end), &[whole])?[0];
+    slices.insert((input, rows), wire);
+    Ok(wire)
 }
 
 /// How `node` computes fewer rows of its output, if its consumers read only
@@ -287,7 +303,7 @@ mod tests {
     use super::super::graph_testing::{max_difference, run, tiny_encoder_for, tokens};
     use super::*;
     use tract_core::ops::binary::TypedBinOp;
-    use tract_core::ops::math::Add;
+    use tract_core::ops::math::{Add, Mul};
 
     /// The tiny encoder for `batch` windows of `seq` tokens, keeping its
     /// class embedding output only; its linear layers as dense products if
@@ -348,8 +364,9 @@ mod tests {
         assert_eq!(use_needed_rows(&mut model).unwrap(), 0);
     }
 
-    /// `x + 1` on a 4 × 6 input, then each of `rows` sliced off as an output.
-    fn sliced_sum(rows: &[(usize, usize)]) -> TypedModel {
+    /// `x + 1` on a 4 × 6 input, then each of `rows` sliced off as an output;
+    /// with `scale`, each output doubled first (a consumer that can be narrowed).
+    fn sliced_sum(rows: &[(usize, usize)], scale: bool) -> TypedModel {
         let mut model = TypedModel::default();
         let x = model.add_source("x", f32::fact([4, 6])).unwrap();
         let one = model.add_const("one", tensor2(&[[1f32; 6]])).unwrap();
@@ -359,8 +376,16 @@ mod tests {
         let outputs: Vec<OutletId> = rows
             .iter()
             .map(|&(s, e)| {
+                let mut wire = sum;
+                if scale {
+                    let two = model
+                        .add_const(format!("two {s}"), tensor2(&[[2f32; 6]]))
+                        .unwrap();
+                    let op = TypedBinOp(Box::new(Mul), None);
+                    wire = model.wire_node(format!("scale {s}"), op, &[sum, two]).unwrap()[0];
+                }
                 model
-                    .wire_node(format!("rows {s}"), Slice::new(0, s, e), &[sum])
+                    .wire_node(format!("rows {s}"), Slice::new(0, s, e), &[wire])
                     .unwrap()[0]
             })
             .collect();
@@ -370,20 +395,39 @@ mod tests {
 
     #[test]
     fn rows_read_by_a_slice_are_the_only_ones_computed() {
-        let whole = sliced_sum(&[(1, 3)]);
+        let whole = sliced_sum(&[(1, 3)], false);
         let mut ours = whole.clone();
         assert_eq!(use_needed_rows(&mut ours).unwrap(), 1);
         let sum = ours.nodes().iter().find(|n| n.name.starts_with("sum")).unwrap();
         assert_eq!(sum.outputs[0].fact.shape.as_concrete(), Some(&[2, 6][..]));
-        let input = Tensor::from_shape(&[4, 6], &(0..24).map(|v| v as f32).collect::<Vec<_>>()).unwrap();
-        let (a, b) = (run(whole, &input), run(ours, &input));
+        let (a, b) = (run(whole, &numbers()), run(ours, &numbers()));
         assert_eq!(a.shape(), [2, 6]);
         assert_eq!(max_difference(&a, &b), 0.0);
     }
 
     #[test]
     fn different_rows_read_by_two_consumers_keep_the_result_whole() {
-        let mut model = sliced_sum(&[(0, 1), (2, 3)]);
+        let mut model = sliced_sum(&[(0, 1), (2, 3)], false);
         assert_eq!(use_needed_rows(&mut model).unwrap(), 0);
+    }
+
+    #[test]
+    fn consumers_narrowed_to_different_rows_of_one_result_each_read_their_own() {
+        let whole = sliced_sum(&[(0, 1), (2, 3)], true);
+        let mut ours = whole.clone();
+        // The two doublings; the sum they share stays whole.
+        assert_eq!(use_needed_rows(&mut ours).unwrap(), 2);
+        let plan = |m: TypedModel| m.into_optimized().unwrap().into_runnable().unwrap();
+        let want = plan(whole).run(tvec!(numbers().into())).unwrap();
+        let got = plan(ours).run(tvec!(numbers().into())).unwrap();
+        assert_eq!(want.len(), 2);
+        for (w, g) in want.iter().zip(&got) {
+            assert_eq!(max_difference(w, g), 0.0);
+        }
+    }
+
+    /// 0, 1, … 23 as a 4 × 6 input.
+    fn numbers() -> Tensor {
+        Tensor::from_shape(&[4, 6], &(0..24).map(|v| v as f32).collect::<Vec<_>>()).unwrap()
     }
 }
