@@ -182,11 +182,14 @@ fn narrowing(model: &TypedModel, node: &TypedNode, need: Need) -> TractResult<Op
     if output.shape[axis].to_usize().ok() == Some(end - start) {
         return Ok(None);
     }
+    // An op that cannot say how its axes map is left whole.
     let input_facts = model.node_input_facts(node.id)?;
     let Ok(mapping) = node.op.axes_mapping(&input_facts, &[output]) else {
         return Ok(None);
     };
-    let along = mapping.axis((InOut::Out(0), axis))?;
+    let Ok(along) = mapping.axis((InOut::Out(0), axis)) else {
+        return Ok(None);
+    };
     let mut inputs: TVec<Option<usize>> = tvec![];
     for (slot, fact) in input_facts.iter().enumerate() {
         inputs.push(match along.inputs[slot][..] {
@@ -273,7 +276,10 @@ fn rows_picked(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Need>
         }));
     }
     if let Some(gather) = node.op_as::<Gather>() {
-        let Some(index) = model.outlet_fact(node.inputs[1])?.konst.clone() else {
+        let Some(&indices) = node.inputs.get(1) else {
+            return Ok(None);
+        };
+        let Some(index) = model.outlet_fact(indices)?.konst.clone() else {
             return Ok(None);
         };
         if index.rank() != 0 {
