@@ -277,7 +277,9 @@ impl ShapedGraph {
             .set_symbols(&subs)
             .and_then(|mut m| {
                 if outputs == Outputs::First {
-                    let first = m.output_outlets()?[0];
+                    let Some(&first) = m.output_outlets()?.first() else {
+                        return Err(TractError::msg("the graph has no output"));
+                    };
                     m.select_output_outlets(&[first])?;
                 }
                 m.declutter()?;
