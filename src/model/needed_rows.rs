@@ -52,6 +52,17 @@ struct Narrowing {
     inputs: TVec<Option<usize>>,
 }
 
+impl Narrowing {
+    /// The same rows, of `axis` (an input's).
+    fn rows_along(&self, axis: usize) -> Need {
+        Need::Rows {
+            axis,
+            start: self.start,
+            end: self.end,
+        }
+    }
+}
+
 /// Rewire every node whose consumers read only some rows of one axis to
 /// compute those rows only. Returns how many nodes were narrowed.
 pub(crate) fn use_needed_rows(model: &mut TypedModel) -> TractResult<usize> {
@@ -73,14 +84,7 @@ pub(crate) fn use_needed_rows(model: &mut TypedModel) -> TractResult<usize> {
             let needs = narrowing
                 .inputs
                 .iter()
-                .map(|axis| match *axis {
-                    Some(axis) => Need::Rows {
-                        axis,
-                        start: narrowing.start,
-                        end: narrowing.end,
-                    },
-                    None => Need::Whole,
-                })
+                .map(|axis| axis.map_or(Need::Whole, |axis| narrowing.rows_along(axis)))
                 .collect();
             narrowed.insert(id, narrowing);
             needs
@@ -149,11 +153,7 @@ fn slice_of_whole(
     axis: usize,
     n: &Narrowing,
 ) -> TractResult<OutletId> {
-    let rows = Need::Rows {
-        axis,
-        start: n.start,
-        end: n.end,
-    };
+    let rows = n.rows_along(axis);
     if let Some(&wire) = slices.get(&(input, rows)) {
         return Ok(wire);
     }
@@ -211,11 +211,10 @@ fn narrowing(model: &TypedModel, node: &TypedNode, need: Need) -> TractResult<Op
     let mut scratch = TypedModelPatch::default();
     let mut wires = tvec![];
     for (&input, &a) in node.inputs.iter().zip(&narrowing.inputs) {
-        let mut wire = scratch.tap_model(model, input)?;
-        if let Some(a) = a {
-            wire = scratch.wire_node("rows", Slice::new(a, start, end), &[wire])?[0];
-        }
-        wires.push(wire);
+        wires.push(match a {
+            Some(a) => slice_of_whole(&mut scratch, model, &mut HashMap::new(), input, a, &narrowing)?,
+            None => scratch.tap_model(model, input)?,
+        });
     }
     if wire_narrowed(&mut scratch, model, node, &node.name, &wires, &narrowing).is_err() {
         return Ok(None);
@@ -259,10 +258,13 @@ fn wire_narrowed(
 /// The rows of one axis of its first input that `node` picks: a `Slice` with
 /// fixed bounds, or a `Gather` of one constant index.
 fn rows_picked(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Need>> {
+    if !(node.op_is::<Slice>() || node.op_is::<Gather>()) {
+        return Ok(None);
+    }
     let Some(&input) = node.inputs.first() else {
         return Ok(None);
     };
-    let Some(len) = model.outlet_fact(input)?.shape.as_concrete().map(|s| s.to_vec()) else {
+    let Some(shape) = model.outlet_fact(input)?.shape.as_concrete() else {
         return Ok(None);
     };
     if let Some(slice) = node.op_as::<Slice>() {
@@ -288,7 +290,7 @@ fn rows_picked(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Need>
         let Ok(index) = index.cast_to_scalar::<i64>() else {
             return Ok(None);
         };
-        let dim = len[gather.axis] as i64;
+        let dim = shape[gather.axis] as i64;
         let index = if index < 0 { index + dim } else { index };
         if !(0..dim).contains(&index) {
             return Ok(None);
