@@ -473,6 +473,19 @@ mod tests {
         shapes.iter().map(|s| (s.to_vec(), Outputs::All)).collect()
     }
 
+    /// The largest absolute difference of two outputs, and the largest
+    /// absolute value of the first (the scale it is judged against).
+    fn difference(want: &ArrayD<f32>, got: &ArrayD<f32>) -> (f32, f32) {
+        assert_eq!(want.shape(), got.shape());
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = want
+            .iter()
+            .zip(got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        (diff, scale)
+    }
+
     fn tokens(b: usize, t: usize) -> Tensor {
         let a = ndarray::Array3::from_shape_fn((b, t, 64), |(i, j, k)| {
             ((i * 7 + j * 3 + k) % 11) as f32 / 11.0 - 0.5
@@ -519,8 +532,7 @@ mod tests {
             let want = symbolic.run(vec![tokens(b, t)]).unwrap();
             let got = shaped.run(tokens(b, t), Outputs::All).unwrap();
             for (w, g) in want.iter().zip(&got) {
-                assert_eq!(w.shape(), g.shape());
-                let diff = w.iter().zip(g).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                let (diff, _) = difference(w, g);
                 assert!(diff < 1e-4, "({b}, {t}): max diff {diff}");
             }
         }
@@ -552,9 +564,7 @@ mod tests {
         let want = full.run(tokens(3, 17), Outputs::All).unwrap();
         let got = half.run(tokens(3, 17), Outputs::All).unwrap();
         for (w, g) in want.iter().zip(&got) {
-            assert_eq!(w.shape(), g.shape());
-            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let diff = w.iter().zip(g).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let (diff, scale) = difference(w, g);
             // Half precision: ~3 significant digits, not bit-equal.
             assert!(
                 diff > 0.0 && diff < 2e-2 * scale,
@@ -570,13 +580,7 @@ mod tests {
             let whole = shaped.run(tokens(7, 5), Outputs::All).unwrap();
             let first = shaped.run(tokens(7, 5), Outputs::First).unwrap();
             assert_eq!((whole.len(), first.len()), (2, 1));
-            assert_eq!(whole[0].shape(), first[0].shape());
-            let scale = whole[0].iter().fold(0f32, |m, v| m.max(v.abs()));
-            let diff = whole[0]
-                .iter()
-                .zip(&first[0])
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let (diff, scale) = difference(&whole[0], &first[0]);
             assert!(
                 diff <= 1e-5 * scale,
                 "{precision}: max diff {diff} at scale {scale}"
