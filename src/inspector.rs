@@ -172,9 +172,13 @@ fn window_passes(
 }
 
 /// A vision model and a bank, ready to inspect images.
-#[derive(Debug)]
+///
+/// Cloning is cheap for the model (its plans and weights are shared), so a
+/// new bank or threshold never loads a second model beside the first.
+#[derive(Debug, Clone)]
 pub struct Inspector {
     vision: VisionModel,
+    model: ModelRef,
     scorer: Scorer,
     bank: Bank,
     bank_id: String,
@@ -227,22 +231,42 @@ pub struct NoExitRule;
 impl Inspector {
     /// Check that `bank` belongs to `pack` and prepare the scorer.
     pub fn new(pack: &ModelPack, vision: VisionModel, bank: Bank) -> Result<Self, Error> {
-        bank.check_model(&model_ref(pack))?;
-        let scorer = Scorer::new(
-            bank.config(),
-            pack.architecture().grid,
-            &bank.text,
-            bank.references.as_ref(),
-        )?;
+        Self::with_model(vision, model_ref(pack), bank)
+    }
+
+    /// [`Inspector::new`] for a model whose pack is described by `model`.
+    fn with_model(vision: VisionModel, model: ModelRef, bank: Bank) -> Result<Self, Error> {
+        bank.check_model(&model)?;
+        let scorer = Scorer::new(bank.config(), model.grid, &bank.text, bank.references.as_ref())?;
         Ok(Self {
             vision,
             scorer,
             bank_id: bank.id(),
-            model_id: pack.id().to_string(),
+            model_id: model.id.clone(),
+            model,
             threshold: bank.meta.threshold,
             early_exit: None,
             bank,
         })
+    }
+
+    /// An inspector for `bank` with this one's model (shared, not loaded
+    /// again; the pack is not read): the bank's threshold, early exit off.
+    pub fn with_bank(&self, bank: Bank) -> Result<Self, Error> {
+        Self::with_model(self.vision.clone(), self.model.clone(), bank)
+    }
+
+    /// Apply a threshold override (`None`: the bank's) and switch the
+    /// early-exit cascade; on error nothing changes.
+    pub fn configure(&mut self, threshold: Option<f32>, early_exit: bool) -> Result<(), NoExitRule> {
+        self.set_early_exit(early_exit)?;
+        self.threshold = threshold.unwrap_or(self.bank.meta.threshold);
+        Ok(())
+    }
+
+    /// The identity of the model pack, as banks record it.
+    pub fn model_ref(&self) -> &ModelRef {
+        &self.model
     }
 
     /// The rule the early-exit cascade would use: exact for a zero-shot bank,

@@ -4,12 +4,17 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::bank::Bank;
-use crate::config::{self, After, Broker, Source};
+use crate::config::{self, After, Broker, DirectorySource, GpioSource, Source};
 use crate::model::ModelPack;
 
 pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let c = match config::load(path) {
-        Ok(c) => c,
+        Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("warning: {w}");
+            }
+            c.config
+        }
         Err(e) => {
             eprintln!("{e}");
             return Ok(ExitCode::from(super::EXIT_CONFIG));
@@ -53,8 +58,8 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
     }
     println!(
         "heatmaps      {}",
-        if m.heatmap {
-            format!("{} px, JPEG quality {}", m.heatmap_side, m.heatmap_quality)
+        if c.heatmap.enabled {
+            format!("{} px, JPEG quality {}", c.heatmap.side, c.heatmap.quality)
         } else {
             "off".into()
         }
@@ -69,7 +74,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
     );
     for s in &c.sources {
         match s {
-            Source::Directory { name, path, pattern, after } => {
+            Source::Directory(DirectorySource { name, path, pattern, after }) => {
                 let after = match after {
                     After::Move { done_dir, failed_dir } => {
                         format!("move to {} / {}", done_dir.display(), failed_dir.display())
@@ -79,7 +84,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
                 };
                 println!("source        {name}: directory {} pattern {} then {after}", path.display(), pattern.as_deref().unwrap_or("<images>"));
             }
-            Source::Gpio { name, chip, line, edge, debounce, capture, .. } => println!(
+            Source::Gpio(GpioSource { name, chip, line, edge, debounce, capture, .. }) => println!(
                 "source        {name}: GPIO {} line {line} {edge:?} edge, debounce {debounce:?}, capture {capture:?}",
                 chip.display()
             ),

@@ -17,7 +17,8 @@ use anyhow::{bail, Context};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use crate::bank::FileRef;
-use crate::daemon::{notify, Daemon};
+use crate::config::{After, Broker, Config, DirectorySource, Model, Source};
+use crate::daemon::{gpio, notify, Daemon, Options};
 use crate::inspector::{self, BankSpec};
 use crate::model::{ModelPack, TextModel, VisionModel};
 use crate::synth::{Defect, Generator, Scene};
@@ -107,28 +108,47 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
 
     // 2. The station's configuration: embedded broker, one drop directory.
+    // Written out too, as a starting point for a real station.
     let incoming = dir.join("incoming");
-    let config_path = dir.join("config.toml");
-    let config_text = format!(
-        "[station]\nname = \"{STATION}\"\nstate_dir = \"{}\"\n[model]\npack = \"{}\"\nbank = \"{}\"\n\
-         [mqtt]\nembedded_listen = \"127.0.0.1:{port}\"\nstats_interval_secs = 5\n\
-         [[source]]\ntype = \"directory\"\nname = \"camera\"\npath = \"{}\"\nafter = \"move\"\n",
-        dir.join("state").display(),
-        std::fs::canonicalize(&model)?.display(),
-        bank_path.display(),
-        incoming.display()
+    let mut config = Config::new(
+        STATION,
+        dir.join("state"),
+        Model::new(std::fs::canonicalize(&model)?, bank_path),
+        vec![Source::Directory(DirectorySource {
+            name: "camera".into(),
+            path: incoming.clone(),
+            pattern: None,
+            after: After::Move {
+                done_dir: incoming.join("done"),
+                failed_dir: incoming.join("failed"),
+            },
+        })],
     );
-    crate::fsutil::write_atomic(&config_path, config_text.as_bytes())?;
-    let config = crate::config::load(&config_path)?;
+    config.mqtt.broker = Broker::Embedded {
+        listen: format!("127.0.0.1:{port}"),
+    };
+    config.mqtt.stats_interval = Duration::from_secs(5);
+    let config_path = dir.join("config.toml");
+    let text = config
+        .to_toml()
+        .with_context(|| format!("{} holds a path that is not UTF-8", dir.display()))?;
+    crate::fsutil::write_atomic(&config_path, text.as_bytes())?;
     crate::model::set_threads(config.station.threads);
-    let inspector = crate::daemon::load_inspector(&config.model)?;
+    let loaded = crate::daemon::engine::load(&config.model)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let daemon = Daemon::start(config_path, config, inspector, Arc::new(notify::Noop)).await?;
+        let daemon = Daemon::start(Options {
+            config_path,
+            config,
+            loaded,
+            notifier: Arc::new(notify::Noop),
+            lines: Arc::new(gpio::Gpiocdev),
+        })
+        .await?;
         println!(
             "station      \"{STATION}\" running: embedded MQTT broker on 127.0.0.1:{port}, watching {}",
             incoming.display()

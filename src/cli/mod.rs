@@ -294,7 +294,14 @@ pub enum ModelCommand {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let threads = crate::model::set_threads(cli.threads);
     match cli.command {
-        Command::Run { config } => crate::daemon::run(&config),
+        Command::Run { config } => match crate::daemon::run(&config) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(crate::daemon::Error::Config(e)) => {
+                log::error!("{e:#}");
+                Ok(ExitCode::from(EXIT_CONFIG))
+            }
+            Err(crate::daemon::Error::Runtime(e)) => Err(e),
+        },
         Command::Demo {
             model,
             dir,

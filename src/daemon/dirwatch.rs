@@ -4,24 +4,27 @@
 //! renamed a finished temporary file into place), never on `IN_CREATE`. Scans
 //! once at start-up for files that arrived while the daemon was down, and
 //! rescans when the kernel's event queue overflowed. Dot files, names ending in
-//! `~`, non-images and names not matching the pattern are ignored.
+//! `~`, non-images and names not matching the pattern are ignored. Once a
+//! file's result is stored, the job's completion moves, deletes or records it
+//! (`after`); a file leaves the directory only after its result is on disk.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use tokio_util::sync::CancellationToken;
 
-use crate::config::After;
-use crate::daemon::worker::{Job, JobKind};
+use crate::config::{After, DirectorySource};
+use crate::daemon::job::{Completion, Job, Outcome};
+use crate::daemon::source::{SourceContext, SourceHandle};
 use crate::fsutil::is_image_name;
 
 /// Paths queued for inspection and not yet done, so a rescan does not queue
@@ -43,6 +46,22 @@ impl Queued {
         if let Ok(mut s) = self.0.lock() {
             s.remove(path);
         }
+    }
+}
+
+/// The queued paths of every watched directory, kept by the daemon across
+/// reloads: a source started anew does not queue again a file its previous
+/// instance queued and the worker has not done yet.
+#[derive(Debug, Clone, Default)]
+pub struct Claims(Arc<Mutex<HashMap<PathBuf, Queued>>>);
+
+impl Claims {
+    /// The claims on the files of `dir`.
+    fn of(&self, dir: &Path) -> Queued {
+        self.0
+            .lock()
+            .map(|mut m| m.entry(dir.to_owned()).or_default().clone())
+            .unwrap_or_default()
     }
 }
 
@@ -126,42 +145,75 @@ impl SeenLog {
     }
 }
 
+/// Start watching `cfg.path`. The watch and the record of kept files are set
+/// up before this returns, so a directory that cannot be watched is an error
+/// here, not a source that silently watches nothing.
+pub fn build(cfg: &DirectorySource, ctx: SourceContext, claims: &Claims) -> io::Result<SourceHandle> {
+    let fail =
+        |what: &str, e: io::Error| io::Error::new(e.kind(), format!("source {}: {what}: {e}", cfg.name));
+    let seen = match cfg.after {
+        After::Keep => {
+            let log_path = ctx.state_dir.join("seen").join(format!("{}.log", cfg.name));
+            let log = SeenLog::open(&log_path, &cfg.path)
+                .map_err(|e| fail(&format!("record {}", log_path.display()), e))?;
+            Some(Arc::new(log))
+        }
+        _ => None,
+    };
+    let pattern = match cfg.pattern.as_deref().map(glob::Pattern::new).transpose() {
+        Ok(p) => p,
+        Err(e) => return Err(fail("pattern", io::Error::other(e))),
+    };
+    std::fs::create_dir_all(&cfg.path).map_err(|e| fail(&cfg.path.display().to_string(), e))?;
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+        .map_err(|e| fail("inotify", e.into()))?;
+    inotify
+        .add_watch(
+            &cfg.path,
+            AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_ONLYDIR,
+        )
+        .map_err(|e| fail(&format!("watching {}", cfg.path.display()), e.into()))?;
+    log::info!("source {}: watching {}", cfg.name, cfg.path.display());
+    let watcher = Watcher {
+        name: cfg.name.clone(),
+        path: cfg.path.clone(),
+        pattern,
+        after: cfg.after.clone(),
+        seen,
+        queued: claims.of(&cfg.path),
+        jobs: ctx.jobs,
+        shutdown: ctx.shutdown.clone(),
+    };
+    let name = cfg.name.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        if let Err(e) = watcher.run(&inotify) {
+            log::error!("source {name} stopped: {e}");
+        }
+    });
+    Ok(SourceHandle::new(&cfg.name, ctx.shutdown, vec![task]))
+}
+
 /// A drop directory being watched.
-#[derive(Debug)]
-pub struct DirSource {
-    /// Source name.
-    pub name: String,
-    /// Watched directory.
-    pub path: PathBuf,
-    /// File-name glob.
-    pub pattern: Option<glob::Pattern>,
-    /// After-action.
-    pub after: After,
-    /// Record of kept files.
-    pub seen: Option<Arc<SeenLog>>,
-    /// Files queued and not done.
-    pub queued: Queued,
+struct Watcher {
+    name: String,
+    path: PathBuf,
+    pattern: Option<glob::Pattern>,
+    after: After,
+    seen: Option<Arc<SeenLog>>,
+    queued: Queued,
+    jobs: flume::Sender<Job>,
+    shutdown: CancellationToken,
 }
 
 /// How often a blocked watcher checks whether it should stop.
 const POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
-impl DirSource {
-    /// Watch until `stop` is set; `Err` when the directory cannot be watched.
-    /// Blocking: run it on its own thread.
-    pub fn run(self, tx: flume::Sender<Job>, stop: Arc<AtomicBool>) -> io::Result<()> {
-        std::fs::create_dir_all(&self.path)?;
-        let inotify =
-            Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(io::Error::from)?;
-        inotify
-            .add_watch(
-                &self.path,
-                AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_ONLYDIR,
-            )
-            .map_err(io::Error::from)?;
-        log::info!("source {}: watching {}", self.name, self.path.display());
-        self.scan(&tx, &stop)?;
-        while !stop.load(Ordering::Relaxed) {
+impl Watcher {
+    /// Watch until shut down; `Err` when the directory cannot be read any more.
+    /// Blocking: runs on its own thread.
+    fn run(self, inotify: &Inotify) -> io::Result<()> {
+        self.scan()?;
+        while !self.shutdown.is_cancelled() {
             let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
             match poll(
                 &mut fds,
@@ -181,25 +233,25 @@ impl DirSource {
                 if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
                     rescan = true;
                 } else if let Some(name) = ev.name {
-                    self.offer(self.path.join(name), &tx, &stop)?;
+                    self.offer(self.path.join(name))?;
                 }
             }
             if rescan {
                 log::warn!("source {}: inotify queue overflowed, rescanning", self.name);
-                self.scan(&tx, &stop)?;
+                self.scan()?;
             }
         }
         Ok(())
     }
 
     /// Queue every eligible file, in name order.
-    fn scan(&self, tx: &flume::Sender<Job>, stop: &AtomicBool) -> io::Result<()> {
+    fn scan(&self) -> io::Result<()> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.path)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
         files.sort();
         for f in files {
-            self.offer(f, tx, stop)?;
+            self.offer(f)?;
         }
         Ok(())
     }
@@ -215,28 +267,30 @@ impl DirSource {
         !self.seen.as_ref().is_some_and(|s| s.contains(path))
     }
 
-    fn offer(&self, path: PathBuf, tx: &flume::Sender<Job>, stop: &AtomicBool) -> io::Result<()> {
+    fn offer(&self, path: PathBuf) -> io::Result<()> {
         if !self.eligible(&path) || !self.queued.claim(&path) {
             return Ok(());
         }
         let mut job = Job {
             source: self.name.clone(),
-            kind: JobKind::File {
-                path: path.clone(),
+            path: path.clone(),
+            trigger: None,
+            detected: Instant::now(),
+            detected_at: SystemTime::now(),
+            // Releases the claim when done (or dropped).
+            completion: Box::new(FileDone {
+                path,
                 after: self.after.clone(),
                 seen: self.seen.clone(),
                 queued: self.queued.clone(),
-            },
-            detected: Instant::now(),
-            detected_at: SystemTime::now(),
+            }),
         };
         // A full queue makes us wait: the files stay safely on disk meanwhile.
         loop {
-            match tx.send_timeout(job, POLL) {
+            match self.jobs.send_timeout(job, POLL) {
                 Ok(()) => return Ok(()),
                 Err(flume::SendTimeoutError::Timeout(j)) => {
-                    if stop.load(Ordering::Relaxed) {
-                        self.queued.release(&path);
+                    if self.shutdown.is_cancelled() {
                         return Ok(());
                     }
                     job = j;
@@ -246,6 +300,60 @@ impl DirSource {
                 }
             }
         }
+    }
+}
+
+/// The after-action of one dropped file.
+struct FileDone {
+    path: PathBuf,
+    after: After,
+    seen: Option<Arc<SeenLog>>,
+    queued: Queued,
+}
+
+impl Completion for FileDone {
+    fn complete(self: Box<Self>, outcome: Outcome) {
+        let inspected = match outcome {
+            Outcome::Judged => true,
+            Outcome::Rejected => false,
+            // Gone already, or its result is not stored: the file stays.
+            Outcome::Vanished | Outcome::NotStored => return,
+        };
+        if let Err(e) = after_action(&self.path, &self.after, self.seen.as_deref(), inspected) {
+            log::error!("after inspecting {}: {e}", self.path.display());
+        }
+    }
+}
+
+impl Drop for FileDone {
+    fn drop(&mut self) {
+        self.queued.release(&self.path);
+    }
+}
+
+/// Move, delete or record a file whose result is stored.
+fn after_action(path: &Path, after: &After, seen: Option<&SeenLog>, inspected: bool) -> io::Result<()> {
+    match after {
+        After::Move { done_dir, failed_dir } => {
+            let dir = if inspected { done_dir } else { failed_dir };
+            std::fs::create_dir_all(dir)?;
+            let name = path.file_name().unwrap_or_default();
+            let mut dest = dir.join(name);
+            let mut n = 1;
+            while dest.exists() {
+                dest = dir.join(format!("{}.{n}", name.to_string_lossy()));
+                n += 1;
+            }
+            std::fs::rename(path, dest)
+        }
+        After::Delete => match std::fs::remove_file(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        },
+        After::Keep => match seen {
+            Some(log) => log.record(path),
+            None => Ok(()),
+        },
     }
 }
 

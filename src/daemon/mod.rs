@@ -1,38 +1,57 @@
 //! The inspection daemon: sources → one inference worker → durable outbox → MQTT.
 //!
 //! The only part of the crate with tokio, inotify, GPIO, MQTT and systemd.
+//! Data flows one way through its modules:
+//!
+//! - [`source`]: the contract every source follows; [`dirwatch`] (drop
+//!   directories) and [`gpio`] (trigger lines) build [`job::Job`]s, each
+//!   carrying the source's own after-action ([`job::Completion`]);
+//! - [`worker`]: inspects each job with the live [`worker::Settings`] and
+//!   stores the result through [`sink`] into the [`outbox`];
+//! - [`mqtt`]: publishes the outbox, with the pure [`delivery`] state;
+//!   topic names come from [`topics`];
+//! - [`engine`]: loads the inspector and swaps it on reload;
+//! - [`record`], [`stats`], [`notify`], [`broker`]: the result format,
+//!   counters, systemd, the embedded broker.
+//!
 //! Signals become a [`Signal`] handled in one loop: TERM/INT finish the current
-//! image, flush the outbox, publish `offline` and exit 0; HUP reloads the
-//! configuration and the bank, keeping the old ones if the new ones fail.
+//! image, flush the outbox, publish `offline` and exit 0; HUP applies the
+//! [`config::ReloadPlan`] between the running and the new configuration,
+//! keeping everything as it runs when any part of the new one fails.
 
 pub mod broker;
+pub mod delivery;
 pub mod dirwatch;
+pub mod engine;
 pub mod gpio;
+pub mod job;
 pub mod mqtt;
 pub mod notify;
 pub mod outbox;
 pub mod record;
+pub mod sink;
+pub mod source;
 pub mod stats;
+pub mod topics;
 pub mod worker;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use crate::bank::Bank;
-use crate::config::{self, Broker, Config, Source};
+use crate::config::{self, Broker, Config, ReloadPlan, Source};
 use crate::inspector::Inspector;
-use crate::model::{ModelPack, VisionModel};
-use dirwatch::{DirSource, Queued, SeenLog};
+use job::Job;
 use notify::Notifier;
-use worker::{Emitter, HeatmapSettings, Job, Worker};
+use sink::ResultSink;
+use source::{SourceContext, SourceHandle};
+use worker::{Settings, Worker};
 
 /// What a signal asks of the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,47 +62,27 @@ pub enum Signal {
     Reload,
 }
 
-/// Load the model pack and bank of `model` into an inspector.
-pub fn load_inspector(model: &config::Model) -> anyhow::Result<Inspector> {
-    let pack =
-        ModelPack::open(&model.pack).with_context(|| format!("model pack {}", model.pack.display()))?;
-    let bytes =
-        std::fs::read(&model.bank).with_context(|| format!("reading bank {}", model.bank.display()))?;
-    let bank = Bank::from_bytes(&bytes).with_context(|| format!("bank {}", model.bank.display()))?;
-    let vision = VisionModel::load_with(&pack, model.precision)?;
-    let mut inspector =
-        Inspector::new(&pack, vision, bank).with_context(|| format!("bank {}", model.bank.display()))?;
-    if let Some(t) = model.threshold {
-        inspector.set_threshold(t);
-    }
-    inspector
-        .set_early_exit(model.early_exit)
-        .with_context(|| format!("model.early_exit with bank {}", model.bank.display()))?;
-    if let Some(rule) = inspector.early_exit_rule().filter(|_| model.early_exit) {
-        log::info!(
-            "early exit on: a part whose score bound {rule} is at or below the threshold passes after the full-image pass"
-        );
-    }
-    Ok(inspector)
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration, the model pack, the bank or a source cannot be
+    /// used as configured: starting again will not help.
+    #[error("{0:#}")]
+    Config(anyhow::Error),
+    /// Anything else (the machine, the runtime).
+    #[error("{0:#}")]
+    Runtime(anyhow::Error),
 }
 
 /// `winclip-edge run`: load everything, serve until SIGTERM.
-pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
-    let config = match config::load(config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("{e}");
-            return Ok(ExitCode::from(crate::cli::EXIT_CONFIG));
-        }
-    };
+pub fn run(config_path: &Path) -> Result<(), Error> {
+    let checked = config::load(config_path).map_err(|e| Error::Config(e.into()))?;
+    for w in &checked.warnings {
+        log::warn!("{}: {w}", config_path.display());
+    }
+    let config = checked.config;
     crate::model::set_threads(config.station.threads);
-    let inspector = match load_inspector(&config.model) {
-        Ok(i) => i,
-        Err(e) => {
-            log::error!("{e:#}");
-            return Ok(ExitCode::from(crate::cli::EXIT_CONFIG));
-        }
-    };
+    let loaded = engine::load(&config.model).map_err(Error::Config)?;
     let notifier: Arc<dyn Notifier> = match notify::Systemd::from_env() {
         Some(n) => Arc::new(n),
         None => Arc::new(notify::Noop),
@@ -91,10 +90,18 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(|e| Error::Runtime(e.into()))?;
     rt.block_on(async move {
-        let mut signals = signals()?;
-        let mut daemon = Daemon::start(config_path.to_owned(), config, inspector, notifier).await?;
+        let mut signals = signals().map_err(|e| Error::Runtime(e.into()))?;
+        let mut daemon = Daemon::start(Options {
+            config_path: config_path.to_owned(),
+            config,
+            loaded,
+            notifier,
+            lines: Arc::new(gpio::Gpiocdev),
+        })
+        .await?;
         while let Some(sig) = signals.recv().await {
             match sig {
                 Signal::Reload => daemon.reload().await,
@@ -102,7 +109,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             }
         }
         daemon.shutdown().await;
-        Ok(ExitCode::SUCCESS)
+        Ok(())
     })
 }
 
@@ -128,43 +135,55 @@ fn signals() -> std::io::Result<mpsc::Receiver<Signal>> {
     Ok(rx)
 }
 
-/// A running source: async tasks are aborted, blocking watchers see `stop`.
-struct SourceHandle {
-    stop: Arc<AtomicBool>,
-    task: JoinHandle<()>,
+/// What a daemon starts with.
+pub struct Options {
+    /// The file reloads read.
+    pub config_path: PathBuf,
+    /// The checked configuration.
+    pub config: Config,
+    /// The inspector, loaded from `config.model`.
+    pub loaded: engine::Loaded,
+    /// The service manager.
+    pub notifier: Arc<dyn Notifier>,
+    /// Where GPIO lines come from.
+    pub lines: Arc<dyn gpio::Lines>,
 }
 
 /// A running daemon.
 pub struct Daemon {
     config_path: PathBuf,
+    /// What runs (a reload's effective configuration).
     config: Config,
     notifier: Arc<dyn Notifier>,
-    emitter: Emitter,
-    inspector: Arc<Mutex<Arc<Inspector>>>,
+    sink: ResultSink,
+    settings: watch::Sender<Settings>,
+    mqtt_settings: watch::Sender<config::Mqtt>,
+    /// Bytes of the running model's weights.
+    weights: u64,
     jobs: flume::Sender<Job>,
-    queued: HashMap<String, Queued>,
+    claims: dirwatch::Claims,
+    lines: Arc<dyn gpio::Lines>,
     sources: Vec<SourceHandle>,
+    sources_shutdown: CancellationToken,
     mqtt: mpsc::Sender<mqtt::Control>,
     mqtt_task: JoinHandle<()>,
-    worker_stop: Arc<AtomicBool>,
+    worker_stop: CancellationToken,
     worker: Option<std::thread::JoinHandle<()>>,
     status_task: JoinHandle<()>,
 }
 
 impl Daemon {
-    /// Start broker (if embedded), publisher, worker and sources.
-    pub async fn start(
-        config_path: PathBuf,
-        config: Config,
-        inspector: Inspector,
-        notifier: Arc<dyn Notifier>,
-    ) -> anyhow::Result<Self> {
+    /// Start the broker (if embedded), the sources, the worker and the publisher.
+    pub async fn start(o: Options) -> Result<Self, Error> {
+        let config = o.config;
+        let station = config.station.name.clone();
         if let Broker::Embedded { listen } = &config.mqtt.broker {
-            broker::start(listen, config.mqtt.max_packet_bytes)?;
+            broker::start(listen, config.mqtt.max_packet_bytes).map_err(Error::Config)?;
         }
         let outbox_dir = config.station.state_dir.join("outbox");
         let outbox = outbox::Outbox::open(&outbox_dir, config.outbox.max_entries, config.outbox.max_bytes)
-            .with_context(|| format!("opening the outbox {}", outbox_dir.display()))?;
+            .with_context(|| format!("opening the outbox {}", outbox_dir.display()))
+            .map_err(Error::Runtime)?;
         if !outbox.index().is_empty() {
             log::info!(
                 "outbox: {} results from a previous run will be delivered first",
@@ -175,47 +194,78 @@ impl Daemon {
         stats
             .outbox_pending
             .store(outbox.index().len(), Ordering::Relaxed);
-        let emitter = Emitter {
-            station: config.station.name.clone(),
-            prefix: config.mqtt.prefix.clone(),
-            outbox: Arc::new(Mutex::new(outbox)),
-            wake: Arc::new(tokio::sync::Notify::new()),
-            stats: Arc::clone(&stats),
-        };
-        let (mqtt_tx, mqtt_rx) = mpsc::channel(4);
-        let publisher = mqtt::Publisher {
-            config: config.mqtt.clone(),
-            station: config.station.name.clone(),
-            outbox: Arc::clone(&emitter.outbox),
-            wake: Arc::clone(&emitter.wake),
-            stats: Arc::clone(&stats),
-        };
-        let mqtt_task = tokio::spawn(publisher.run(mqtt_rx));
-
-        let inspector = Arc::new(Mutex::new(Arc::new(inspector)));
+        stats
+            .outbox_quarantined
+            .store(outbox.quarantined(), Ordering::Relaxed);
+        let outbox = Arc::new(Mutex::new(outbox));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let sink = ResultSink::new(
+            &station,
+            Arc::clone(&outbox),
+            Arc::clone(&wake),
+            Arc::clone(&stats),
+        );
         let (jobs_tx, jobs_rx) = flume::bounded(config.station.queue_capacity);
-        let worker_stop = Arc::new(AtomicBool::new(false));
-        let worker = Worker {
-            emitter: emitter.clone(),
-            inspector: Arc::clone(&inspector),
-            heatmap: HeatmapSettings {
-                enabled: config.mqtt.heatmap,
-                side: config.mqtt.heatmap_side,
-                quality: config.mqtt.heatmap_quality,
-            },
-            notifier: Arc::clone(&notifier),
-            stop: Arc::clone(&worker_stop),
-        };
-        let worker = std::thread::Builder::new()
-            .name("inference".into())
-            .spawn(move || worker.run(jobs_rx))?;
+        let ids = (
+            o.loaded.inspector.model_id().to_string(),
+            o.loaded.inspector.bank_id().to_string(),
+        );
+        let (settings, settings_rx) = watch::channel(Settings {
+            inspector: Some(Arc::new(o.loaded.inspector)),
+            heatmap: config.heatmap,
+        });
+        let (mqtt_settings, mqtt_rx) = watch::channel(config.mqtt.clone());
+        let (mqtt_tx, control_rx) = mpsc::channel(4);
 
-        let status_task = {
-            let (notifier, stats, station) = (
-                Arc::clone(&notifier),
-                Arc::clone(&stats),
-                config.station.name.clone(),
-            );
+        let mut daemon = Self {
+            config_path: o.config_path,
+            notifier: o.notifier,
+            sink: sink.clone(),
+            settings,
+            mqtt_settings,
+            weights: o.loaded.weights,
+            jobs: jobs_tx,
+            claims: dirwatch::Claims::default(),
+            lines: o.lines,
+            sources: Vec::new(),
+            sources_shutdown: CancellationToken::new(),
+            mqtt: mqtt_tx,
+            mqtt_task: tokio::spawn(async {}),
+            worker_stop: CancellationToken::new(),
+            worker: None,
+            status_task: tokio::spawn(async {}),
+            config,
+        };
+        // Sources first: one that cannot start fails the start at once
+        // (the handles already made stop as they are dropped).
+        let sources = daemon.config.sources.clone();
+        for s in &sources {
+            let h = daemon.start_source(s).map_err(|e| Error::Config(e.into()))?;
+            daemon.sources.push(h);
+        }
+        let worker = Worker {
+            sink,
+            settings: settings_rx,
+            notifier: Arc::clone(&daemon.notifier),
+            stop: daemon.worker_stop.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        daemon.worker = Some(
+            std::thread::Builder::new()
+                .name("inference".into())
+                .spawn(move || worker.run(jobs_rx))
+                .map_err(|e| Error::Runtime(e.into()))?,
+        );
+        let publisher = mqtt::Publisher {
+            settings: mqtt_rx,
+            station: station.clone(),
+            outbox,
+            wake,
+            stats: Arc::clone(&stats),
+        };
+        daemon.mqtt_task = tokio::spawn(publisher.run(control_rx));
+        daemon.status_task = {
+            let notifier = Arc::clone(&daemon.notifier);
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -227,172 +277,222 @@ impl Daemon {
                 }
             })
         };
-        let mut daemon = Self {
-            config_path,
-            config,
-            notifier,
-            emitter,
-            inspector,
-            jobs: jobs_tx,
-            queued: HashMap::new(),
-            sources: Vec::new(),
-            mqtt: mqtt_tx,
-            mqtt_task,
-            worker_stop,
-            worker: Some(worker),
-            status_task,
-        };
-        daemon.start_sources()?;
         daemon.notifier.ready();
         daemon.notifier.status("inspecting");
         log::info!(
             "station {} ready: {} source(s), model {}, bank {}",
             daemon.config.station.name,
             daemon.sources.len(),
-            daemon.current().model_id(),
-            daemon.current().bank_id()
+            ids.0,
+            ids.1
         );
         Ok(daemon)
     }
 
-    fn current(&self) -> Arc<Inspector> {
-        self.inspector
-            .lock()
-            .map(|g| Arc::clone(&g))
-            .expect("inspector lock")
+    /// The configuration that runs.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
-    fn start_sources(&mut self) -> anyhow::Result<()> {
-        for source in self.config.sources.clone() {
-            let handle = match source {
-                Source::Directory {
-                    name,
-                    path,
-                    pattern,
-                    after,
-                } => {
-                    let seen = match after {
-                        config::After::Keep => {
-                            let log_path = self
-                                .config
-                                .station
-                                .state_dir
-                                .join("seen")
-                                .join(format!("{name}.log"));
-                            Some(Arc::new(SeenLog::open(&log_path, &path).with_context(|| {
-                                format!("source {name}: record {}", log_path.display())
-                            })?))
-                        }
-                        _ => None,
-                    };
-                    let queued = self.queued.entry(name.clone()).or_default().clone();
-                    let src = DirSource {
-                        name: name.clone(),
-                        path,
-                        pattern: pattern.as_deref().map(glob::Pattern::new).transpose()?,
-                        after,
-                        seen,
-                        queued,
-                    };
-                    let (tx, stop) = (self.jobs.clone(), Arc::new(AtomicBool::new(false)));
-                    let flag = Arc::clone(&stop);
-                    let task = tokio::task::spawn_blocking(move || {
-                        if let Err(e) = src.run(tx, flag) {
-                            log::error!("source {name} stopped: {e}");
-                        }
-                    });
-                    SourceHandle { stop, task }
-                }
-                Source::Gpio {
-                    name,
-                    chip,
-                    line,
-                    edge,
-                    debounce,
-                    active_low,
-                    capture,
-                    capture_timeout,
-                    output_dir,
-                    keep_captures,
-                } => {
-                    let (edges, kernel_debounce) =
-                        gpio::open_line(&chip, line, edge, debounce, active_low)
-                            .with_context(|| format!("source {name}: GPIO {} line {line}", chip.display()))?;
-                    let trigger = gpio::Trigger {
-                        name,
-                        capture,
-                        timeout: capture_timeout,
-                        output_dir,
-                        keep: keep_captures,
-                        debounce: if kernel_debounce { Duration::ZERO } else { debounce },
-                        emitter: self.emitter.clone(),
-                    };
-                    let task = tokio::spawn(trigger.run(edges, self.jobs.clone()));
-                    SourceHandle {
-                        stop: Arc::new(AtomicBool::new(false)),
-                        task,
-                    }
-                }
-            };
-            self.sources.push(handle);
-        }
-        Ok(())
+    /// The inspector in use (`None` while a model is being swapped).
+    pub fn inspector(&self) -> Option<Arc<Inspector>> {
+        self.settings.borrow().inspector.clone()
     }
 
-    fn stop_sources(&mut self) {
-        for s in self.sources.drain(..) {
-            s.stop.store(true, Ordering::Relaxed);
-            s.task.abort();
+    fn start_source(&self, s: &Source) -> std::io::Result<SourceHandle> {
+        let ctx = SourceContext {
+            jobs: self.jobs.clone(),
+            sink: self.sink.clone(),
+            shutdown: self.sources_shutdown.child_token(),
+            state_dir: self.config.station.state_dir.clone(),
+        };
+        match s {
+            Source::Directory(d) => dirwatch::build(d, ctx, &self.claims),
+            Source::Gpio(g) => gpio::build(g, ctx, &*self.lines),
         }
     }
 
-    /// SIGHUP: re-read the configuration and the bank; keep everything as it
-    /// is when anything new fails.
+    /// SIGHUP: re-read the configuration and apply what changed (see
+    /// [`ReloadPlan`]); keep everything as it runs when any part fails.
     pub async fn reload(&mut self) {
         self.notifier.reloading();
         log::info!("reloading {}", self.config_path.display());
-        let new = match config::load(&self.config_path) {
+        let checked = match config::load(&self.config_path) {
             Ok(c) => c,
             Err(e) => return self.reload_failed(&e.to_string()),
         };
-        if new.station.name != self.config.station.name
-            || new.station.state_dir != self.config.station.state_dir
-        {
-            log::warn!("station.name and station.state_dir changes need a restart; keeping the old values");
+        for w in &checked.warnings {
+            log::warn!("{}: {w}", self.config_path.display());
         }
-        let model = new.model.clone();
-        let loaded = tokio::task::spawn_blocking(move || load_inspector(&model)).await;
-        let inspector = match loaded {
-            Ok(Ok(i)) => i,
-            Ok(Err(e)) => return self.reload_failed(&format!("{e:#}")),
-            Err(e) => return self.reload_failed(&e.to_string()),
-        };
-        let mut new = new;
-        new.station.name = self.config.station.name.clone();
-        new.station.state_dir = self.config.station.state_dir.clone();
-        let old = std::mem::replace(&mut self.config, new);
-        self.stop_sources();
-        if let Err(e) = self.start_sources() {
-            log::error!("reload: {e:#}; restoring the previous sources");
-            self.stop_sources();
-            self.config = old;
-            if let Err(e) = self.start_sources() {
-                log::error!("previous sources failed too: {e:#}");
+        let plan = ReloadPlan::new(&self.config, &checked.config);
+        for c in plan.needs_restart() {
+            log::warn!(
+                "{c} changed: that needs a restart (systemctl restart winclip-edge); the running value stays"
+            );
+        }
+        match self.apply(&plan).await {
+            Ok(()) => {
+                self.config = plan.effective.clone();
+                let summary = plan.summary();
+                log::info!("reloaded: {summary}");
+                self.notifier.ready();
+                self.notifier.status(&format!("reloaded: {summary}"));
             }
-            return self.reload_failed(&format!("{e:#}"));
+            Err(e) => self.reload_failed(&format!("{e:#}")),
         }
-        if let Ok(mut g) = self.inspector.lock() {
-            *g = Arc::new(inspector);
+    }
+
+    /// Apply `plan`: prepare the inspector, change the sources, then install
+    /// the new settings. Undoes what it did when a step fails.
+    async fn apply(&mut self, plan: &ReloadPlan) -> anyhow::Result<()> {
+        let new = &plan.effective;
+        let current = self
+            .inspector()
+            .context("no model is loaded (an earlier reload failed to restore it); restart the service")?;
+        let rss = crate::bench::memory().map_or(0, |m| m.rss);
+        let (change, model, weights) = (plan.engine(), new.model.clone(), self.weights);
+        let running = Arc::clone(&current);
+        let swap =
+            tokio::task::spawn_blocking(move || engine::prepare(change, &running, &model, rss, weights))
+                .await
+                .context("preparing the inspector")??;
+        let mut unloaded = false;
+        let next = match swap {
+            engine::Swap::Keep => None,
+            engine::Swap::Ready(i) => Some((Arc::new(*i), self.weights)),
+            engine::Swap::Model(m) => {
+                log::info!(
+                    "model pack {}: resident memory now {} MB, predicted peak {} MB (model.memory_budget_mb = {}){}",
+                    new.model.pack.display(),
+                    rss / 1_000_000,
+                    m.peak / 1_000_000,
+                    new.model.memory_budget / 1_000_000,
+                    if m.unload_first {
+                        "; the running model is unloaded first: inspections wait until the new one is loaded"
+                    } else {
+                        "; loading it beside the running one"
+                    }
+                );
+                let measured = crate::bench::reset_peak();
+                if m.unload_first {
+                    self.unload(current).await;
+                    unloaded = true;
+                } else {
+                    drop(current);
+                }
+                let loaded = tokio::task::spawn_blocking(move || m.load())
+                    .await
+                    .map_err(anyhow::Error::new)
+                    .and_then(|r| r);
+                match loaded {
+                    Ok(l) => {
+                        if let Some(mem) = crate::bench::memory().filter(|_| measured) {
+                            log::info!(
+                                "model loaded: peak resident memory during the swap {} MB",
+                                mem.peak / 1_000_000
+                            );
+                        }
+                        Some((Arc::new(l.inspector), l.weights))
+                    }
+                    Err(e) => {
+                        if unloaded {
+                            self.restore_model().await;
+                        }
+                        return Err(e.context("loading the new model"));
+                    }
+                }
+            }
+        };
+        if plan.touches_sources() {
+            if let Err(e) = self.apply_sources(&new.sources).await {
+                if unloaded {
+                    drop(next);
+                    self.restore_model().await;
+                }
+                return Err(e);
+            }
         }
-        if self.config.mqtt != old.mqtt {
-            let _ = self
-                .mqtt
-                .send(mqtt::Control::Reconfigure(Box::new(self.config.mqtt.clone())))
-                .await;
+        let (inspector, weights) = match next {
+            Some((i, w)) => (Some(i), w),
+            None => (self.inspector(), self.weights),
+        };
+        self.weights = weights;
+        self.settings.send_replace(Settings {
+            inspector,
+            heatmap: new.heatmap,
+        });
+        self.mqtt_settings.send_if_modified(|m| {
+            let changed = *m != new.mqtt;
+            *m = new.mqtt.clone();
+            changed
+        });
+        Ok(())
+    }
+
+    /// Take the inspector from the worker and wait until it lets go of it
+    /// (after the image it is on), so the model's memory is freed.
+    async fn unload(&self, current: Arc<Inspector>) {
+        self.settings.send_modify(|s| s.inspector = None);
+        while Arc::strong_count(&current) > 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        log::info!("reloaded: bank {}", self.current().bank_id());
-        self.notifier.ready();
-        self.notifier.status("reloaded");
+        drop(current);
+        engine::release_freed_memory();
+        log::info!("running model unloaded");
+    }
+
+    /// Load the running configuration's model again after a failed swap.
+    async fn restore_model(&mut self) {
+        let model = self.config.model.clone();
+        match tokio::task::spawn_blocking(move || engine::load(&model)).await {
+            Ok(Ok(l)) => {
+                self.weights = l.weights;
+                self.settings.send_modify(|s| s.inspector = Some(Arc::new(l.inspector)));
+                log::info!("the previous model is loaded again");
+            }
+            Ok(Err(e)) => log::error!(
+                "the previous model cannot be loaded again ({e:#}): no inspections until a reload or restart succeeds"
+            ),
+            Err(e) => log::error!("the previous model cannot be loaded again ({e}): restart the service"),
+        }
+    }
+
+    /// Stop the sources that are gone or changed, start the new and changed
+    /// ones; on failure stop what was started and start the old ones again.
+    async fn apply_sources(&mut self, new: &[Source]) -> anyhow::Result<()> {
+        let old = self.config.sources.clone();
+        let unchanged = |name: &str| {
+            let before = old.iter().find(|s| s.name() == name);
+            before.is_some() && before == new.iter().find(|s| s.name() == name)
+        };
+        let (kept, stopping): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sources)
+            .into_iter()
+            .partition(|h| unchanged(h.name()));
+        self.sources = kept;
+        // Released (inotify watches, GPIO lines) before anything is requested again.
+        for h in stopping {
+            h.stop().await;
+        }
+        let mut started = Vec::new();
+        for s in new.iter().filter(|s| !unchanged(s.name())) {
+            match self.start_source(s) {
+                Ok(h) => started.push(h),
+                Err(e) => {
+                    for h in started {
+                        h.stop().await;
+                    }
+                    for s in old.iter().filter(|s| !unchanged(s.name())) {
+                        match self.start_source(s) {
+                            Ok(h) => self.sources.push(h),
+                            Err(e) => log::error!("source {} could not be restored: {e}", s.name()),
+                        }
+                    }
+                    return Err(anyhow::Error::new(e).context("starting the new sources"));
+                }
+            }
+        }
+        self.sources.extend(started);
+        Ok(())
     }
 
     fn reload_failed(&self, why: &str) {
@@ -407,8 +507,10 @@ impl Daemon {
     pub async fn shutdown(mut self) {
         self.notifier.stopping();
         log::info!("shutting down: finishing the current image");
-        self.stop_sources();
-        self.worker_stop.store(true, Ordering::Relaxed);
+        for h in std::mem::take(&mut self.sources) {
+            h.stop().await;
+        }
+        self.worker_stop.cancel();
         if let Some(w) = self.worker.take() {
             let _ = tokio::task::spawn_blocking(move || w.join()).await;
         }

@@ -3,14 +3,15 @@
 //! One task owns the connection. Each connection is a fresh rumqttc client and
 //! event loop with a clean session; the event loop is polled by its own task
 //! (blocking it would stall the connection) and forwards events here. Every
-//! publish goes through this task in order, so rumqttc's `Outgoing::Publish`
-//! events, which come in request order, map packet ids back to outbox entries;
-//! an entry leaves the outbox when the broker acknowledged all its parts
-//! (result, and heatmap if any). After a disconnect everything still pending is
-//! published again from the start, in order: subscribers may see a result
-//! twice (same inspection id), never zero times.
+//! publish goes through this task in order; the pure [`Delivery`] state maps
+//! rumqttc's packet ids back to outbox entries, and an entry leaves the outbox
+//! when the broker acknowledged all its parts (result, and heatmap if any).
+//! After a disconnect everything still pending is published again from the
+//! start, in order: subscribers may see a result twice (same inspection id),
+//! never zero times. The settings come from a `watch` channel: a change of the
+//! connection or the prefix reconnects, a change of the stats period applies
+//! at once.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,11 +19,13 @@ use std::time::Duration;
 use rumqttc::{
     AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
 };
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::{Broker, Mqtt};
-use crate::daemon::outbox::Outbox;
+use crate::daemon::delivery::Delivery;
+use crate::daemon::outbox::{Entry, Outbox};
 use crate::daemon::stats::Stats;
+use crate::daemon::topics::Topics;
 
 /// Entries published and not yet acknowledged at a time.
 const WINDOW: usize = 32;
@@ -34,54 +37,20 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Control {
     /// Flush, publish `offline`, disconnect, then answer.
     Shutdown(tokio::sync::oneshot::Sender<()>),
-    /// Reconnect with new settings.
-    Reconfigure(Box<Mqtt>),
-}
-
-/// Topics of one station.
-#[derive(Debug, Clone)]
-pub struct Topics {
-    /// `<prefix>/<station>/status`.
-    pub status: String,
-    /// `<prefix>/<station>/result`.
-    pub result: String,
-    /// `<prefix>/<station>/heatmap` (+ `/<id>`).
-    pub heatmap: String,
-    /// `<prefix>/<station>/stats`.
-    pub stats: String,
-}
-
-impl Topics {
-    /// Topics for `station` under `prefix`.
-    pub fn new(prefix: &str, station: &str) -> Self {
-        let base = format!("{prefix}/{station}");
-        Self {
-            status: format!("{base}/status"),
-            result: format!("{base}/result"),
-            heatmap: format!("{base}/heatmap"),
-            stats: format!("{base}/stats"),
-        }
-    }
-}
-
-/// What a publish was for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tag {
-    Entry(u64),
-    Other,
 }
 
 /// Why a connection ended.
 enum End {
     Lost(String),
     Shutdown(tokio::sync::oneshot::Sender<()>),
-    Reconfigure(Box<Mqtt>),
+    /// New connection settings or prefix.
+    Reconfigure,
 }
 
 /// The publisher task's state.
 pub struct Publisher {
-    /// MQTT settings.
-    pub config: Mqtt,
+    /// Live MQTT settings.
+    pub settings: watch::Receiver<Mqtt>,
     /// Station name.
     pub station: String,
     /// Durable results.
@@ -114,7 +83,7 @@ pub fn options(c: &Mqtt, topics: &Topics) -> std::io::Result<MqttOptions> {
         .set_max_packet_size(c.max_packet_bytes, c.max_packet_bytes)
         .set_request_channel_capacity(64)
         .set_inflight(100)
-        .set_last_will(LastWill::new(&topics.status, "offline", QoS::AtLeastOnce, true));
+        .set_last_will(LastWill::new(topics.status(), "offline", QoS::AtLeastOnce, true));
     if let Some(user) = &c.username {
         let password = match &c.password {
             Some(secret) => secret.read()?,
@@ -143,17 +112,22 @@ pub fn options(c: &Mqtt, topics: &Topics) -> std::io::Result<MqttOptions> {
 impl Publisher {
     /// Run until told to shut down.
     pub async fn run(mut self, mut control: mpsc::Receiver<Control>) {
-        let mut backoff = self.config.reconnect_min;
+        let mut config = self.settings.borrow_and_update().clone();
+        let mut delivery = Delivery::new(WINDOW);
+        let mut backoff = config.reconnect_min;
         loop {
-            match self.session(&mut control, &mut backoff).await {
+            match self
+                .session(&mut config, &mut delivery, &mut control, &mut backoff)
+                .await
+            {
                 End::Shutdown(done) => {
                     let _ = done.send(());
                     return;
                 }
-                End::Reconfigure(c) => {
+                End::Reconfigure => {
                     log::info!("MQTT settings changed: reconnecting");
-                    self.config = *c;
-                    backoff = self.config.reconnect_min;
+                    config = self.settings.borrow_and_update().clone();
+                    backoff = config.reconnect_min;
                 }
                 End::Lost(why) => {
                     log::warn!("MQTT connection lost: {why}; retrying in {backoff:?}");
@@ -166,22 +140,26 @@ impl Publisher {
                                 return;
                             }
                             None => return,
-                            Some(Control::Reconfigure(c)) => self.config = *c,
+                        },
+                        Ok(()) = self.settings.changed() => {
+                            config = self.settings.borrow_and_update().clone();
                         }
                     }
-                    backoff = (backoff * 2).min(self.config.reconnect_max);
+                    backoff = (backoff * 2).min(config.reconnect_max);
                 }
             }
         }
     }
 
-    fn topics(&self) -> Topics {
-        Topics::new(&self.config.prefix, &self.station)
-    }
-
-    async fn session(&mut self, control: &mut mpsc::Receiver<Control>, backoff: &mut Duration) -> End {
-        let topics = self.topics();
-        let opts = match options(&self.config, &topics) {
+    async fn session(
+        &mut self,
+        config: &mut Mqtt,
+        delivery: &mut Delivery,
+        control: &mut mpsc::Receiver<Control>,
+        backoff: &mut Duration,
+    ) -> End {
+        let topics = Topics::new(&config.prefix, &self.station);
+        let opts = match options(config, &topics) {
             Ok(o) => o,
             Err(e) => return End::Lost(format!("cannot configure the connection: {e}")),
         };
@@ -202,164 +180,170 @@ impl Publisher {
                 }
             }
         });
-        let end = self.connected(&client, &mut erx, control, backoff, &topics).await;
+        let mut conn = Connection {
+            client: &client,
+            events: &mut erx,
+            delivery,
+            topics: &topics,
+        };
+        let end = self.connected(&mut conn, config, control, backoff).await;
         poller.abort();
         end
     }
 
     async fn connected(
         &mut self,
-        client: &AsyncClient,
-        events: &mut mpsc::UnboundedReceiver<Result<Event, String>>,
+        conn: &mut Connection<'_>,
+        config: &mut Mqtt,
         control: &mut mpsc::Receiver<Control>,
         backoff: &mut Duration,
-        topics: &Topics,
     ) -> End {
         // Wait for the broker to accept us.
         loop {
             tokio::select! {
-                ev = events.recv() => match ev {
+                ev = conn.events.recv() => match ev {
                     Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => break,
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return End::Lost(e),
                     None => return End::Lost("event loop ended".into()),
                 },
                 c = control.recv() => match c {
-                    Some(Control::Reconfigure(c)) => return End::Reconfigure(c),
                     Some(Control::Shutdown(done)) => return End::Shutdown(done),
                     None => return End::Lost("control channel closed".into()),
                 },
+                Ok(()) = self.settings.changed() => {
+                    if self.settings.borrow().clone() != *config {
+                        return End::Reconfigure;
+                    }
+                }
             }
         }
-        *backoff = self.config.reconnect_min;
+        *backoff = config.reconnect_min;
+        conn.delivery.reset();
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
-        log::info!(
-            "MQTT connected; publishing under {}",
-            topics.status.trim_end_matches("/status")
-        );
-        let mut st = State::default();
-        if let Err(e) = st
-            .publish(
-                client,
-                &topics.status,
-                QoS::AtLeastOnce,
-                true,
-                b"online".to_vec(),
-                Tag::Other,
-            )
+        log::info!("MQTT connected; publishing under {}", conn.topics.base());
+        if let Err(e) = conn
+            .publish(&conn.topics.status(), QoS::AtLeastOnce, true, b"online".to_vec())
             .await
         {
             return End::Lost(e);
         }
-        let mut stats_tick = tokio::time::interval(self.config.stats_interval);
-        stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stats_tick = ticker(config.stats_interval);
         loop {
-            if let Err(e) = self.fill(client, &mut st, topics).await {
+            if let Err(e) = self.fill(conn).await {
                 return End::Lost(e);
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
-                ev = events.recv() => match ev {
-                    Some(Ok(ev)) => self.on_event(ev, &mut st),
+                ev = conn.events.recv() => match ev {
+                    Some(Ok(ev)) => self.on_event(ev, conn.delivery),
                     Some(Err(e)) => return End::Lost(e),
                     None => return End::Lost("event loop ended".into()),
                 },
                 _ = stats_tick.tick() => {
                     let snap = self.stats.snapshot(&self.station).to_string().into_bytes();
-                    if let Err(e) = st.publish(client, &topics.stats, QoS::AtMostOnce, false, snap, Tag::Other).await {
+                    if let Err(e) = conn.publish(&conn.topics.stats(), QoS::AtMostOnce, false, snap).await {
                         return End::Lost(e);
                     }
                 }
                 c = control.recv() => match c {
-                    Some(Control::Reconfigure(c)) => {
-                        let _ = client.disconnect().await;
-                        return End::Reconfigure(c);
-                    }
                     Some(Control::Shutdown(done)) => {
-                        self.flush(client, events, &mut st, topics).await;
+                        self.flush(conn).await;
                         return End::Shutdown(done);
                     }
                     None => return End::Lost("control channel closed".into()),
                 },
+                Ok(()) = self.settings.changed() => {
+                    let new = self.settings.borrow().clone();
+                    if new.connection_differs(config) || new.prefix != config.prefix {
+                        if new.prefix != config.prefix {
+                            // Nothing will say "online" there any more.
+                            log::info!("MQTT prefix changed: {} is marked offline", conn.topics.status());
+                            let _ = conn.publish(&conn.topics.status(), QoS::AtLeastOnce, true, b"offline".to_vec()).await;
+                        }
+                        conn.disconnect().await;
+                        return End::Reconfigure;
+                    }
+                    if new.stats_interval != config.stats_interval {
+                        stats_tick = ticker(new.stats_interval);
+                    }
+                    *config = new;
+                }
             }
         }
     }
 
-    /// Publish pending entries in order, up to the window.
-    async fn fill(&self, client: &AsyncClient, st: &mut State, topics: &Topics) -> Result<(), String> {
-        while st.parts.len() < WINDOW {
-            let next = {
+    /// Publish pending entries in order, up to the window. An entry that
+    /// cannot be read is moved to the outbox's quarantine and skipped.
+    async fn fill(&self, conn: &mut Connection<'_>) -> Result<(), String> {
+        while conn.delivery.has_room() {
+            let (seq, read) = {
                 let ob = self
                     .outbox
                     .lock()
                     .map_err(|_| "outbox lock poisoned".to_string())?;
-                let Some(seq) = ob.index().after(st.last_sent).next() else {
+                let Some(seq) = ob.index().after(conn.delivery.sent_up_to()).next() else {
                     return Ok(());
                 };
-                match ob.read(seq) {
-                    Ok(e) => e.map(|e| (seq, e)),
-                    Err(e) => {
-                        log::error!("outbox entry #{seq} unreadable: {e}; skipping it");
-                        None
-                    }
+                (seq, ob.read(seq))
+            };
+            let read = read.and_then(|e| match e {
+                Some(e) => Ok(Some((message(&e, conn.topics)?, e))),
+                None => Ok(None),
+            });
+            let (json, entry) = match read {
+                Ok(Some(ready)) => ready,
+                Ok(None) => {
+                    conn.delivery.skip(seq);
+                    continue;
+                }
+                Err(e) => {
+                    self.quarantine(seq, &e.to_string());
+                    conn.delivery.skip(seq);
+                    continue;
                 }
             };
-            let Some((seq, entry)) = next else {
-                st.last_sent += 1;
-                continue;
-            };
-            st.last_sent = seq;
             let parts = 1 + usize::from(entry.heatmap.is_some());
-            st.parts.insert(seq, parts);
-            st.publish(
-                client,
-                &topics.result,
-                QoS::AtLeastOnce,
-                false,
-                entry.json,
-                Tag::Entry(seq),
-            )
-            .await?;
+            conn.delivery.send(seq, parts);
+            conn.request(&conn.topics.result(), QoS::AtLeastOnce, false, json)
+                .await?;
             if let Some(jpg) = entry.heatmap {
-                let topic = format!("{}/{}", topics.heatmap, entry.id);
-                st.publish(client, &topic, QoS::AtLeastOnce, false, jpg, Tag::Entry(seq))
+                conn.request(&conn.topics.heatmap(&entry.id), QoS::AtLeastOnce, false, jpg)
                     .await?;
             }
         }
         Ok(())
     }
 
-    fn on_event(&self, ev: Event, st: &mut State) {
+    fn quarantine(&self, seq: u64, why: &str) {
+        log::error!(
+            "outbox entry #{seq} is unreadable ({why}): moved to the outbox's quarantine, not published"
+        );
+        if let Ok(mut ob) = self.outbox.lock() {
+            ob.quarantine(seq);
+            self.stats
+                .outbox_pending
+                .store(ob.index().len(), Ordering::Relaxed);
+            self.stats
+                .outbox_quarantined
+                .store(ob.quarantined(), Ordering::Relaxed);
+        }
+    }
+
+    fn on_event(&self, ev: Event, delivery: &mut Delivery) {
         match ev {
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
-                let tag = st.fifo.pop_front();
-                if pkid != 0 {
-                    if let Some(tag) = tag {
-                        st.pkids.insert(pkid, tag);
-                    }
-                }
-            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => delivery.on_outgoing(pkid),
             Event::Incoming(Packet::PubAck(ack)) => {
-                if let Some(Tag::Entry(seq)) = st.pkids.remove(&ack.pkid) {
-                    let done = match st.parts.get_mut(&seq) {
-                        Some(n) => {
-                            *n -= 1;
-                            *n == 0
+                if let Some(seq) = delivery.on_ack(ack.pkid) {
+                    if let Ok(mut ob) = self.outbox.lock() {
+                        if let Err(e) = ob.remove(seq) {
+                            log::error!("outbox: cannot remove delivered #{seq}: {e}");
                         }
-                        None => false,
-                    };
-                    if done {
-                        st.parts.remove(&seq);
-                        if let Ok(mut ob) = self.outbox.lock() {
-                            if let Err(e) = ob.remove(seq) {
-                                log::error!("outbox: cannot remove delivered #{seq}: {e}");
-                            }
-                            self.stats
-                                .outbox_pending
-                                .store(ob.index().len(), Ordering::Relaxed);
-                        }
-                        self.stats.published.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .outbox_pending
+                            .store(ob.index().len(), Ordering::Relaxed);
                     }
+                    self.stats.published.fetch_add(1, Ordering::Relaxed);
                 }
             }
             _ => {}
@@ -367,25 +351,19 @@ impl Publisher {
     }
 
     /// Deliver what is pending (bounded by [`FLUSH_TIMEOUT`]), publish `offline`, disconnect.
-    async fn flush(
-        &self,
-        client: &AsyncClient,
-        events: &mut mpsc::UnboundedReceiver<Result<Event, String>>,
-        st: &mut State,
-        topics: &Topics,
-    ) {
+    async fn flush(&self, conn: &mut Connection<'_>) {
         let deadline = tokio::time::Instant::now() + FLUSH_TIMEOUT;
         loop {
-            if self.fill(client, st, topics).await.is_err() {
+            if self.fill(conn).await.is_err() {
                 return;
             }
-            let empty = self.outbox.lock().map(|ob| ob.index().is_empty()).unwrap_or(true);
-            if empty {
+            // `fill` stops only when the window is full or nothing is left.
+            if conn.delivery.idle() {
                 break;
             }
             tokio::select! {
-                ev = events.recv() => match ev {
-                    Some(Ok(ev)) => self.on_event(ev, st),
+                ev = conn.events.recv() => match ev {
+                    Some(Ok(ev)) => self.on_event(ev, conn.delivery),
                     _ => return,
                 },
                 _ = tokio::time::sleep_until(deadline) => {
@@ -394,52 +372,63 @@ impl Publisher {
                 }
             }
         }
-        let _ = st
-            .publish(
-                client,
-                &topics.status,
-                QoS::AtLeastOnce,
-                true,
-                b"offline".to_vec(),
-                Tag::Other,
-            )
+        let _ = conn
+            .publish(&conn.topics.status(), QoS::AtLeastOnce, true, b"offline".to_vec())
             .await;
-        let _ = client.disconnect().await;
-        // Let the event loop write the last packets.
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(Ok(_)) = events.recv().await {}
-        })
-        .await;
+        conn.disconnect().await;
     }
 }
 
-/// Per-connection publish bookkeeping.
-#[derive(Default)]
-struct State {
-    /// Tags of publishes requested and not yet seen going out, in order.
-    fifo: VecDeque<Tag>,
-    /// Packet id → what it carries, until acknowledged.
-    pkids: HashMap<u16, Tag>,
-    /// Entries in flight → parts not yet acknowledged.
-    parts: std::collections::BTreeMap<u64, usize>,
-    /// Highest seq handed to the client on this connection.
-    last_sent: u64,
+/// The result JSON as published: `heatmap.topic` names the topic the
+/// heatmap goes to now; a result whose heatmap is gone says so.
+fn message(entry: &Entry, topics: &Topics) -> std::io::Result<Vec<u8>> {
+    let mut json: serde_json::Value = serde_json::from_slice(&entry.json)?;
+    if json.get("heatmap").is_some_and(|h| h.is_object()) {
+        if entry.heatmap.is_some() {
+            json["heatmap"]["topic"] = topics.heatmap(&entry.id).into();
+        } else {
+            json["heatmap"] = serde_json::Value::Null;
+            json["heatmap_dropped"] = true.into();
+        }
+    }
+    Ok(serde_json::to_vec(&json)?)
 }
 
-impl State {
-    async fn publish(
-        &mut self,
-        client: &AsyncClient,
-        topic: &str,
-        qos: QoS,
-        retain: bool,
-        payload: Vec<u8>,
-        tag: Tag,
-    ) -> Result<(), String> {
-        self.fifo.push_back(tag);
-        client
+fn ticker(period: Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval(period);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
+/// One connection: the client, its events and what is in flight on it.
+struct Connection<'a> {
+    client: &'a AsyncClient,
+    events: &'a mut mpsc::UnboundedReceiver<Result<Event, String>>,
+    delivery: &'a mut Delivery,
+    topics: &'a Topics,
+}
+
+impl Connection<'_> {
+    /// Publish something that is no outbox entry.
+    async fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: Vec<u8>) -> Result<(), String> {
+        self.delivery.send_other();
+        self.request(topic, qos, retain, payload).await
+    }
+
+    /// Hand a publish to the client (its tag is already with [`Delivery`]).
+    async fn request(&self, topic: &str, qos: QoS, retain: bool, payload: Vec<u8>) -> Result<(), String> {
+        self.client
             .publish(topic, qos, retain, payload)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// Disconnect, letting the event loop write the last packets first.
+    async fn disconnect(&mut self) {
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(_)) = self.events.recv().await {}
+        })
+        .await;
     }
 }

@@ -171,7 +171,11 @@ pub struct Outbox {
     dir: PathBuf,
     index: Index,
     dropped: u64,
+    quarantined: u64,
 }
+
+/// Where entries that cannot be read are moved, to be looked at by a person.
+pub const QUARANTINE: &str = "quarantine";
 
 /// Inspection id stored in each JSON (read back at start-up).
 #[derive(serde::Deserialize)]
@@ -185,8 +189,12 @@ impl Outbox {
         fs::create_dir_all(dir)?;
         let mut index = Index::new(max_entries, max_bytes);
         let mut jpgs = Vec::new();
+        let mut quarantined = 0;
         for e in fs::read_dir(dir)? {
             let path = e?.path();
+            if path.file_name().is_some_and(|n| n == QUARANTINE) {
+                continue;
+            }
             let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
                 continue;
             };
@@ -203,12 +211,19 @@ impl Outbox {
             };
             match path.extension().and_then(|x| x.to_str()) {
                 Some("json") => {
-                    let bytes = fs::read(&path)?;
-                    let id = match serde_json::from_slice::<IdOnly>(&bytes) {
-                        Ok(r) => r.id,
+                    let parsed = fs::read(&path).and_then(|bytes| {
+                        let r: IdOnly = serde_json::from_slice(&bytes).map_err(io::Error::other)?;
+                        Ok((r.id, bytes))
+                    });
+                    let (id, bytes) = match parsed {
+                        Ok(p) => p,
                         Err(e) => {
-                            log::warn!("outbox: dropping unreadable entry {}: {e}", path.display());
-                            let _ = fs::remove_file(&path);
+                            log::error!(
+                                "outbox: entry {} is unreadable ({e}): quarantined",
+                                path.display()
+                            );
+                            quarantine(dir, &path);
+                            quarantined += 1;
                             continue;
                         }
                     };
@@ -236,7 +251,22 @@ impl Outbox {
             dir: dir.to_owned(),
             index,
             dropped: 0,
+            quarantined,
         })
+    }
+
+    /// Entries moved to `quarantine/` because they could not be read, since start.
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined
+    }
+
+    /// Move entry `seq`, which cannot be read, to `quarantine/` and forget it.
+    pub fn quarantine(&mut self, seq: u64) {
+        if self.index.remove(seq).is_some() {
+            quarantine(&self.dir, &self.json_path(seq));
+            quarantine(&self.dir, &self.jpg_path(seq));
+            self.quarantined += 1;
+        }
     }
 
     /// The bookkeeping.
@@ -324,6 +354,21 @@ impl Outbox {
     }
 }
 
+/// Move `path` (a file, or whatever is in its place) into `<dir>/quarantine/`;
+/// delete it when even that fails, so it cannot block the outbox again.
+fn quarantine(dir: &Path, path: &Path) {
+    let Some(name) = path.file_name() else { return };
+    if fs::symlink_metadata(path).is_err() {
+        return;
+    }
+    let q = dir.join(QUARANTINE);
+    let moved = fs::create_dir_all(&q).and_then(|()| fs::rename(path, q.join(name)));
+    if let Err(e) = moved {
+        log::error!("outbox: cannot quarantine {} ({e}); removing it", path.display());
+        let _ = fs::remove_file(path).or_else(|_| fs::remove_dir_all(path));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,5 +451,40 @@ mod tests {
         let e = ob.read(3).unwrap().unwrap();
         assert_eq!(e.heatmap.as_deref(), Some(&b"jpegbytes"[..]));
         assert!(!dir.path().join(format!("{:016}.jpg", 9)).exists());
+    }
+
+    #[test]
+    fn unreadable_entries_are_quarantined_at_start_and_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path(), 100, 1 << 20).unwrap();
+        for i in 0..3 {
+            ob.push(&format!("id{i}"), format!(r#"{{"id":"id{i}"}}"#).as_bytes(), None)
+                .unwrap();
+        }
+        drop(ob);
+        // #1 is garbage; #2 became a directory (root can read any file, not a directory).
+        fs::write(dir.path().join(format!("{:016}.json", 1)), b"{not json").unwrap();
+        let two = dir.path().join(format!("{:016}.json", 2));
+        fs::remove_file(&two).unwrap();
+        fs::create_dir(&two).unwrap();
+        let mut ob = Outbox::open(dir.path(), 100, 1 << 20).unwrap();
+        assert_eq!(ob.index().after(0).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(ob.quarantined(), 2);
+        assert!(dir
+            .path()
+            .join("quarantine")
+            .join(format!("{:016}.json", 2))
+            .is_dir());
+        // An entry that turns unreadable while pending.
+        let three = dir.path().join(format!("{:016}.json", 3));
+        fs::remove_file(&three).unwrap();
+        fs::create_dir(&three).unwrap();
+        assert!(ob.read(3).is_err());
+        ob.quarantine(3);
+        assert!(ob.index().is_empty());
+        assert_eq!(ob.quarantined(), 3);
+        drop(ob);
+        let ob = Outbox::open(dir.path(), 100, 1 << 20).unwrap();
+        assert!(ob.index().is_empty(), "the quarantine is not read as entries");
     }
 }

@@ -20,8 +20,11 @@ pub enum Verdict {
 /// Heatmap description inside a result.
 #[derive(Debug, Clone, Serialize)]
 pub struct HeatmapInfo {
-    /// Topic the JPEG is published on.
-    pub topic: String,
+    /// Topic the JPEG is published on: set by the publisher when it sends
+    /// the result, so it always names the topic actually used (the prefix
+    /// may change while results wait in the outbox).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
     /// JPEG size.
     pub bytes: usize,
     /// Thumbnail width.

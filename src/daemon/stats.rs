@@ -34,6 +34,8 @@ pub struct Stats {
     pub outbox_pending: AtomicUsize,
     /// Results dropped from a full outbox.
     pub outbox_dropped: AtomicU64,
+    /// Outbox entries that could not be read, moved to `outbox/quarantine/`.
+    pub outbox_quarantined: AtomicU64,
     inspect_ms: Mutex<VecDeque<f64>>,
     latency_ms: Mutex<VecDeque<f64>>,
 }
@@ -52,6 +54,7 @@ impl Default for Stats {
             queue_depth: AtomicUsize::new(0),
             outbox_pending: AtomicUsize::new(0),
             outbox_dropped: AtomicU64::new(0),
+            outbox_quarantined: AtomicU64::new(0),
             inspect_ms: Mutex::new(VecDeque::new()),
             latency_ms: Mutex::new(VecDeque::new()),
         }
@@ -104,6 +107,7 @@ impl Stats {
             "queue_depth": self.queue_depth.load(Ordering::Relaxed),
             "outbox_pending": self.outbox_pending.load(Ordering::Relaxed),
             "outbox_dropped": g(&self.outbox_dropped),
+            "outbox_quarantined": g(&self.outbox_quarantined),
             "inspect_ms": percentiles(&self.inspect_ms),
             "latency_ms": percentiles(&self.latency_ms),
         })

@@ -1,0 +1,1291 @@
+//! The daemon's TOML configuration: parsed into a raw mirror of the file
+//! ([`raw`]), then checked section by section into a ready-to-use [`Config`].
+//!
+//! Unknown keys and wrong types are errors that name the key and the line
+//! (serde + `deny_unknown_fields`); each section's checker adds its problems
+//! to one list, so every problem is reported at once; warnings (deprecated
+//! keys) are kept apart. Every key, its default and whether it applies live
+//! or needs a restart ([`reload`]) is documented in `config/winclip-edge.toml`.
+
+mod raw;
+pub mod reload;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use raw::{
+    RawAfter, RawConfig, RawHeatmap, RawModel, RawMqtt, RawOutbox, RawSource, RawSourceType, RawStation,
+};
+pub use reload::{Applies, Change, EngineChange, ReloadPlan};
+
+/// Default MQTT topic prefix.
+pub const DEFAULT_PREFIX: &str = "winclip";
+/// Default listen address of the embedded broker.
+pub const DEFAULT_EMBEDDED_LISTEN: &str = "127.0.0.1:1883";
+/// rumqttc's own limit is 10 KiB, too small for heatmaps.
+pub const DEFAULT_MAX_PACKET_BYTES: usize = 8 * 1024 * 1024;
+/// Where the outbox, records and captures live (systemd's `StateDirectory=`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/winclip-edge";
+/// Images waiting for the inference worker.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 64;
+/// Most inference threads accepted (tract's thread pool is built with this many).
+pub const MAX_THREADS: usize = 256;
+/// MQTT keep-alive.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Period of `/stats` messages.
+pub const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(60);
+/// First reconnect delay.
+pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(500);
+/// Longest reconnect delay.
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// Longest side of heatmap thumbnails.
+pub const DEFAULT_HEATMAP_SIDE: u32 = 256;
+/// JPEG quality of heatmaps.
+pub const DEFAULT_HEATMAP_QUALITY: u8 = 80;
+/// Most pending results in the outbox.
+pub const DEFAULT_OUTBOX_MAX_ENTRIES: usize = 10_000;
+/// Most bytes in the outbox.
+pub const DEFAULT_OUTBOX_MAX_BYTES: u64 = 512 * 1024 * 1024;
+/// Resident memory a model pack change may reach (the full-size pack's
+/// station peaks at ≈ 1.0 GB; boards with 2 GB leave room for the system).
+pub const DEFAULT_MEMORY_BUDGET_MB: u64 = 1200;
+/// GPIO debounce period.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(10);
+/// Capture command time limit.
+pub const DEFAULT_CAPTURE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A configuration that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Syntax errors, unknown keys, wrong types (the message names key and line).
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message with line and column.
+        message: String,
+    },
+    /// Values that do not fit together; all problems found are listed.
+    #[error("invalid config {path}:\n  - {}", problems.join("\n  - "))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// One line per problem, each naming its key.
+        problems: Vec<String>,
+    },
+}
+
+/// A checked configuration and what deserves a warning in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked {
+    /// The configuration.
+    pub config: Config,
+    /// One line per warning (deprecated keys), each naming its key.
+    pub warnings: Vec<String>,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// Station settings.
+    pub station: Station,
+    /// Model pack and bank.
+    pub model: Model,
+    /// MQTT settings.
+    pub mqtt: Mqtt,
+    /// Heatmap rendering.
+    pub heatmap: Heatmap,
+    /// Durable outbox bounds.
+    pub outbox: Outbox,
+    /// Image sources.
+    pub sources: Vec<Source>,
+}
+
+/// Station identity and resources.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Station {
+    /// Station name, used in topics and inspection ids.
+    pub name: String,
+    /// Outbox, records and captures live here.
+    pub state_dir: PathBuf,
+    /// Inference threads (0 = one per core).
+    pub threads: usize,
+    /// Jobs waiting for the inference worker.
+    pub queue_capacity: usize,
+}
+
+/// The model pack and bank to inspect with.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Model {
+    /// Model pack directory.
+    pub pack: PathBuf,
+    /// Bank file.
+    pub bank: PathBuf,
+    /// Threshold override.
+    pub threshold: Option<f32>,
+    /// Early-exit cascade: pass clearly good parts from the full-image pass.
+    pub early_exit: bool,
+    /// Token encoder precision.
+    pub precision: crate::model::Precision,
+    /// Resident memory (bytes) a model pack change may reach: the new model
+    /// is loaded beside the running one only when both fit.
+    pub memory_budget: u64,
+}
+
+impl Model {
+    /// `pack` and `bank` with every other setting at its default.
+    pub fn new(pack: PathBuf, bank: PathBuf) -> Self {
+        Self {
+            pack,
+            bank,
+            threshold: None,
+            early_exit: false,
+            precision: crate::model::Precision::default(),
+            memory_budget: DEFAULT_MEMORY_BUDGET_MB * 1_000_000,
+        }
+    }
+}
+
+/// Where the broker is.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Broker {
+    /// A broker of the factory network.
+    External {
+        /// Host name or address.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+    /// No broker configured: run one in-process.
+    Embedded {
+        /// Listen address.
+        listen: String,
+    },
+}
+
+/// MQTT settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Mqtt {
+    /// The broker.
+    pub broker: Broker,
+    /// Topic prefix: topics are `<prefix>/<station>/<kind>`.
+    pub prefix: String,
+    /// Client id.
+    pub client_id: String,
+    /// MQTT keep-alive.
+    pub keep_alive: Duration,
+    /// User name.
+    pub username: Option<String>,
+    /// Where the password comes from (never the password itself).
+    pub password: Option<Secret>,
+    /// TLS settings, if TLS is on.
+    pub tls: Option<Tls>,
+    /// Largest MQTT packet, both directions.
+    pub max_packet_bytes: usize,
+    /// Period of `/stats` messages.
+    pub stats_interval: Duration,
+    /// First reconnect delay.
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay.
+    pub reconnect_max: Duration,
+}
+
+impl Mqtt {
+    /// Settings for `broker` with every other key at its default.
+    pub fn new(broker: Broker, station: &str) -> Self {
+        Self {
+            broker,
+            prefix: DEFAULT_PREFIX.into(),
+            client_id: default_client_id(station),
+            keep_alive: DEFAULT_KEEP_ALIVE,
+            username: None,
+            password: None,
+            tls: None,
+            max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
+            stats_interval: DEFAULT_STATS_INTERVAL,
+            reconnect_min: DEFAULT_RECONNECT_MIN,
+            reconnect_max: DEFAULT_RECONNECT_MAX,
+        }
+    }
+
+    /// Whether `other` differs from `self` in what the connection is made
+    /// with (everything but the prefix and the stats period).
+    pub fn connection_differs(&self, other: &Mqtt) -> bool {
+        let strip = |m: &Mqtt| Mqtt {
+            prefix: String::new(),
+            stats_interval: Duration::ZERO,
+            ..m.clone()
+        };
+        strip(self) != strip(other)
+    }
+}
+
+fn default_client_id(station: &str) -> String {
+    format!("winclip-edge-{station}")
+}
+
+/// A secret's source.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Secret {
+    /// Read from a file.
+    File(PathBuf),
+    /// A systemd credential name, read from `$CREDENTIALS_DIRECTORY`.
+    Credential(String),
+}
+
+impl Secret {
+    /// Read the secret (trailing newline removed).
+    pub fn read(&self) -> std::io::Result<String> {
+        let path = match self {
+            Secret::File(p) => p.clone(),
+            Secret::Credential(name) => {
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!(
+                            "credential {name:?}: $CREDENTIALS_DIRECTORY is not set (use LoadCredential=)"
+                        ),
+                    )
+                })?;
+                PathBuf::from(dir).join(name)
+            }
+        };
+        let s = std::fs::read_to_string(&path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        Ok(s.trim_end_matches(['\r', '\n']).to_string())
+    }
+}
+
+/// TLS files.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tls {
+    /// CA certificate(s), PEM.
+    pub ca_file: PathBuf,
+    /// Client certificate and key, PEM, for mutual TLS.
+    pub client_auth: Option<(PathBuf, PathBuf)>,
+}
+
+/// Heatmap thumbnails published beside each result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Heatmap {
+    /// Render and publish heatmaps.
+    pub enabled: bool,
+    /// Longest side in pixels.
+    pub side: u32,
+    /// JPEG quality.
+    pub quality: u8,
+}
+
+impl Default for Heatmap {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            side: DEFAULT_HEATMAP_SIDE,
+            quality: DEFAULT_HEATMAP_QUALITY,
+        }
+    }
+}
+
+/// Outbox bounds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Outbox {
+    /// Most pending results kept.
+    pub max_entries: usize,
+    /// Most bytes kept (results + heatmaps).
+    pub max_bytes: u64,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self {
+            max_entries: DEFAULT_OUTBOX_MAX_ENTRIES,
+            max_bytes: DEFAULT_OUTBOX_MAX_BYTES,
+        }
+    }
+}
+
+/// What to do with a file once its result is safely in the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum After {
+    /// Move into `done/` (passed or failed) or `failed/` (could not be inspected).
+    Move {
+        /// Destination of inspected files.
+        done_dir: PathBuf,
+        /// Destination of files that could not be inspected.
+        failed_dir: PathBuf,
+    },
+    /// Delete it.
+    Delete,
+    /// Leave it, and record it so a restart does not inspect it again.
+    Keep,
+}
+
+/// GPIO edge to trigger on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Edge {
+    /// Low → high.
+    Rising,
+    /// High → low.
+    Falling,
+    /// Both.
+    Both,
+}
+
+/// A camera drop directory.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DirectorySource {
+    /// Source name (in results).
+    pub name: String,
+    /// Directory watched.
+    pub path: PathBuf,
+    /// File-name glob.
+    pub pattern: Option<String>,
+    /// What to do after inspection.
+    pub after: After,
+}
+
+/// A GPIO line that triggers a capture command.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpioSource {
+    /// Source name (in results).
+    pub name: String,
+    /// `/dev/gpiochipN`.
+    pub chip: PathBuf,
+    /// Line offset.
+    pub line: u32,
+    /// Edge.
+    pub edge: Edge,
+    /// Debounce period: the kernel's where the kernel has it (uAPI v2), in
+    /// software otherwise.
+    pub debounce: Duration,
+    /// Line is active-low.
+    pub active_low: bool,
+    /// Capture command argv; `{output}` is replaced by the image path.
+    pub capture: Vec<String>,
+    /// Capture time limit.
+    pub capture_timeout: Duration,
+    /// Where captures are written.
+    pub output_dir: PathBuf,
+    /// Keep captured images after inspection.
+    pub keep_captures: bool,
+}
+
+/// One image source.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Source {
+    /// A camera drop directory.
+    Directory(DirectorySource),
+    /// A GPIO line that triggers a capture command.
+    Gpio(GpioSource),
+}
+
+impl Source {
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Source::Directory(d) => &d.name,
+            Source::Gpio(g) => &g.name,
+        }
+    }
+}
+
+impl Config {
+    /// A configuration with one station, model and source list, every other
+    /// key at its default (the embedded broker on its default address).
+    pub fn new(name: &str, state_dir: PathBuf, model: Model, sources: Vec<Source>) -> Self {
+        Self {
+            station: Station {
+                name: name.to_string(),
+                state_dir,
+                threads: 0,
+                queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            },
+            model,
+            mqtt: Mqtt::new(
+                Broker::Embedded {
+                    listen: DEFAULT_EMBEDDED_LISTEN.into(),
+                },
+                name,
+            ),
+            heatmap: Heatmap::default(),
+            outbox: Outbox::default(),
+            sources,
+        }
+    }
+
+    /// The configuration as a TOML file that [`parse`] reads back to the same
+    /// value (every key written out; paths and strings quoted by the TOML
+    /// writer, so any path works). Fails only on paths that are not UTF-8.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(&RawConfig::from(self))
+    }
+}
+
+/// Read and check a configuration file.
+pub fn load(path: &Path) -> Result<Checked, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parse and check configuration text; `path` names the file in messages and
+/// anchors relative paths (relative to the file's directory).
+pub fn parse(text: &str, path: &Path) -> Result<Checked, Error> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| Error::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut report = Report::default();
+    let config = check(raw, &base, &mut report);
+    if report.problems.is_empty() {
+        Ok(Checked {
+            config,
+            warnings: report.warnings,
+        })
+    } else {
+        Err(Error::Invalid {
+            path: path.to_owned(),
+            problems: report.problems,
+        })
+    }
+}
+
+// ------------------------------------------------------------------ checks
+
+/// What the section checkers found.
+#[derive(Debug, Default)]
+struct Report {
+    problems: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl Report {
+    fn problem(&mut self, p: impl Into<String>) {
+        self.problems.push(p.into());
+    }
+
+    fn warning(&mut self, w: impl Into<String>) {
+        self.warnings.push(w.into());
+    }
+
+    /// `key = value` must lie in `lo..=hi`.
+    fn range<T: PartialOrd + std::fmt::Display>(&mut self, key: &str, value: T, lo: T, hi: T) {
+        if value < lo || value > hi {
+            self.problem(format!("{key} = {value}: must be between {lo} and {hi}"));
+        }
+    }
+}
+
+fn resolve(base: &Path, p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        p
+    } else {
+        base.join(p)
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn check(raw: RawConfig, base: &Path, r: &mut Report) -> Config {
+    let station = check_station(raw.station, base, r);
+    let model = check_model(raw.model, base, r);
+    let (mqtt, deprecated) = check_mqtt(raw.mqtt, &station.name, base, r);
+    let heatmap = check_heatmap(raw.heatmap, deprecated, r);
+    let outbox = check_outbox(raw.outbox, r);
+    let sources = check_sources(raw.sources, base, &station.state_dir, r);
+    Config {
+        station,
+        model,
+        mqtt,
+        heatmap,
+        outbox,
+        sources,
+    }
+}
+
+fn check_station(s: RawStation, base: &Path, r: &mut Report) -> Station {
+    let name = s.name.unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "station".into())
+    });
+    if !valid_name(&name) {
+        r.problem(format!(
+            "station.name = {name:?}: use letters, digits, '-', '_' or '.' (it becomes an MQTT topic level)"
+        ));
+    }
+    let threads = s.threads.unwrap_or(0);
+    r.range("station.threads", threads, 0, MAX_THREADS);
+    let queue_capacity = s.queue_capacity.unwrap_or(DEFAULT_QUEUE_CAPACITY);
+    r.range("station.queue_capacity", queue_capacity, 1, 100_000);
+    Station {
+        name,
+        state_dir: resolve(base, s.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into())),
+        threads,
+        queue_capacity,
+    }
+}
+
+fn check_model(m: Option<RawModel>, base: &Path, r: &mut Report) -> Model {
+    let Some(m) = m else {
+        r.problem("[model] is missing: set model.pack and model.bank");
+        return Model::new(PathBuf::new(), PathBuf::new());
+    };
+    if m.threshold.is_some_and(|t| !t.is_finite()) {
+        r.problem("model.threshold must be a finite number");
+    }
+    let budget_mb = m.memory_budget_mb.unwrap_or(DEFAULT_MEMORY_BUDGET_MB);
+    r.range("model.memory_budget_mb", budget_mb, 64, 1 << 20);
+    Model {
+        pack: resolve(base, m.pack),
+        bank: resolve(base, m.bank),
+        threshold: m.threshold,
+        early_exit: m.early_exit.unwrap_or(false),
+        precision: m.precision.unwrap_or_default(),
+        memory_budget: budget_mb * 1_000_000,
+    }
+}
+
+/// The deprecated `mqtt.heatmap*` keys, handed to the `[heatmap]` checker.
+struct DeprecatedHeatmap {
+    enabled: Option<bool>,
+    side: Option<u32>,
+    quality: Option<u8>,
+}
+
+fn check_mqtt(m: RawMqtt, station: &str, base: &Path, r: &mut Report) -> (Mqtt, DeprecatedHeatmap) {
+    let broker = match m.host {
+        Some(host) if host.trim().is_empty() => {
+            r.problem("mqtt.host is empty: remove it to use the embedded broker");
+            Broker::External { host, port: 1883 }
+        }
+        Some(host) => Broker::External {
+            host,
+            port: m.port.unwrap_or(if m.tls == Some(true) { 8883 } else { 1883 }),
+        },
+        None => {
+            if m.port.is_some() {
+                r.problem(
+                    "mqtt.port is set without mqtt.host (the embedded broker uses mqtt.embedded_listen)",
+                );
+            }
+            let listen = m
+                .embedded_listen
+                .unwrap_or_else(|| DEFAULT_EMBEDDED_LISTEN.into());
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                r.problem(format!(
+                    "mqtt.embedded_listen = {listen:?} is not an address:port"
+                ));
+            }
+            Broker::Embedded { listen }
+        }
+    };
+    let prefix = m.prefix.unwrap_or_else(|| DEFAULT_PREFIX.into());
+    if prefix.is_empty() || prefix.contains(['#', '+']) || prefix.starts_with('/') || prefix.ends_with('/') {
+        r.problem(format!(
+            "mqtt.prefix = {prefix:?}: no wildcards, no leading or trailing '/'"
+        ));
+    }
+    let client_id = m.client_id.unwrap_or_else(|| default_client_id(station));
+    if client_id.is_empty() {
+        r.problem("mqtt.client_id must not be empty");
+    }
+    // rumqttc panics on a keep-alive under 1 s; check before it is used.
+    let keep_alive = m.keep_alive_secs.unwrap_or(DEFAULT_KEEP_ALIVE.as_secs());
+    r.range("mqtt.keep_alive_secs", keep_alive, 1, 65_535);
+    let password = match (m.password_file, m.password_credential) {
+        (Some(_), Some(_)) => {
+            r.problem("mqtt.password_file and mqtt.password_credential are both set: choose one");
+            None
+        }
+        (Some(f), None) => Some(Secret::File(resolve(base, f))),
+        (None, Some(c)) => Some(Secret::Credential(c)),
+        (None, None) => None,
+    };
+    if password.is_some() && m.username.is_none() {
+        r.problem("a password is configured but mqtt.username is not");
+    }
+    let tls = match (m.tls.unwrap_or(false), m.ca_file) {
+        (true, Some(ca)) => {
+            let client_auth = match (m.client_cert_file, m.client_key_file) {
+                (Some(c), Some(k)) => Some((resolve(base, c), resolve(base, k))),
+                (None, None) => None,
+                _ => {
+                    r.problem("mqtt.client_cert_file and mqtt.client_key_file go together");
+                    None
+                }
+            };
+            Some(Tls {
+                ca_file: resolve(base, ca),
+                client_auth,
+            })
+        }
+        (true, None) => {
+            r.problem("mqtt.tls = true needs mqtt.ca_file");
+            None
+        }
+        (false, ca) => {
+            if ca.is_some() {
+                r.problem("mqtt.ca_file is set but mqtt.tls is not true");
+            }
+            None
+        }
+    };
+    if matches!(broker, Broker::Embedded { .. }) && tls.is_some() {
+        r.problem("mqtt.tls needs mqtt.host (the embedded broker listens in plain TCP on loopback)");
+    }
+    let max_packet_bytes = m.max_packet_bytes.unwrap_or(DEFAULT_MAX_PACKET_BYTES);
+    // MQTT's own limit is 256 MiB; below 64 KiB heatmaps cannot be sent.
+    r.range(
+        "mqtt.max_packet_bytes",
+        max_packet_bytes,
+        64 * 1024,
+        256 * 1024 * 1024,
+    );
+    let stats = m.stats_interval_secs.unwrap_or(DEFAULT_STATS_INTERVAL.as_secs());
+    r.range("mqtt.stats_interval_secs", stats, 1, 86_400);
+    let rmin = m
+        .reconnect_min_ms
+        .unwrap_or(DEFAULT_RECONNECT_MIN.as_millis() as u64);
+    let rmax = m
+        .reconnect_max_ms
+        .unwrap_or(DEFAULT_RECONNECT_MAX.as_millis() as u64);
+    if rmin == 0 || rmax < rmin || rmax > 3_600_000 {
+        r.problem(
+            "mqtt.reconnect_min_ms must be >= 1 and <= mqtt.reconnect_max_ms, which is at most 3600000",
+        );
+    }
+    let mqtt = Mqtt {
+        broker,
+        prefix,
+        client_id,
+        keep_alive: Duration::from_secs(keep_alive),
+        username: m.username,
+        password,
+        tls,
+        max_packet_bytes,
+        stats_interval: Duration::from_secs(stats),
+        reconnect_min: Duration::from_millis(rmin),
+        reconnect_max: Duration::from_millis(rmax),
+    };
+    let deprecated = DeprecatedHeatmap {
+        enabled: m.heatmap,
+        side: m.heatmap_side,
+        quality: m.heatmap_quality,
+    };
+    (mqtt, deprecated)
+}
+
+fn check_heatmap(h: RawHeatmap, old: DeprecatedHeatmap, r: &mut Report) -> Heatmap {
+    /// The `[heatmap]` value, or the deprecated `mqtt.` key's with a warning.
+    fn pick<T>(r: &mut Report, new: Option<T>, old: Option<T>, new_key: &str, old_key: &str) -> Option<T> {
+        match (new, old) {
+            (Some(_), Some(_)) => {
+                r.problem(format!(
+                    "{old_key} and [heatmap] {new_key} are both set: keep [heatmap] {new_key} only"
+                ));
+                None
+            }
+            (Some(v), None) => Some(v),
+            (None, Some(v)) => {
+                r.warning(format!(
+                    "{old_key} is deprecated: write it as `{new_key}` in a [heatmap] section (it still works)"
+                ));
+                Some(v)
+            }
+            (None, None) => None,
+        }
+    }
+    let d = Heatmap::default();
+    let enabled = pick(r, h.enabled, old.enabled, "enabled", "mqtt.heatmap").unwrap_or(d.enabled);
+    let side = pick(r, h.side, old.side, "side", "mqtt.heatmap_side").unwrap_or(d.side);
+    let quality = pick(r, h.quality, old.quality, "quality", "mqtt.heatmap_quality").unwrap_or(d.quality);
+    r.range("heatmap.side", side, 16, 4096);
+    r.range("heatmap.quality", quality, 1, 100);
+    Heatmap {
+        enabled,
+        side,
+        quality,
+    }
+}
+
+fn check_outbox(o: RawOutbox, r: &mut Report) -> Outbox {
+    let d = Outbox::default();
+    let outbox = Outbox {
+        max_entries: o.max_entries.unwrap_or(d.max_entries),
+        max_bytes: o.max_bytes.unwrap_or(d.max_bytes),
+    };
+    r.range("outbox.max_entries", outbox.max_entries, 1, 10_000_000);
+    r.range("outbox.max_bytes", outbox.max_bytes, 1024 * 1024, 1 << 40);
+    outbox
+}
+
+fn check_sources(raw: Vec<RawSource>, base: &Path, state_dir: &Path, r: &mut Report) -> Vec<Source> {
+    if raw.is_empty() {
+        r.problem("no [[source]]: add a directory or gpio source");
+    }
+    let mut sources = Vec::new();
+    for (i, s) in raw.into_iter().enumerate() {
+        let key = format!("source[{i}]");
+        let source = match s.kind {
+            None => {
+                r.problem(format!("{key}.type is missing: \"directory\" or \"gpio\""));
+                continue;
+            }
+            Some(RawSourceType::Directory) => {
+                for k in s.gpio_keys() {
+                    r.problem(format!(
+                        "{key}.{k} is a key of gpio sources, not of type = \"directory\""
+                    ));
+                }
+                check_directory(s, &key, i, base, r)
+            }
+            Some(RawSourceType::Gpio) => {
+                for k in s.directory_keys() {
+                    r.problem(format!(
+                        "{key}.{k} is a key of directory sources, not of type = \"gpio\""
+                    ));
+                }
+                check_gpio(s, &key, i, base, state_dir, r)
+            }
+        };
+        sources.extend(source);
+    }
+    let mut names: Vec<&str> = sources.iter().map(Source::name).collect();
+    names.sort_unstable();
+    for w in names.windows(2) {
+        if w[0] == w[1] {
+            r.problem(format!("two sources are named {:?}", w[0]));
+        }
+    }
+    for s in &sources {
+        if !valid_name(s.name()) {
+            r.problem(format!(
+                "source name {:?}: use letters, digits, '-', '_' or '.'",
+                s.name()
+            ));
+        }
+    }
+    sources
+}
+
+fn check_directory(s: RawSource, key: &str, i: usize, base: &Path, r: &mut Report) -> Option<Source> {
+    let Some(path) = s.path else {
+        r.problem(format!(
+            "{key}.path is missing: the directory the camera writes into"
+        ));
+        return None;
+    };
+    let path = resolve(base, path);
+    if let Some(p) = &s.pattern {
+        if let Err(e) = glob::Pattern::new(p) {
+            r.problem(format!("{key}.pattern = {p:?}: {e}"));
+        }
+    }
+    let after = match s.after.unwrap_or(RawAfter::Move) {
+        RawAfter::Move => After::Move {
+            done_dir: s
+                .done_dir
+                .map(|d| resolve(base, d))
+                .unwrap_or_else(|| path.join("done")),
+            failed_dir: s
+                .failed_dir
+                .map(|d| resolve(base, d))
+                .unwrap_or_else(|| path.join("failed")),
+        },
+        other => {
+            if s.done_dir.is_some() || s.failed_dir.is_some() {
+                r.problem(format!(
+                    "{key}.done_dir and {key}.failed_dir apply to after = \"move\" only"
+                ));
+            }
+            if other == RawAfter::Delete {
+                After::Delete
+            } else {
+                After::Keep
+            }
+        }
+    };
+    Some(Source::Directory(DirectorySource {
+        name: s.name.unwrap_or_else(|| format!("dir{i}")),
+        path,
+        pattern: s.pattern,
+        after,
+    }))
+}
+
+fn check_gpio(
+    s: RawSource,
+    key: &str,
+    i: usize,
+    base: &Path,
+    state_dir: &Path,
+    r: &mut Report,
+) -> Option<Source> {
+    let (Some(chip), Some(line)) = (s.chip, s.line) else {
+        r.problem(format!(
+            "{key}: a gpio source needs chip (\"/dev/gpiochipN\") and line (its offset)"
+        ));
+        return None;
+    };
+    let name = s.name.unwrap_or_else(|| format!("gpio{i}"));
+    let capture = s.capture.unwrap_or_default();
+    if capture.is_empty() {
+        r.problem(format!(
+            "{key}.capture is missing or empty: give the capture command as an argv list"
+        ));
+    } else if !capture.iter().any(|a| a.contains("{output}")) {
+        r.problem(format!(
+            "{key}.capture must contain {{output}} (where the image is written)"
+        ));
+    }
+    let debounce_ms = s.debounce_ms.unwrap_or(DEFAULT_DEBOUNCE.as_millis() as u64);
+    r.range(&format!("{key}.debounce_ms"), debounce_ms, 0, 10_000);
+    let timeout = s
+        .capture_timeout_secs
+        .unwrap_or(DEFAULT_CAPTURE_TIMEOUT.as_secs());
+    r.range(&format!("{key}.capture_timeout_secs"), timeout, 1, 3600);
+    let output_dir = resolve(
+        base,
+        s.output_dir
+            .unwrap_or_else(|| state_dir.join("captures").join(&name)),
+    );
+    Some(Source::Gpio(GpioSource {
+        name,
+        chip: resolve(base, chip),
+        line,
+        edge: s.edge.unwrap_or(Edge::Rising),
+        debounce: Duration::from_millis(debounce_ms),
+        active_low: s.active_low.unwrap_or(false),
+        capture,
+        capture_timeout: Duration::from_secs(timeout),
+        output_dir,
+        keep_captures: s.keep_captures.unwrap_or(false),
+    }))
+}
+
+// ------------------------------------------------------------------ back to TOML
+
+impl From<&Config> for RawConfig {
+    fn from(c: &Config) -> Self {
+        let m = &c.mqtt;
+        let (host, port, embedded_listen) = match &m.broker {
+            Broker::External { host, port } => (Some(host.clone()), Some(*port), None),
+            Broker::Embedded { listen } => (None, None, Some(listen.clone())),
+        };
+        let (password_file, password_credential) = match &m.password {
+            Some(Secret::File(p)) => (Some(p.clone()), None),
+            Some(Secret::Credential(n)) => (None, Some(n.clone())),
+            None => (None, None),
+        };
+        let (client_cert_file, client_key_file) = match m.tls.as_ref().and_then(|t| t.client_auth.clone()) {
+            Some((c, k)) => (Some(c), Some(k)),
+            None => (None, None),
+        };
+        RawConfig {
+            station: RawStation {
+                name: Some(c.station.name.clone()),
+                state_dir: Some(c.station.state_dir.clone()),
+                threads: Some(c.station.threads),
+                queue_capacity: Some(c.station.queue_capacity),
+            },
+            model: Some(RawModel {
+                pack: c.model.pack.clone(),
+                bank: c.model.bank.clone(),
+                threshold: c.model.threshold,
+                early_exit: Some(c.model.early_exit),
+                precision: Some(c.model.precision),
+                memory_budget_mb: Some(c.model.memory_budget / 1_000_000),
+            }),
+            mqtt: RawMqtt {
+                host,
+                port,
+                prefix: Some(m.prefix.clone()),
+                client_id: Some(m.client_id.clone()),
+                keep_alive_secs: Some(m.keep_alive.as_secs()),
+                username: m.username.clone(),
+                password_file,
+                password_credential,
+                tls: Some(m.tls.is_some()),
+                ca_file: m.tls.as_ref().map(|t| t.ca_file.clone()),
+                client_cert_file,
+                client_key_file,
+                max_packet_bytes: Some(m.max_packet_bytes),
+                stats_interval_secs: Some(m.stats_interval.as_secs()),
+                reconnect_min_ms: Some(m.reconnect_min.as_millis() as u64),
+                reconnect_max_ms: Some(m.reconnect_max.as_millis() as u64),
+                embedded_listen,
+                heatmap: None,
+                heatmap_side: None,
+                heatmap_quality: None,
+            },
+            heatmap: RawHeatmap {
+                enabled: Some(c.heatmap.enabled),
+                side: Some(c.heatmap.side),
+                quality: Some(c.heatmap.quality),
+            },
+            outbox: RawOutbox {
+                max_entries: Some(c.outbox.max_entries),
+                max_bytes: Some(c.outbox.max_bytes),
+            },
+            sources: c.sources.iter().map(RawSource::from).collect(),
+        }
+    }
+}
+
+impl From<&Source> for RawSource {
+    fn from(s: &Source) -> Self {
+        match s {
+            Source::Directory(d) => {
+                let (after, done_dir, failed_dir) = match &d.after {
+                    After::Move { done_dir, failed_dir } => {
+                        (RawAfter::Move, Some(done_dir.clone()), Some(failed_dir.clone()))
+                    }
+                    After::Delete => (RawAfter::Delete, None, None),
+                    After::Keep => (RawAfter::Keep, None, None),
+                };
+                RawSource {
+                    kind: Some(RawSourceType::Directory),
+                    name: Some(d.name.clone()),
+                    path: Some(d.path.clone()),
+                    pattern: d.pattern.clone(),
+                    after: Some(after),
+                    done_dir,
+                    failed_dir,
+                    ..RawSource::default()
+                }
+            }
+            Source::Gpio(g) => RawSource {
+                kind: Some(RawSourceType::Gpio),
+                name: Some(g.name.clone()),
+                chip: Some(g.chip.clone()),
+                line: Some(g.line),
+                edge: Some(g.edge),
+                debounce_ms: Some(g.debounce.as_millis() as u64),
+                active_low: Some(g.active_low),
+                capture: Some(g.capture.clone()),
+                capture_timeout_secs: Some(g.capture_timeout.as_secs()),
+                output_dir: Some(g.output_dir.clone()),
+                keep_captures: Some(g.keep_captures),
+                ..RawSource::default()
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[station]
+name = "line1"
+state_dir = "/tmp/state"
+[model]
+pack = "models/tiny"
+bank = "bottle.bank"
+[[source]]
+type = "directory"
+path = "/srv/drop"
+"#;
+
+    fn parse_checked(s: &str) -> Result<Checked, String> {
+        parse(s, Path::new("/etc/winclip-edge/config.toml")).map_err(|e| e.to_string())
+    }
+
+    fn parse_str(s: &str) -> Result<Config, String> {
+        parse_checked(s).map(|c| c.config)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert_eq!(c.station.name, "line1");
+        assert!(!c.model.early_exit, "early exit is opt-in");
+        assert_eq!(c.model.precision, crate::model::Precision::F32);
+        let on = parse_str(&MINIMAL.replace(
+            "bank = \"bottle.bank\"",
+            "bank = \"bottle.bank\"\nearly_exit = true\nprecision = \"f16\"",
+        ))
+        .unwrap();
+        assert!(on.model.early_exit);
+        assert_eq!(on.model.precision, crate::model::Precision::F16);
+        let bad = parse_str(&MINIMAL.replace(
+            "bank = \"bottle.bank\"",
+            "bank = \"bottle.bank\"\nprecision = \"f8\"",
+        ));
+        assert!(bad.unwrap_err().contains("precision"));
+        assert_eq!(c.mqtt.prefix, "winclip");
+        assert_eq!(
+            c.mqtt.broker,
+            Broker::Embedded {
+                listen: "127.0.0.1:1883".into()
+            }
+        );
+        assert_eq!(c.mqtt.max_packet_bytes, DEFAULT_MAX_PACKET_BYTES);
+        assert_eq!(c.heatmap, Heatmap::default());
+        assert_eq!(
+            c.model.pack,
+            PathBuf::from("/etc/winclip-edge/models/tiny"),
+            "relative to the file"
+        );
+        match &c.sources[0] {
+            Source::Directory(DirectorySource {
+                after: After::Move { done_dir, failed_dir },
+                name,
+                ..
+            }) => {
+                assert_eq!(name, "dir0");
+                assert_eq!(done_dir, &PathBuf::from("/srv/drop/done"));
+                assert_eq!(failed_dir, &PathBuf::from("/srv/drop/failed"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_line() {
+        let err = parse_str(&MINIMAL.replace("[model]", "[model]\nthreshhold = 0.5")).unwrap_err();
+        assert!(err.contains("threshhold"), "{err}");
+        assert!(err.contains("line 6"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key_and_line() {
+        let err = parse_str(&MINIMAL.replace("name = \"line1\"", "name = \"line1\"\nthreads = \"two\""))
+            .unwrap_err();
+        assert!(err.contains("threads") && err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn every_cross_field_problem_is_reported_at_once() {
+        let text = MINIMAL.replace(
+            "[model]",
+            "[mqtt]\ntls = true\nkeep_alive_secs = 0\nprefix = \"a/#\"\n[model]",
+        );
+        let err = parse_str(&text).unwrap_err();
+        for want in [
+            "mqtt.tls = true needs mqtt.ca_file",
+            "keep_alive_secs",
+            "mqtt.prefix",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in {err}");
+        }
+    }
+
+    #[test]
+    fn gpio_sources_need_an_output_placeholder_and_a_known_edge() {
+        let gpio = "\n[[source]]\ntype = \"gpio\"\nchip = \"/dev/gpiochip0\"\nline = 17\ncapture = [\"cam\", \"-o\", \"x.jpg\"]\n";
+        let err = parse_str(&format!("{MINIMAL}{gpio}")).unwrap_err();
+        assert!(
+            err.contains("source[1].capture") && err.contains("{output}"),
+            "{err}"
+        );
+        let err = parse_str(&format!("{MINIMAL}{gpio}edge = \"up\"\n")).unwrap_err();
+        assert!(
+            err.contains("edge = \"up\"") && err.contains("`rising`, `falling`") && err.contains("line 17"),
+            "{err}"
+        );
+        let err = parse_str(&format!("{MINIMAL}{gpio}path = \"/srv\"\n")).unwrap_err();
+        assert!(
+            err.contains("source[1].path is a key of directory sources"),
+            "{err}"
+        );
+        let err = parse_str(&MINIMAL.replace(
+            "path = \"/srv/drop\"",
+            "path = \"/srv/drop\"\nafter = \"archive\"",
+        ))
+        .unwrap_err();
+        assert!(err.contains("after") && err.contains("`move`, `delete`"), "{err}");
+    }
+
+    #[test]
+    fn an_external_broker_with_credentials() {
+        let text = MINIMAL.replace(
+            "[model]",
+            "[mqtt]\nhost = \"broker.lan\"\nusername = \"cam\"\npassword_credential = \"mqtt-password\"\n[model]",
+        );
+        let c = parse_str(&text).unwrap();
+        assert_eq!(
+            c.mqtt.broker,
+            Broker::External {
+                host: "broker.lan".into(),
+                port: 1883
+            }
+        );
+        assert_eq!(c.mqtt.password, Some(Secret::Credential("mqtt-password".into())));
+    }
+
+    #[test]
+    fn missing_sections_are_named() {
+        let err = parse_str("[station]\nname = \"x\"\n").unwrap_err();
+        assert!(
+            err.contains("[model] is missing") && err.contains("no [[source]]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn numbers_out_of_range_name_the_key_and_the_range() {
+        let text = MINIMAL.replace(
+            "name = \"line1\"",
+            "name = \"line1\"\nthreads = 100000\nqueue_capacity = 0",
+        ) + "[heatmap]\nside = 8\n";
+        let err = parse_str(&text).unwrap_err();
+        for want in [
+            "station.threads = 100000: must be between 0 and 256",
+            "station.queue_capacity = 0",
+            "heatmap.side = 8",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in {err}");
+        }
+    }
+
+    #[test]
+    fn the_old_heatmap_keys_still_work_with_a_warning() {
+        let old = parse_checked(&format!("{MINIMAL}[mqtt]\nheatmap_side = 128\nheatmap = false\n")).unwrap();
+        assert_eq!(
+            old.config.heatmap,
+            Heatmap {
+                enabled: false,
+                side: 128,
+                quality: DEFAULT_HEATMAP_QUALITY
+            }
+        );
+        assert_eq!(old.warnings.len(), 2, "{:?}", old.warnings);
+        assert!(
+            old.warnings[0].contains("mqtt.heatmap is deprecated"),
+            "{:?}",
+            old.warnings
+        );
+        let new = parse_checked(&format!("{MINIMAL}[heatmap]\nside = 128\nenabled = false\n")).unwrap();
+        assert_eq!(new.config, old.config);
+        assert!(new.warnings.is_empty());
+        let both = parse_str(&format!(
+            "{MINIMAL}[heatmap]\nside = 64\n[mqtt]\nheatmap_side = 128\n"
+        ));
+        assert!(both.unwrap_err().contains("both set"));
+    }
+
+    #[test]
+    fn a_config_written_as_toml_reads_back_the_same_even_with_odd_paths() {
+        let odd = PathBuf::from("/tmp/we\"ird\\dir with spaces/'q'");
+        let mut c = Config::new(
+            "demo",
+            odd.join("state"),
+            Model::new(odd.join("pack"), odd.join("a.bank")),
+            vec![
+                Source::Directory(DirectorySource {
+                    name: "camera".into(),
+                    path: odd.join("incoming"),
+                    pattern: Some("*.png".into()),
+                    after: After::Keep,
+                }),
+                Source::Gpio(GpioSource {
+                    name: "trigger".into(),
+                    chip: "/dev/gpiochip0".into(),
+                    line: 3,
+                    edge: Edge::Both,
+                    debounce: Duration::from_millis(20),
+                    active_low: true,
+                    capture: vec!["cam".into(), "{output}".into()],
+                    capture_timeout: Duration::from_secs(4),
+                    output_dir: odd.join("captures"),
+                    keep_captures: true,
+                }),
+            ],
+        );
+        c.model.threshold = Some(0.123);
+        c.mqtt.broker = Broker::External {
+            host: "broker.lan".into(),
+            port: 8883,
+        };
+        c.mqtt.username = Some("station".into());
+        c.mqtt.password = Some(Secret::File(odd.join("pw")));
+        c.mqtt.tls = Some(Tls {
+            ca_file: odd.join("ca.pem"),
+            client_auth: Some((odd.join("c.pem"), odd.join("c.key"))),
+        });
+        c.heatmap.side = 99;
+        let text = c.to_toml().unwrap();
+        let back = parse_checked(&text).unwrap();
+        assert_eq!(back.config, c, "{text}");
+        assert!(back.warnings.is_empty());
+        let embedded = Config::new(
+            "demo",
+            odd.join("state"),
+            Model::new(odd.join("p"), odd.join("b")),
+            c.sources,
+        );
+        assert_eq!(parse_str(&embedded.to_toml().unwrap()).unwrap(), embedded);
+    }
+
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/winclip-edge.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let c = parse(&text, &path).unwrap();
+        assert!(!c.config.sources.is_empty());
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    /// Every key in the example file, set or commented out, says whether it
+    /// applies live or needs a restart, in the comment block above it or on its line.
+    #[test]
+    fn every_example_key_says_live_or_restart() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/winclip-edge.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let key_line = |l: &str| {
+            let l = l.trim_start_matches('#').trim_start();
+            let key: String = l
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            (!key.is_empty() && l[key.len()..].trim_start().starts_with('=')).then_some(key)
+        };
+        let mut block = String::new();
+        let mut missing = Vec::new();
+        let mut keys = 0;
+        for line in text.lines() {
+            if line.trim().is_empty() || line.starts_with('[') {
+                block.clear();
+                continue;
+            }
+            match key_line(line) {
+                Some(key) => {
+                    keys += 1;
+                    let doc = format!("{block}{line}");
+                    if !doc.contains("Applies live") && !doc.contains("Needs a restart") {
+                        missing.push(key);
+                    }
+                }
+                None => block.push_str(line),
+            }
+        }
+        assert!(keys > 40, "found only {keys} keys");
+        assert!(
+            missing.is_empty(),
+            "keys without \"Applies live\" or \"Needs a restart\": {missing:?}"
+        );
+    }
+}

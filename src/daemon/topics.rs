@@ -1,0 +1,55 @@
+//! Every MQTT topic the station publishes on, named in one place.
+
+/// Topics of one station under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    base: String,
+}
+
+impl Topics {
+    /// Topics for `station` under `prefix`: `<prefix>/<station>/…`.
+    pub fn new(prefix: &str, station: &str) -> Self {
+        Self {
+            base: format!("{prefix}/{station}"),
+        }
+    }
+
+    /// `<prefix>/<station>`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `…/status`: retained `online` / `offline` (the Last Will).
+    pub fn status(&self) -> String {
+        format!("{}/status", self.base)
+    }
+
+    /// `…/result`: one JSON per inspection.
+    pub fn result(&self) -> String {
+        format!("{}/result", self.base)
+    }
+
+    /// `…/heatmap/<id>`: the JPEG of inspection `id`.
+    pub fn heatmap(&self, id: &str) -> String {
+        format!("{}/heatmap/{id}", self.base)
+    }
+
+    /// `…/stats`: periodic counters.
+    pub fn stats(&self) -> String {
+        format!("{}/stats", self.base)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_sit_under_prefix_and_station() {
+        let t = Topics::new("plant/a", "line1");
+        assert_eq!(t.status(), "plant/a/line1/status");
+        assert_eq!(t.result(), "plant/a/line1/result");
+        assert_eq!(t.heatmap("abc"), "plant/a/line1/heatmap/abc");
+        assert_eq!(t.stats(), "plant/a/line1/stats");
+    }
+}
