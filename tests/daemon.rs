@@ -430,34 +430,30 @@ fn sighup_with_a_broken_config_keeps_the_old_one_and_a_good_one_applies() {
         st.log().contains("ready").then_some(())
     });
     let good_config = std::fs::read_to_string(&st.config).unwrap();
+    let result_of = |name: &str| {
+        wait_for(120, &format!("the result of {name}"), || {
+            sub.results().into_iter().find(|r| file_name(r) == name)
+        })
+    };
+    st.drop_file(&fixture("queries/good.png"), "r0.png");
+    let before = result_of("r0.png")["threshold"].as_f64().unwrap();
 
     let log = st.reload(&good_config.replace("[model]", "[model]\nthreshhold = 0.9"));
     assert!(log.contains("reload failed"), "{log}");
     assert!(log.contains("threshhold"), "the message names the bad key: {log}");
     st.drop_file(&fixture("queries/good.png"), "r1.png");
-    wait_for(120, "a result with the old config", || {
-        files_seen(&sub).contains("r1.png").then_some(())
-    });
     assert!(st.alive());
-    let r1 = sub
-        .results()
-        .into_iter()
-        .find(|r| file_name(r) == "r1.png")
-        .unwrap();
-    assert_ne!(r1["threshold"].as_f64().unwrap(), 0.123);
+    assert_eq!(
+        result_of("r1.png")["threshold"].as_f64().unwrap(),
+        before,
+        "the running threshold stays"
+    );
 
     // A valid change applies: a new threshold.
     let log = st.reload(&good_config.replace("[model]", "[model]\nthreshold = 0.123"));
     assert!(log.contains("reloaded"), "{log}");
     st.drop_file(&fixture("queries/good.png"), "r2.png");
-    wait_for(120, "a result with the new config", || {
-        files_seen(&sub).contains("r2.png").then_some(())
-    });
-    let r2 = sub
-        .results()
-        .into_iter()
-        .find(|r| file_name(r) == "r2.png")
-        .unwrap();
+    let r2 = result_of("r2.png");
     assert!((r2["threshold"].as_f64().unwrap() - 0.123).abs() < 1e-6, "{r2}");
 
     // Early exit with a bank that was not calibrated for it: refused with
@@ -683,4 +679,140 @@ fn tls_with_a_password_from_a_file_reaches_a_locked_down_broker() {
     });
     assert!(!files_seen(&sub).contains("held.png"));
     assert!(st.alive());
+}
+
+/// Issue #15, bug 3: every live setting changed through SIGHUP is applied —
+/// the prefix in the topics (the old status topic marked offline), the
+/// heatmap size in the payloads, a new source picking up files — and a
+/// setting that needs a restart is named in a warning.
+#[test]
+fn sighup_applies_every_live_setting_and_names_what_needs_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let old = Subscriber::start(&dir.path().join("old"), broker.port, "winclip/#");
+    let new = Subscriber::start(&dir.path().join("new"), broker.port, "plant/#");
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    st.start();
+    st.drop_file(&fixture("queries/good.png"), "a.png");
+    wait_for(120, "the first result", || {
+        files_seen(&old).contains("a.png").then_some(())
+    });
+    let second = dir.path().join("in2");
+    let config = std::fs::read_to_string(&st.config).unwrap();
+    let log = st.reload(&format!(
+        "{}\n[heatmap]\nside = 64\n\n[[source]]\ntype = \"directory\"\nname = \"cam2\"\npath = \"{}\"\n",
+        config
+            .replace(
+                "stats_interval_secs = 1",
+                "stats_interval_secs = 1\nprefix = \"plant\""
+            )
+            .replace("threads = 1", "threads = 2"),
+        second.display()
+    ));
+    assert!(log.contains("reloaded: applied"), "{log}");
+    assert!(
+        log.contains("station.threads changed: that needs a restart"),
+        "a restart setting is named: {log}"
+    );
+    wait_for(60, "offline on the old status topic", || {
+        old.messages()
+            .iter()
+            .rev()
+            .find(|m| m.topic == format!("winclip/{STATION}/status"))
+            .is_some_and(|m| m.payload == b"offline")
+            .then_some(())
+    });
+    std::fs::create_dir_all(&second).unwrap();
+    let tmp = second.join(".b.png.part");
+    std::fs::copy(fixture("queries/hole.png"), &tmp).unwrap();
+    std::fs::rename(&tmp, second.join("b.png")).unwrap();
+    st.drop_file(&fixture("queries/scratch.png"), "c.png");
+    wait_for(120, "results under the new prefix from both sources", || {
+        let seen = files_seen(&new);
+        (seen.contains("b.png") && seen.contains("c.png")).then_some(())
+    });
+    for r in new.results().iter().filter(|r| r["file"].is_string()) {
+        let topic = r["heatmap"]["topic"].as_str().unwrap();
+        assert_eq!(
+            topic,
+            format!("plant/{STATION}/heatmap/{}", r["id"].as_str().unwrap())
+        );
+        assert_eq!(r["heatmap"]["width"], 64, "{r}");
+        let h = wait_for(60, "the heatmap on the advertised topic", || {
+            new.messages().into_iter().find(|m| m.topic == topic)
+        });
+        let img = image::load_from_memory_with_format(&h.payload, image::ImageFormat::Jpeg).unwrap();
+        assert_eq!(img.width(), 64);
+    }
+    assert_eq!(
+        new.results().iter().find(|r| file_name(r) == "b.png").unwrap()["source"],
+        "cam2"
+    );
+    assert!(
+        !files_seen(&old).contains("c.png"),
+        "nothing under the old prefix after the reload"
+    );
+    assert!(st.alive());
+}
+
+/// Issue #15, bug 1: an outbox entry that cannot be read is moved to the
+/// quarantine once, the results after it are delivered, and a shutdown does
+/// not wait out the flush time limit for it.
+#[test]
+fn an_unreadable_outbox_entry_is_quarantined_and_does_not_hold_up_delivery_or_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Mosquitto::start(&dir.path().join("broker"));
+    let sub = Subscriber::start(dir.path(), broker.port, "winclip/#");
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    st.start();
+    broker.stop();
+    for name in ["u0.png", "u1.png", "u2.png"] {
+        st.drop_file(&fixture("queries/good.png"), name);
+    }
+    wait_for(120, "three results stored", || (st.done() == 3).then_some(()));
+    // The middle entry turns into something unreadable while it waits.
+    let outbox = st.dir.join("state/outbox");
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&outbox)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    entries.sort();
+    assert_eq!(entries.len(), 3);
+    std::fs::remove_file(&entries[1]).unwrap();
+    std::fs::create_dir(&entries[1]).unwrap();
+    broker.restart();
+    wait_for(120, "the readable results delivered", || {
+        let seen = files_seen(&sub);
+        (seen.contains("u0.png") && seen.contains("u2.png")).then_some(())
+    });
+    wait_for(60, "the outbox to drain", || {
+        let left = std::fs::read_dir(&outbox)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "json")
+            })
+            .count();
+        (left == 0).then_some(())
+    });
+    assert!(outbox
+        .join("quarantine")
+        .join(entries[1].file_name().unwrap())
+        .is_dir());
+    assert_eq!(
+        st.log().matches("is unreadable").count(),
+        1,
+        "reported once: {}",
+        st.log()
+    );
+    assert!(st.terminate().success());
+    assert!(
+        !st.log().contains("results still pending"),
+        "the shutdown found nothing left to wait for: {}",
+        st.log()
+    );
 }

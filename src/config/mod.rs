@@ -425,6 +425,11 @@ impl Config {
         }
     }
 
+    /// What reloading from `old` (running) to `self` (just read) changes.
+    pub fn reload_plan(&self, old: &Config) -> ReloadPlan {
+        ReloadPlan::new(old, self)
+    }
+
     /// The configuration as a TOML file that [`parse`] reads back to the same
     /// value (every key written out; paths and strings quoted by the TOML
     /// writer, so any path works). Fails only on paths that are not UTF-8.

@@ -345,6 +345,11 @@ pub(crate) mod fake {
     }
 
     impl FakeChip {
+        /// Request a line as another program would.
+        pub(crate) fn request(&self, cfg: &GpioSource) -> io::Result<Box<dyn Line>> {
+            Lines::request(self, cfg)
+        }
+
         /// Whether `line` is requested.
         pub(crate) fn is_held(&self, line: u32) -> bool {
             self.held.lock().unwrap().contains_key(&line)
@@ -481,9 +486,9 @@ mod tests {
             .collect()
     }
 
-    /// Wait (up to 20 s) until `n` results are stored; no timing is asserted.
+    /// Wait (up to 60 s) until `n` results are stored; no timing is asserted.
     async fn wait_results(rig: &Rig, n: usize) -> Vec<serde_json::Value> {
-        for _ in 0..400 {
+        for _ in 0..1200 {
             let r = results(rig);
             if r.len() >= n {
                 return r;

@@ -35,6 +35,9 @@ pub mod stats;
 pub mod topics;
 pub mod worker;
 
+#[cfg(test)]
+mod testing;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -135,6 +138,9 @@ fn signals() -> std::io::Result<mpsc::Receiver<Signal>> {
     Ok(rx)
 }
 
+/// How long an unload waits for the worker to finish the picture it is on.
+const UNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// What a daemon starts with.
 pub struct Options {
     /// The file reloads read.
@@ -160,6 +166,8 @@ pub struct Daemon {
     mqtt_settings: watch::Sender<config::Mqtt>,
     /// Bytes of the running model's weights.
     weights: u64,
+    /// The resident memory now (a seam for tests, which share their process).
+    rss: fn() -> u64,
     jobs: flume::Sender<Job>,
     claims: dirwatch::Claims,
     lines: Arc<dyn gpio::Lines>,
@@ -224,6 +232,7 @@ impl Daemon {
             settings,
             mqtt_settings,
             weights: o.loaded.weights,
+            rss: || crate::bench::memory().map_or(0, |m| m.rss),
             jobs: jobs_tx,
             claims: dirwatch::Claims::default(),
             lines: o.lines,
@@ -324,7 +333,7 @@ impl Daemon {
         for w in &checked.warnings {
             log::warn!("{}: {w}", self.config_path.display());
         }
-        let plan = ReloadPlan::new(&self.config, &checked.config);
+        let plan = checked.config.reload_plan(&self.config);
         for c in plan.needs_restart() {
             log::warn!(
                 "{c} changed: that needs a restart (systemctl restart winclip-edge); the running value stays"
@@ -349,7 +358,7 @@ impl Daemon {
         let current = self
             .inspector()
             .context("no model is loaded (an earlier reload failed to restore it); restart the service")?;
-        let rss = crate::bench::memory().map_or(0, |m| m.rss);
+        let rss = (self.rss)();
         let (change, model, weights) = (plan.engine(), new.model.clone(), self.weights);
         let running = Arc::clone(&current);
         let swap =
@@ -433,7 +442,14 @@ impl Daemon {
     /// (after the image it is on), so the model's memory is freed.
     async fn unload(&self, current: Arc<Inspector>) {
         self.settings.send_modify(|s| s.inspector = None);
+        let deadline = tokio::time::Instant::now() + UNLOAD_TIMEOUT;
         while Arc::strong_count(&current) > 1 {
+            if tokio::time::Instant::now() > deadline {
+                log::warn!(
+                    "the running model is still in use after {UNLOAD_TIMEOUT:?}: loading the new one anyway"
+                );
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         drop(current);
@@ -521,5 +537,240 @@ impl Daemon {
         self.mqtt_task.abort();
         self.status_task.abort();
         log::info!("stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Weak;
+
+    use super::*;
+    use crate::config::{GpioSource, Model};
+    use gpio::fake::FakeChip;
+    use testing::{fixture, tiny_bank, tiny_pack};
+
+    /// A station whose broker never answers (results stay in the outbox),
+    /// with one GPIO source on line 5 of a fake chip.
+    fn station(dir: &Path, pack: &Path) -> Config {
+        let mut c = Config::new(
+            "st",
+            dir.join("state"),
+            Model::new(pack.to_owned(), tiny_bank(dir, "bottle")),
+            vec![gpio_source(dir, "trig", 5, 10)],
+        );
+        // Nothing listens on port 1 of loopback.
+        c.mqtt.broker = Broker::External {
+            host: "127.0.0.1".into(),
+            port: 1,
+        };
+        c
+    }
+
+    fn gpio_source(dir: &Path, name: &str, line: u32, debounce_ms: u64) -> Source {
+        Source::Gpio(GpioSource {
+            name: name.into(),
+            chip: "/dev/fake".into(),
+            line,
+            edge: config::Edge::Rising,
+            debounce: Duration::from_millis(debounce_ms),
+            active_low: false,
+            capture: vec![
+                "cp".into(),
+                fixture("queries/good.png").display().to_string(),
+                "{output}".into(),
+            ],
+            capture_timeout: Duration::from_secs(10),
+            output_dir: dir.join("captures"),
+            keep_captures: false,
+        })
+    }
+
+    fn write(path: &Path, c: &Config) {
+        std::fs::write(path, c.to_toml().unwrap()).unwrap();
+    }
+
+    async fn start(dir: &Path, c: Config, chip: &Arc<FakeChip>) -> Daemon {
+        let path = dir.join("config.toml");
+        write(&path, &c);
+        let loaded = engine::load(&c.model).unwrap();
+        Daemon::start(Options {
+            config_path: path,
+            config: c,
+            loaded,
+            notifier: Arc::new(notify::Noop),
+            lines: Arc::clone(chip) as Arc<dyn gpio::Lines>,
+        })
+        .await
+        .unwrap()
+    }
+
+    /// The results waiting in the outbox, in order.
+    fn results(dir: &Path) -> Vec<serde_json::Value> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("state/outbox"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+            .collect()
+    }
+
+    async fn wait_results(dir: &Path, n: usize) -> Vec<serde_json::Value> {
+        // Generous: the suite also runs under emulation.
+        for _ in 0..2400 {
+            let r = results(dir);
+            if r.len() >= n {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("fewer than {n} results: {:?}", results(dir));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_gpio_source_requests_its_line_again_and_a_failed_reload_restores_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let chip = Arc::new(FakeChip::default());
+        let mut c = station(dir.path(), &tiny_pack());
+        let mut daemon = start(dir.path(), c.clone(), &chip).await;
+        assert!(chip.edge(5));
+        let r = wait_results(dir.path(), 1).await;
+        assert_eq!(r[0]["trigger"], 1);
+        assert!(r[0]["verdict"] == "pass" || r[0]["verdict"] == "fail", "{}", r[0]);
+
+        // A changed debounce: the source is stopped and its line requested again.
+        c.sources = vec![gpio_source(dir.path(), "trig", 5, 20)];
+        write(&dir.path().join("config.toml"), &c);
+        daemon.reload().await;
+        assert_eq!(daemon.config().sources, c.sources, "the reload applied");
+        assert!(chip.edge(5));
+        wait_results(dir.path(), 2).await;
+
+        // A reload whose second source cannot get its line: nothing of it
+        // applies, and the first source runs with its old settings again.
+        let held = chip
+            .request(match &gpio_source(dir.path(), "x", 6, 0) {
+                Source::Gpio(g) => g,
+                Source::Directory(_) => unreachable!(),
+            })
+            .unwrap();
+        let mut bad = c.clone();
+        bad.sources = vec![
+            gpio_source(dir.path(), "trig", 5, 30),
+            gpio_source(dir.path(), "other", 6, 0),
+        ];
+        write(&dir.path().join("config.toml"), &bad);
+        daemon.reload().await;
+        assert_eq!(daemon.config().sources, c.sources, "the running sources stay");
+        assert!(chip.is_held(5), "the old source has its line again");
+        assert!(chip.edge(5));
+        wait_results(dir.path(), 3).await;
+        drop(held);
+        daemon.shutdown().await;
+        assert!(!chip.is_held(5), "shutdown releases the line");
+    }
+
+    /// Issue #15, bug 4: a threshold or bank change neither reads nor loads
+    /// the model pack. The pack here is damaged after start: a reload that
+    /// re-hashed or loaded it would fail.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn threshold_and_bank_changes_keep_the_loaded_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let pack = dir.path().join("pack");
+        std::fs::create_dir_all(&pack).unwrap();
+        for e in std::fs::read_dir(tiny_pack()).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), pack.join(e.file_name())).unwrap();
+            }
+        }
+        let chip = Arc::new(FakeChip::default());
+        let mut c = station(dir.path(), &pack);
+        let mut daemon = start(dir.path(), c.clone(), &chip).await;
+        let model_id = daemon.inspector().unwrap().model_id().to_string();
+        let bank_id = daemon.inspector().unwrap().bank_id().to_string();
+        std::fs::write(pack.join("encoder.onnx"), b"damaged").unwrap();
+
+        c.model.threshold = Some(0.01);
+        write(&dir.path().join("config.toml"), &c);
+        daemon.reload().await;
+        assert_eq!(daemon.config().model.threshold, Some(0.01), "the reload applied");
+        assert_eq!(daemon.inspector().unwrap().threshold(), 0.01);
+
+        c.model.bank = tiny_bank(dir.path(), "pcb");
+        write(&dir.path().join("config.toml"), &c);
+        daemon.reload().await;
+        let i = daemon.inspector().unwrap();
+        assert_eq!(daemon.config().model.bank, c.model.bank, "the reload applied");
+        assert_ne!(i.bank_id(), bank_id);
+        assert_eq!(i.model_id(), model_id);
+        assert_eq!(i.threshold(), 0.01, "the override stays");
+        assert!(chip.edge(5));
+        let r = wait_results(dir.path(), 1).await;
+        assert_eq!(r[0]["bank"], i.bank_id());
+        assert_eq!(r[0]["threshold"], 0.01f32);
+
+        // Removing the override goes back to the bank's threshold.
+        c.model.threshold = None;
+        write(&dir.path().join("config.toml"), &c);
+        daemon.reload().await;
+        assert_eq!(daemon.inspector().unwrap().threshold(), i.bank().meta.threshold);
+
+        // A pack change to the damaged pack is refused; the model stays.
+        let mut moved = c.clone();
+        moved.model.pack = dir.path().join("pack-elsewhere");
+        std::fs::rename(&pack, &moved.model.pack).unwrap();
+        write(&dir.path().join("config.toml"), &moved);
+        daemon.reload().await;
+        assert_eq!(daemon.config().model.pack, pack, "refused");
+        assert_eq!(daemon.inspector().unwrap().model_id(), model_id);
+        daemon.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pack_change_loads_the_new_model_and_unloads_first_when_the_budget_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let chip = Arc::new(FakeChip::default());
+        let mut c = station(dir.path(), &tiny_pack());
+        let mut daemon = start(dir.path(), c.clone(), &chip).await;
+        let before = Arc::downgrade(&daemon.inspector().unwrap());
+        let model_id = daemon.inspector().unwrap().model_id().to_string();
+        // The tests share one process: its memory says nothing of this daemon.
+        daemon.rss = || 100_000_000;
+        // The tiny pack's vision weights are 0.7 MB, loading them peaks at
+        // 1.4 MB: 100 MB resident + 1.4 is over 100 MB even with the running
+        // model unloaded first (100 − 0.7 + 1.4): refused.
+        c.model.precision = crate::model::Precision::F16;
+        c.model.memory_budget = 100_000_000;
+        write(&dir.path().join("config.toml"), &c);
+        daemon.reload().await;
+        assert_eq!(
+            daemon.config().model.precision,
+            crate::model::Precision::F32,
+            "refused"
+        );
+        assert!(Weak::ptr_eq(
+            &before,
+            &Arc::downgrade(&daemon.inspector().unwrap())
+        ));
+        // f16 is a new model of the same pack: over 101 MB beside the
+        // running one, within it once that is unloaded first.
+        c.model.memory_budget = 101_000_000;
+        write(&dir.path().join("config.toml"), &c);
+        daemon.reload().await;
+        assert_eq!(
+            daemon.config().model.precision,
+            crate::model::Precision::F16,
+            "applied"
+        );
+        assert!(before.upgrade().is_none(), "the old model is freed");
+        assert_eq!(daemon.inspector().unwrap().model_id(), model_id);
+        assert!(chip.edge(5));
+        let r = wait_results(dir.path(), 1).await;
+        assert!(r[0]["verdict"] == "pass" || r[0]["verdict"] == "fail", "{}", r[0]);
+        daemon.shutdown().await;
     }
 }

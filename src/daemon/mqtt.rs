@@ -432,3 +432,48 @@ impl Connection<'_> {
         .await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(json: &str, heatmap: Option<&[u8]>) -> Entry {
+        Entry {
+            seq: 1,
+            id: "abc".into(),
+            json: json.as_bytes().to_vec(),
+            heatmap: heatmap.map(<[u8]>::to_vec),
+        }
+    }
+
+    fn published(e: &Entry, prefix: &str) -> serde_json::Value {
+        serde_json::from_slice(&message(e, &Topics::new(prefix, "st")).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_result_names_the_heatmap_topic_of_the_prefix_it_is_published_under() {
+        let e = entry(
+            r#"{"id":"abc","heatmap":{"bytes":3,"width":2,"height":2}}"#,
+            Some(b"jpg"),
+        );
+        assert_eq!(
+            published(&e, "winclip")["heatmap"]["topic"],
+            "winclip/st/heatmap/abc"
+        );
+        // The prefix changed while the result waited in the outbox.
+        let j = published(&e, "plant");
+        assert_eq!(j["heatmap"]["topic"], "plant/st/heatmap/abc");
+        assert_eq!(j["heatmap"]["bytes"], 3);
+    }
+
+    #[test]
+    fn a_result_whose_heatmap_was_dropped_says_so_and_announces_no_topic() {
+        let e = entry(r#"{"id":"abc","heatmap":{"bytes":3,"width":2,"height":2}}"#, None);
+        let j = published(&e, "winclip");
+        assert!(j["heatmap"].is_null());
+        assert_eq!(j["heatmap_dropped"], true);
+        let plain = entry(r#"{"id":"abc","heatmap":null}"#, None);
+        assert!(published(&plain, "winclip").get("heatmap_dropped").is_none());
+        assert!(message(&entry("{oops", None), &Topics::new("w", "st")).is_err());
+    }
+}

@@ -76,8 +76,11 @@ impl Worker {
     }
 
     fn wait_for_settings(&mut self, tick: Duration) {
-        let changed = self.settings.changed();
-        let _ = self.runtime.block_on(tokio::time::timeout(tick, changed));
+        let settings = &mut self.settings;
+        // The timer must be made inside the runtime's context.
+        let _ = self
+            .runtime
+            .block_on(async { tokio::time::timeout(tick, settings.changed()).await });
     }
 
     fn process(&mut self, job: Job, tick: Duration) {
@@ -247,4 +250,198 @@ fn render_heatmap(
 
 fn round(x: f64) -> f64 {
     (x * 1e3).round() / 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config;
+    use crate::daemon::engine;
+    use crate::daemon::job::Completion;
+    use crate::daemon::notify::Noop;
+    use crate::daemon::outbox::Outbox;
+    use crate::daemon::stats::Stats;
+    use crate::daemon::testing::{fixture, tiny_bank, tiny_pack};
+
+    /// Sends the job's outcome back to the test.
+    struct Report(std::sync::mpsc::Sender<Outcome>);
+
+    impl Completion for Report {
+        fn complete(self: Box<Self>, outcome: Outcome) {
+            let _ = self.0.send(outcome);
+        }
+    }
+
+    struct Rig {
+        dir: tempfile::TempDir,
+        jobs: flume::Sender<Job>,
+        settings: watch::Sender<Settings>,
+        outbox: Arc<Mutex<Outbox>>,
+        outcomes: std::sync::mpsc::Receiver<Outcome>,
+        report: std::sync::mpsc::Sender<Outcome>,
+        stop: CancellationToken,
+        thread: Option<std::thread::JoinHandle<()>>,
+        inspector: Arc<Inspector>,
+        _runtime: tokio::runtime::Runtime,
+    }
+
+    impl Rig {
+        fn new(paused: bool) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let bank = tiny_bank(dir.path(), "bottle");
+            let inspector = Arc::new(
+                engine::load(&config::Model::new(tiny_pack(), bank))
+                    .unwrap()
+                    .inspector,
+            );
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let outbox = Arc::new(Mutex::new(
+                Outbox::open(&dir.path().join("outbox"), 100, 64 << 20).unwrap(),
+            ));
+            let sink = ResultSink::new(
+                "st",
+                Arc::clone(&outbox),
+                Arc::new(tokio::sync::Notify::new()),
+                Arc::new(Stats::default()),
+            );
+            let (settings, rx) = watch::channel(Settings {
+                inspector: (!paused).then(|| Arc::clone(&inspector)),
+                heatmap: Heatmap::default(),
+            });
+            let (jobs, jobs_rx) = flume::bounded(8);
+            let stop = CancellationToken::new();
+            let worker = Worker {
+                sink,
+                settings: rx,
+                notifier: Arc::new(Noop),
+                stop: stop.clone(),
+                runtime: runtime.handle().clone(),
+            };
+            let thread = std::thread::spawn(move || worker.run(jobs_rx));
+            let (report, outcomes) = std::sync::mpsc::channel();
+            Self {
+                dir,
+                jobs,
+                settings,
+                outbox,
+                outcomes,
+                report,
+                stop,
+                thread: Some(thread),
+                inspector,
+                _runtime: runtime,
+            }
+        }
+
+        /// Queue `path` (relative to the rig's directory unless absolute).
+        fn send(&self, path: &Path) {
+            self.jobs
+                .send(Job {
+                    source: "cam".into(),
+                    path: self.dir.path().join(path),
+                    trigger: None,
+                    detected: Instant::now(),
+                    detected_at: SystemTime::now(),
+                    completion: Box::new(Report(self.report.clone())),
+                })
+                .unwrap();
+        }
+
+        fn outcome(&self) -> Outcome {
+            self.outcomes.recv_timeout(Duration::from_secs(60)).unwrap()
+        }
+
+        fn results(&self) -> Vec<serde_json::Value> {
+            let ob = self.outbox.lock().unwrap();
+            ob.index()
+                .after(0)
+                .map(|s| serde_json::from_slice(&ob.read(s).unwrap().unwrap().json).unwrap())
+                .collect()
+        }
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            self.stop.cancel();
+            if let Some(t) = self.thread.take() {
+                t.join().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn each_picture_gets_its_outcome_after_its_result_is_stored() {
+        let rig = Rig::new(false);
+        std::fs::copy(fixture("queries/good.png"), rig.dir.path().join("good.png")).unwrap();
+        std::fs::write(rig.dir.path().join("broken.png"), b"\x89PNG\r\n\x1a\nnope").unwrap();
+        rig.send(Path::new("good.png"));
+        assert_eq!(rig.outcome(), Outcome::Judged);
+        rig.send(Path::new("broken.png"));
+        assert_eq!(rig.outcome(), Outcome::Rejected);
+        rig.send(Path::new("missing.png"));
+        assert_eq!(rig.outcome(), Outcome::Vanished);
+        let results = rig.results();
+        assert_eq!(
+            results.len(),
+            2,
+            "nothing is stored for a vanished file: {results:?}"
+        );
+        assert!(results[0]["verdict"] == "pass" || results[0]["verdict"] == "fail");
+        assert!(results[0]["heatmap"]["bytes"].as_u64().unwrap() > 0);
+        assert!(
+            results[0]["heatmap"].get("topic").is_none(),
+            "the publisher names the topic"
+        );
+        assert_eq!(results[1]["verdict"], "error");
+        assert!(results[1]["error"].as_str().unwrap().contains("broken.png"));
+    }
+
+    #[test]
+    fn a_result_that_cannot_be_stored_leaves_the_picture_for_a_retry() {
+        let rig = Rig::new(false);
+        std::fs::copy(fixture("queries/good.png"), rig.dir.path().join("good.png")).unwrap();
+        // The outbox directory is gone and a file sits in its place.
+        let outbox = rig.dir.path().join("outbox");
+        std::fs::remove_dir_all(&outbox).unwrap();
+        std::fs::write(&outbox, b"not a directory").unwrap();
+        rig.send(Path::new("good.png"));
+        assert_eq!(rig.outcome(), Outcome::NotStored);
+    }
+
+    #[test]
+    fn settings_apply_from_the_next_picture_and_a_paused_worker_waits() {
+        let rig = Rig::new(true);
+        std::fs::copy(fixture("queries/good.png"), rig.dir.path().join("good.png")).unwrap();
+        rig.send(Path::new("good.png"));
+        assert!(
+            rig.outcomes.recv_timeout(Duration::from_millis(500)).is_err(),
+            "no inspection without an inspector"
+        );
+        let mut strict = (*rig.inspector).clone();
+        strict.configure(Some(0.0), false).unwrap();
+        rig.settings.send_replace(Settings {
+            inspector: Some(Arc::new(strict)),
+            heatmap: Heatmap {
+                enabled: true,
+                side: 32,
+                quality: 50,
+            },
+        });
+        assert_eq!(rig.outcome(), Outcome::Judged);
+        let r = &rig.results()[0];
+        assert_eq!(r["threshold"], 0.0);
+        assert_eq!(r["verdict"], "fail");
+        assert_eq!(r["heatmap"]["width"], 32);
+        rig.settings.send_modify(|s| s.heatmap.enabled = false);
+        std::fs::copy(fixture("queries/hole.png"), rig.dir.path().join("hole.png")).unwrap();
+        rig.send(Path::new("hole.png"));
+        assert_eq!(rig.outcome(), Outcome::Judged);
+        assert!(rig.results()[1]["heatmap"].is_null());
+    }
 }
