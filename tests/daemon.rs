@@ -166,6 +166,17 @@ path = "{incoming}"
         std::fs::rename(&tmp, self.dir.join("in").join(name)).unwrap();
     }
 
+    /// The results waiting in the outbox (their JSON files), in order.
+    fn pending(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.join("state/outbox"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        files
+    }
+
     fn done(&self) -> usize {
         std::fs::read_dir(self.dir.join("in/done"))
             .map(|d| d.count())
@@ -348,16 +359,7 @@ fn results_produced_while_the_broker_is_down_are_delivered_after_it_returns() {
     }
     // Inspected and safely stored while the broker is away.
     wait_for(120, "outage files inspected", || (st.done() == 5).then_some(()));
-    let pending = std::fs::read_dir(st.dir.join("state/outbox"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "json")
-        });
-    assert_eq!(pending.count(), 4, "results wait in the outbox");
+    assert_eq!(st.pending().len(), 4, "results wait in the outbox");
 
     broker.restart();
     wait_for(120, "every outage result delivered", || {
@@ -772,12 +774,7 @@ fn an_unreadable_outbox_entry_is_quarantined_and_does_not_hold_up_delivery_or_sh
     wait_for(120, "three results stored", || (st.done() == 3).then_some(()));
     // The middle entry turns into something unreadable while it waits.
     let outbox = st.dir.join("state/outbox");
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(&outbox)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    entries.sort();
+    let entries = st.pending();
     assert_eq!(entries.len(), 3);
     std::fs::remove_file(&entries[1]).unwrap();
     std::fs::create_dir(&entries[1]).unwrap();
@@ -787,17 +784,7 @@ fn an_unreadable_outbox_entry_is_quarantined_and_does_not_hold_up_delivery_or_sh
         (seen.contains("u0.png") && seen.contains("u2.png")).then_some(())
     });
     wait_for(60, "the outbox to drain", || {
-        let left = std::fs::read_dir(&outbox)
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .path()
-                    .extension()
-                    .is_some_and(|x| x == "json")
-            })
-            .count();
-        (left == 0).then_some(())
+        st.pending().is_empty().then_some(())
     });
     assert!(outbox
         .join("quarantine")
