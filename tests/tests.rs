@@ -1,9 +1,11 @@
 //! Integration tests: one binary (see `autotests = false` in Cargo.toml).
 
+mod station;
 mod util;
 
 mod bench;
 mod daemon;
 mod engine;
 mod eval;
+mod faults;
 mod model_pack;

@@ -41,7 +41,17 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
             "mqtt          {host}:{port}{}",
             if m.tls.is_some() { " (TLS)" } else { "" }
         ),
-        Broker::Embedded { listen } => println!("mqtt          embedded broker on {listen}"),
+        Broker::Embedded {
+            listen,
+            allow_anonymous,
+        } => println!(
+            "mqtt          embedded broker on {listen}{}",
+            match (&m.username, allow_anonymous) {
+                (Some(u), _) => format!(", clients log in as {u:?}"),
+                (None, true) => ", anonymous clients allowed".into(),
+                (None, false) => String::new(),
+            }
+        ),
     }
     println!(
         "topics        {0}/{1}/status|result|heatmap/<id>|stats",

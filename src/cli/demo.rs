@@ -126,6 +126,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     config.mqtt.broker = Broker::Embedded {
         listen: format!("127.0.0.1:{port}"),
+        allow_anonymous: false,
     };
     config.mqtt.stats_interval = Duration::from_secs(5);
     let config_path = dir.join("config.toml");

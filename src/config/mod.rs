@@ -171,6 +171,10 @@ pub enum Broker {
     Embedded {
         /// Listen address.
         listen: String,
+        /// Accept clients without credentials on an address other than
+        /// loopback (anyone on that network could publish under the
+        /// station's topics).
+        allow_anonymous: bool,
     },
 }
 
@@ -416,6 +420,7 @@ impl Config {
             mqtt: Mqtt::new(
                 Broker::Embedded {
                     listen: DEFAULT_EMBEDDED_LISTEN.into(),
+                    allow_anonymous: false,
                 },
                 name,
             ),
@@ -515,6 +520,18 @@ fn check(raw: RawConfig, base: &Path, r: &mut Report) -> Config {
     let model = check_model(raw.model, base, r);
     let (mqtt, deprecated) = check_mqtt(raw.mqtt, &station.name, base, r);
     let heatmap = check_heatmap(raw.heatmap, deprecated, r);
+    // A JPEG takes at most ~4 bytes per pixel (quality 100 on noise: 3.3);
+    // a heatmap that may not fit one MQTT packet would be dropped at publish.
+    let worst = 4 * (heatmap.side as usize).pow(2);
+    if heatmap.enabled && worst > mqtt.max_packet_bytes {
+        r.problem(format!(
+            "heatmap.side = {} gives JPEGs of up to {worst} bytes, more than mqtt.max_packet_bytes = {}: \
+             lower heatmap.side to {} or raise mqtt.max_packet_bytes to {worst}",
+            heatmap.side,
+            mqtt.max_packet_bytes,
+            ((mqtt.max_packet_bytes / 4) as f64).sqrt() as usize,
+        ));
+    }
     let outbox = check_outbox(raw.outbox, r);
     let sources = check_sources(raw.sources, base, &station.state_dir, r);
     Config {
@@ -579,6 +596,9 @@ struct DeprecatedHeatmap {
 }
 
 fn check_mqtt(m: RawMqtt, station: &str, base: &Path, r: &mut Report) -> (Mqtt, DeprecatedHeatmap) {
+    if m.host.is_some() && m.allow_anonymous.is_some() {
+        r.problem("mqtt.allow_anonymous applies to the embedded broker only: remove it (or mqtt.host)");
+    }
     let broker = match m.host {
         Some(host) if host.trim().is_empty() => {
             r.problem("mqtt.host is empty: remove it to use the embedded broker");
@@ -597,12 +617,34 @@ fn check_mqtt(m: RawMqtt, station: &str, base: &Path, r: &mut Report) -> (Mqtt, 
             let listen = m
                 .embedded_listen
                 .unwrap_or_else(|| DEFAULT_EMBEDDED_LISTEN.into());
-            if listen.parse::<std::net::SocketAddr>().is_err() {
-                r.problem(format!(
+            let allow_anonymous = m.allow_anonymous.unwrap_or(false);
+            match listen.parse::<std::net::SocketAddr>() {
+                Err(_) => r.problem(format!(
                     "mqtt.embedded_listen = {listen:?} is not an address:port"
-                ));
+                )),
+                // Beyond loopback, anyone on the network could publish fake
+                // results under the station's topics.
+                Ok(addr) if !addr.ip().is_loopback() && m.username.is_none() => {
+                    if allow_anonymous {
+                        r.warning(format!(
+                            "mqtt.embedded_listen = {listen:?} with allow_anonymous = true: anyone who can \
+                             reach that address can publish fake results under this station's topics"
+                        ));
+                    } else {
+                        r.problem(format!(
+                            "mqtt.embedded_listen = {listen:?} would open an anonymous broker to the network, \
+                             where anyone could publish fake results under this station's topics: set \
+                             mqtt.username and a password (the embedded broker then requires them), listen \
+                             on 127.0.0.1, or set mqtt.allow_anonymous = true to accept that"
+                        ));
+                    }
+                }
+                Ok(_) => {}
             }
-            Broker::Embedded { listen }
+            Broker::Embedded {
+                listen,
+                allow_anonymous,
+            }
         }
     };
     let prefix = m.prefix.unwrap_or_else(|| DEFAULT_PREFIX.into());
@@ -894,9 +936,12 @@ fn check_gpio(
 impl From<&Config> for RawConfig {
     fn from(c: &Config) -> Self {
         let m = &c.mqtt;
-        let (host, port, embedded_listen) = match &m.broker {
-            Broker::External { host, port } => (Some(host.clone()), Some(*port), None),
-            Broker::Embedded { listen } => (None, None, Some(listen.clone())),
+        let (host, port, embedded_listen, allow_anonymous) = match &m.broker {
+            Broker::External { host, port } => (Some(host.clone()), Some(*port), None, None),
+            Broker::Embedded {
+                listen,
+                allow_anonymous,
+            } => (None, None, Some(listen.clone()), Some(*allow_anonymous)),
         };
         let (password_file, password_credential) = match &m.password {
             Some(Secret::File(p)) => (Some(p.clone()), None),
@@ -940,6 +985,7 @@ impl From<&Config> for RawConfig {
                 reconnect_min_ms: Some(m.reconnect_min.as_millis() as u64),
                 reconnect_max_ms: Some(m.reconnect_max.as_millis() as u64),
                 embedded_listen,
+                allow_anonymous,
                 heatmap: None,
                 heatmap_side: None,
                 heatmap_quality: None,
@@ -1044,7 +1090,8 @@ path = "/srv/drop"
         assert_eq!(
             c.mqtt.broker,
             Broker::Embedded {
-                listen: "127.0.0.1:1883".into()
+                listen: "127.0.0.1:1883".into(),
+                allow_anonymous: false,
             }
         );
         assert_eq!(c.mqtt.max_packet_bytes, DEFAULT_MAX_PACKET_BYTES);
@@ -1164,6 +1211,47 @@ path = "/srv/drop"
         ] {
             assert!(err.contains(want), "missing {want:?} in {err}");
         }
+    }
+
+    /// Issue #16, finding 13: an anonymous broker open to the factory network.
+    #[test]
+    fn an_embedded_broker_beyond_loopback_needs_credentials_or_an_explicit_yes() {
+        let open = format!("{MINIMAL}[mqtt]\nembedded_listen = \"0.0.0.0:1883\"\n");
+        let err = parse_str(&open).unwrap_err();
+        assert!(
+            err.contains("anonymous broker") && err.contains("allow_anonymous = true"),
+            "{err}"
+        );
+        let yes = parse_checked(&format!("{open}allow_anonymous = true\n")).unwrap();
+        assert!(yes.warnings[0].contains("fake results"), "{:?}", yes.warnings);
+        let login = parse_checked(&format!("{open}username = \"st\"\npassword_file = \"pw\"\n")).unwrap();
+        assert!(login.warnings.is_empty());
+        let err = parse_str(&format!(
+            "{MINIMAL}[mqtt]\nhost = \"b\"\nallow_anonymous = true\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("embedded broker only"), "{err}");
+        parse_checked(MINIMAL).unwrap();
+    }
+
+    /// Issue #16, finding 1: heatmap settings that cannot fit a packet.
+    #[test]
+    fn heatmaps_that_may_not_fit_one_mqtt_packet_are_refused() {
+        let err = parse_str(&format!("{MINIMAL}[heatmap]\nside = 4096\nquality = 100\n")).unwrap_err();
+        assert!(
+            err.contains("heatmap.side = 4096") && err.contains("mqtt.max_packet_bytes = 8388608"),
+            "{err}"
+        );
+        let err = parse_str(&format!("{MINIMAL}[mqtt]\nmax_packet_bytes = 65536\n")).unwrap_err();
+        assert!(err.contains("lower heatmap.side to 128"), "{err}");
+        parse_str(&format!(
+            "{MINIMAL}[mqtt]\nmax_packet_bytes = 65536\n[heatmap]\nside = 128\n"
+        ))
+        .unwrap();
+        parse_str(&format!(
+            "{MINIMAL}[mqtt]\nmax_packet_bytes = 65536\n[heatmap]\nenabled = false\n"
+        ))
+        .unwrap();
     }
 
     #[test]

@@ -89,6 +89,8 @@ pub(super) struct RawMqtt {
     pub reconnect_max_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embedded_listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_anonymous: Option<bool>,
     /// Deprecated: `[heatmap] enabled`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heatmap: Option<bool>,

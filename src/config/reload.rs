@@ -136,8 +136,14 @@ impl ReloadPlan {
         note(os.threads != ns.threads, Change::Threads);
         note(os.queue_capacity != ns.queue_capacity, Change::QueueCapacity);
         note(old.outbox != new.outbox, Change::OutboxBounds);
+        // The embedded broker is configured once, at start: its address,
+        // whether it admits anonymous clients, the credentials it requires.
         let embedded = |c: &Config| match &c.mqtt.broker {
-            Broker::Embedded { listen } => Some(listen.clone()),
+            Broker::Embedded { .. } => Some((
+                c.mqtt.broker.clone(),
+                c.mqtt.username.clone(),
+                c.mqtt.password.clone(),
+            )),
             Broker::External { .. } => None,
         };
         let broker_moves = embedded(old) != embedded(new);

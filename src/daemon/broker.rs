@@ -4,14 +4,20 @@
 use std::net::SocketAddr;
 
 /// Start a broker listening on `listen` (MQTT 3.1.1) in a background thread.
-/// `max_payload` bounds message sizes (heatmaps must fit).
-pub fn start(listen: &str, max_payload: usize) -> anyhow::Result<()> {
+/// `max_payload` bounds message sizes (heatmaps must fit). With `login`
+/// (user, password) it admits only clients that give them.
+pub fn start(listen: &str, max_payload: usize, login: Option<(String, String)>) -> anyhow::Result<()> {
     let addr: SocketAddr = listen.parse()?;
     // Fail early and clearly when the port is taken (rumqttd would only log it).
-    drop(
-        std::net::TcpListener::bind(addr)
-            .map_err(|e| anyhow::anyhow!("embedded broker cannot listen on {addr}: {e}"))?,
-    );
+    drop(std::net::TcpListener::bind(addr).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            ": another program listens there; set mqtt.host to use the broker already running \
+             there, or change mqtt.embedded_listen"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("embedded broker cannot listen on {addr}: {e}{hint}")
+    })?);
     let text = format!(
         r#"
 id = 0
@@ -32,7 +38,15 @@ max_inflight_count = 200
 dynamic_filters = true
 "#
     );
-    let config: rumqttd::Config = toml::from_str(&text)?;
+    let mut config: rumqttd::Config = toml::from_str(&text)?;
+    if let Some((user, password)) = login {
+        for server in config.v4.iter_mut().flat_map(|v4| v4.values_mut()) {
+            server.connections.auth = Some(std::collections::HashMap::from([(
+                user.clone(),
+                password.clone(),
+            )]));
+        }
+    }
     let mut broker = rumqttd::Broker::new(config);
     std::thread::Builder::new()
         .name("mqtt-broker".into())

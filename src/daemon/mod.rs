@@ -31,6 +31,7 @@ pub mod outbox;
 pub mod record;
 pub mod sink;
 pub mod source;
+pub mod state_lock;
 pub mod stats;
 pub mod topics;
 pub mod worker;
@@ -157,6 +158,8 @@ pub struct Options {
 
 /// A running daemon.
 pub struct Daemon {
+    /// Held for the daemon's life: one daemon per state directory.
+    _state_lock: state_lock::StateLock,
     config_path: PathBuf,
     /// What runs (a reload's effective configuration).
     config: Config,
@@ -185,8 +188,21 @@ impl Daemon {
     pub async fn start(o: Options) -> Result<Self, Error> {
         let config = o.config;
         let station = config.station.name.clone();
-        if let Broker::Embedded { listen } = &config.mqtt.broker {
-            broker::start(listen, config.mqtt.max_packet_bytes).map_err(Error::Config)?;
+        let state_lock =
+            state_lock::StateLock::acquire(&config.station.state_dir).map_err(|e| Error::Config(e.into()))?;
+        if let Broker::Embedded { listen, .. } = &config.mqtt.broker {
+            let login = match (&config.mqtt.username, &config.mqtt.password) {
+                (Some(user), Some(secret)) => Some((
+                    user.clone(),
+                    secret
+                        .read()
+                        .context("the password the embedded broker requires")
+                        .map_err(Error::Config)?,
+                )),
+                (Some(user), None) => Some((user.clone(), String::new())),
+                _ => None,
+            };
+            broker::start(listen, config.mqtt.max_packet_bytes, login).map_err(Error::Config)?;
         }
         let outbox_dir = config.station.state_dir.join("outbox");
         let outbox = outbox::Outbox::open(&outbox_dir, config.outbox.max_entries, config.outbox.max_bytes)
@@ -226,6 +242,7 @@ impl Daemon {
         let (mqtt_tx, control_rx) = mpsc::channel(4);
 
         let mut daemon = Self {
+            _state_lock: state_lock,
             config_path: o.config_path,
             notifier: o.notifier,
             sink: sink.clone(),

@@ -65,7 +65,7 @@ pub struct Publisher {
 pub fn options(c: &Mqtt, topics: &Topics) -> std::io::Result<MqttOptions> {
     let (host, port) = match &c.broker {
         Broker::External { host, port } => (host.clone(), *port),
-        Broker::Embedded { listen } => {
+        Broker::Embedded { listen, .. } => {
             let addr: std::net::SocketAddr = listen
                 .parse()
                 .map_err(|e| std::io::Error::other(format!("embedded_listen: {e}")))?;
@@ -185,6 +185,7 @@ impl Publisher {
             events: &mut erx,
             delivery,
             topics: &topics,
+            max_packet: config.max_packet_bytes,
         };
         let end = self.connected(&mut conn, config, control, backoff).await;
         poller.abort();
@@ -303,16 +304,63 @@ impl Publisher {
                     continue;
                 }
             };
+            // An entry that can never be sent must not block the ones behind
+            // it: a heatmap over the packet limit goes (the result says so), a
+            // result over it (never seen: they are ~1 KB) is quarantined.
+            let heatmap_topic = conn.topics.heatmap(&entry.id);
+            if entry
+                .heatmap
+                .as_ref()
+                .is_some_and(|h| packet_size(&heatmap_topic, h.len()) > conn.max_packet)
+            {
+                if !self.drop_heatmap(seq, conn.max_packet) {
+                    self.quarantine(
+                        seq,
+                        "its heatmap does not fit mqtt.max_packet_bytes and cannot be dropped",
+                    );
+                    conn.delivery.skip(seq);
+                }
+                continue; // read again, without it
+            }
+            if packet_size(&conn.topics.result(), json.len()) > conn.max_packet {
+                self.quarantine(
+                    seq,
+                    &format!("{} bytes, more than mqtt.max_packet_bytes", json.len()),
+                );
+                conn.delivery.skip(seq);
+                continue;
+            }
             let parts = 1 + usize::from(entry.heatmap.is_some());
             conn.delivery.send(seq, parts);
             conn.request(&conn.topics.result(), QoS::AtLeastOnce, false, json)
                 .await?;
             if let Some(jpg) = entry.heatmap {
-                conn.request(&conn.topics.heatmap(&entry.id), QoS::AtLeastOnce, false, jpg)
-                    .await?;
+                conn.request(&heatmap_topic, QoS::AtLeastOnce, false, jpg).await?;
             }
         }
         Ok(())
+    }
+
+    /// Drop the heatmap of `seq`, too large to publish; false when that failed.
+    fn drop_heatmap(&self, seq: u64, limit: usize) -> bool {
+        log::warn!(
+            "the heatmap of result #{seq} does not fit mqtt.max_packet_bytes = {limit}: \
+             the result is published without it (heatmap_dropped)"
+        );
+        let Ok(mut ob) = self.outbox.lock() else {
+            return false;
+        };
+        let dropped = match ob.drop_heatmap(seq) {
+            Ok(d) => d,
+            Err(e) => {
+                log::error!("outbox: cannot delete the heatmap of #{seq}: {e}");
+                true // forgotten by the index all the same
+            }
+        };
+        self.stats
+            .heatmaps_dropped
+            .store(ob.dropped_heatmaps(), Ordering::Relaxed);
+        dropped
     }
 
     fn quarantine(&self, seq: u64, why: &str) {
@@ -406,6 +454,14 @@ struct Connection<'a> {
     events: &'a mut mpsc::UnboundedReceiver<Result<Event, String>>,
     delivery: &'a mut Delivery,
     topics: &'a Topics,
+    /// The largest packet the client may send.
+    max_packet: usize,
+}
+
+/// The size of an MQTT 3.1.1 publish packet: fixed header (1 byte and up to
+/// 4 of length), topic (2 + its bytes), packet id (2), payload.
+fn packet_size(topic: &str, payload: usize) -> usize {
+    1 + 4 + 2 + topic.len() + 2 + payload
 }
 
 impl Connection<'_> {

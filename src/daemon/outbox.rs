@@ -35,6 +35,8 @@ pub struct Evicted {
     pub heatmaps: Vec<u64>,
     /// Entries dropped entirely.
     pub entries: Vec<u64>,
+    /// The new entry's own heatmap does not fit: it is stored without it.
+    pub own_heatmap: bool,
 }
 
 /// Pure outbox bookkeeping: no files.
@@ -107,12 +109,24 @@ impl Index {
     /// Plan the insertion of a new entry: `None` when its id is already pending
     /// (a re-inspection after a crash), else its seq and what must be evicted
     /// first to stay within bounds. Applies the eviction to the index.
+    ///
+    /// Pictures give way to results, never the other way round: the oldest
+    /// pending heatmaps go first, then the new entry's own heatmap; pending
+    /// results are dropped only to make room for the new result itself (or
+    /// for the count bound).
     pub fn admit(&mut self, meta: &Meta) -> Option<(u64, Evicted)> {
         if self.ids.contains_key(&meta.id) {
             return None;
         }
-        let size = meta.json_bytes + meta.heatmap_bytes.unwrap_or(0);
+        let mut meta = meta.clone();
         let mut ev = Evicted::default();
+        let heat = meta.heatmap_bytes.unwrap_or(0);
+        // A heatmap that cannot fit even in an empty outbox displaces nothing.
+        if meta.json_bytes + heat > self.max_bytes {
+            meta.heatmap_bytes = None;
+            ev.own_heatmap = heat > 0;
+        }
+        let size = meta.json_bytes + meta.heatmap_bytes.unwrap_or(0);
         // First drop heatmaps, oldest first: results matter more than pictures.
         let seqs: Vec<u64> = self.entries.keys().copied().collect();
         for seq in &seqs {
@@ -126,6 +140,12 @@ impl Index {
                 }
             }
         }
+        // Then the new heatmap: no result is dropped for a picture.
+        if self.bytes + size > self.max_bytes && meta.heatmap_bytes.is_some() {
+            meta.heatmap_bytes = None;
+            ev.own_heatmap = true;
+        }
+        let size = meta.json_bytes + meta.heatmap_bytes.unwrap_or(0);
         // Then whole entries, oldest first.
         while (self.entries.len() + 1 > self.max_entries || self.bytes + size > self.max_bytes)
             && !self.entries.is_empty()
@@ -139,7 +159,7 @@ impl Index {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.restore(seq, meta.clone());
+        self.restore(seq, meta);
         Some((seq, ev))
     }
 
@@ -171,6 +191,7 @@ pub struct Outbox {
     dir: PathBuf,
     index: Index,
     dropped: u64,
+    dropped_heatmaps: u64,
     quarantined: u64,
 }
 
@@ -251,6 +272,7 @@ impl Outbox {
             dir: dir.to_owned(),
             index,
             dropped: 0,
+            dropped_heatmaps: 0,
             quarantined,
         })
     }
@@ -258,6 +280,25 @@ impl Outbox {
     /// Entries moved to `quarantine/` because they could not be read, since start.
     pub fn quarantined(&self) -> u64 {
         self.quarantined
+    }
+
+    /// Delete the heatmap of pending entry `seq` (it cannot be published);
+    /// the result stays. Returns whether there was one.
+    pub fn drop_heatmap(&mut self, seq: u64) -> io::Result<bool> {
+        let Some(h) = self
+            .index
+            .entries
+            .get_mut(&seq)
+            .and_then(|m| m.heatmap_bytes.take())
+        else {
+            return Ok(false);
+        };
+        self.index.bytes -= h;
+        self.dropped_heatmaps += 1;
+        match fs::remove_file(self.jpg_path(seq)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(true),
+        }
     }
 
     /// Move entry `seq`, which cannot be read, to `quarantine/` and forget it.
@@ -277,6 +318,12 @@ impl Outbox {
     /// Results dropped to stay within bounds since start.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// Heatmaps dropped to stay within bounds since start (their results stay,
+    /// and say so when published).
+    pub fn dropped_heatmaps(&self) -> u64 {
+        self.dropped_heatmaps
     }
 
     fn json_path(&self, seq: u64) -> PathBuf {
@@ -300,8 +347,16 @@ impl Outbox {
         };
         for s in &ev.heatmaps {
             let _ = fs::remove_file(self.jpg_path(*s));
+            self.dropped_heatmaps += 1;
             log::warn!("outbox full: dropped the heatmap of pending result #{s}");
         }
+        let heatmap = if ev.own_heatmap {
+            self.dropped_heatmaps += 1;
+            log::warn!("outbox full: result #{seq} is stored without its heatmap");
+            None
+        } else {
+            heatmap
+        };
         for s in &ev.entries {
             let _ = fs::remove_file(self.json_path(*s));
             let _ = fs::remove_file(self.jpg_path(*s));
@@ -428,6 +483,40 @@ mod tests {
         let (_, ev) = ix.admit(&meta("e", 50, None)).unwrap();
         assert_eq!(ev.entries, vec![1, 2, 3, 4]);
         assert_eq!(ix.bytes(), 50);
+    }
+
+    /// Issue #16, finding 2: one large heatmap evicted 19 results.
+    #[test]
+    fn results_are_never_dropped_to_make_room_for_a_heatmap() {
+        let mut ix = Index::new(100, 100);
+        for id in ["a", "b", "c", "d"] {
+            ix.admit(&meta(id, 20, None));
+        }
+        // 80 pending; a result of 10 with a heatmap of 50 does not fit with
+        // its picture: the picture goes, every result stays.
+        let (_, ev) = ix.admit(&meta("e", 10, Some(50))).unwrap();
+        assert!(ev.own_heatmap);
+        assert!(ev.entries.is_empty() && ev.heatmaps.is_empty(), "{ev:?}");
+        assert_eq!(ix.len(), 5);
+        assert_eq!(ix.bytes(), 90);
+        // A heatmap larger than the whole outbox displaces nothing either.
+        let mut ix = Index::new(100, 100);
+        ix.admit(&meta("a", 10, Some(20)));
+        let (_, ev) = ix.admit(&meta("b", 10, Some(500))).unwrap();
+        assert!(ev.own_heatmap && ev.heatmaps.is_empty(), "{ev:?}");
+        assert_eq!(ix.bytes(), 40);
+    }
+
+    #[test]
+    fn a_heatmap_that_does_not_fit_is_not_written_and_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path(), 100, 1 << 20).unwrap();
+        let big = vec![0u8; 2 << 20];
+        let seq = ob.push("id", br#"{"id":"id"}"#, Some(&big)).unwrap().unwrap();
+        assert_eq!(ob.dropped_heatmaps(), 1);
+        assert_eq!(ob.dropped(), 0);
+        assert!(ob.read(seq).unwrap().unwrap().heatmap.is_none());
+        assert!(!dir.path().join(format!("{seq:016}.jpg")).exists());
     }
 
     #[test]

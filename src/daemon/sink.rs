@@ -56,6 +56,9 @@ impl ResultSink {
             .outbox_pending
             .store(ob.index().len(), Ordering::Relaxed);
         self.stats.outbox_dropped.store(ob.dropped(), Ordering::Relaxed);
+        self.stats
+            .heatmaps_dropped
+            .store(ob.dropped_heatmaps(), Ordering::Relaxed);
         drop(ob);
         match record.verdict {
             Verdict::Pass => self.stats.passed.fetch_add(1, Ordering::Relaxed),

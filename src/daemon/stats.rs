@@ -34,6 +34,9 @@ pub struct Stats {
     pub outbox_pending: AtomicUsize,
     /// Results dropped from a full outbox.
     pub outbox_dropped: AtomicU64,
+    /// Heatmaps dropped (outbox full, or larger than the MQTT packet limit);
+    /// their results were published saying so.
+    pub heatmaps_dropped: AtomicU64,
     /// Outbox entries that could not be read, moved to `outbox/quarantine/`.
     pub outbox_quarantined: AtomicU64,
     inspect_ms: Mutex<VecDeque<f64>>,
@@ -55,6 +58,7 @@ impl Default for Stats {
             outbox_pending: AtomicUsize::new(0),
             outbox_dropped: AtomicU64::new(0),
             outbox_quarantined: AtomicU64::new(0),
+            heatmaps_dropped: AtomicU64::new(0),
             inspect_ms: Mutex::new(VecDeque::new()),
             latency_ms: Mutex::new(VecDeque::new()),
         }
@@ -108,6 +112,7 @@ impl Stats {
             "outbox_pending": self.outbox_pending.load(Ordering::Relaxed),
             "outbox_dropped": g(&self.outbox_dropped),
             "outbox_quarantined": g(&self.outbox_quarantined),
+            "heatmaps_dropped": g(&self.heatmaps_dropped),
             "inspect_ms": percentiles(&self.inspect_ms),
             "latency_ms": percentiles(&self.latency_ms),
         })
