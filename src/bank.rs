@@ -7,7 +7,10 @@
 //! from, score statistics, the heatmap colour scale and the creation time.
 //!
 //! Serialisation is pure (`to_bytes` / `from_bytes`); the metadata carries a
-//! sha256 of the tensor data so a bank altered after writing is refused.
+//! sha256 of the tensor data and one of the metadata with it, so a bank
+//! altered after writing (a flipped byte, a threshold edited by hand) is
+//! refused. A threshold is changed where it is used (`inspect --threshold`,
+//! the daemon's `model.threshold`), never in the bank.
 //!
 //! | tensor | shape |
 //! |---|---|
@@ -26,8 +29,9 @@ use sha2::{Digest, Sha256};
 
 use crate::winclip::{Config, References, TextPrototypes};
 
-/// The bank format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The bank format this build writes and reads (2: the checksum covers the
+/// metadata too).
+pub const FORMAT_VERSION: u32 = 2;
 /// Value of the `format` metadata key.
 pub const FORMAT_NAME: &str = "winclip-edge-bank";
 
@@ -47,6 +51,18 @@ pub enum Error {
         /// Recorded hash.
         expected: String,
         /// Hash of the data found.
+        actual: String,
+    },
+    /// The metadata does not match its recorded checksum: edited after writing.
+    #[error(
+        "bank metadata was changed after the bank was written (its sha256 {actual} does not match the \
+         recorded {expected}); a threshold belongs in the daemon's model.threshold or `inspect --threshold`, \
+         anything else needs the bank rebuilt with `winclip-edge bank`"
+    )]
+    Tampered {
+        /// Recorded hash.
+        expected: String,
+        /// Hash of the metadata found.
         actual: String,
     },
     /// Metadata and tensors disagree.
@@ -242,6 +258,7 @@ impl Bank {
         let metadata = HashMap::from([
             ("format".to_string(), FORMAT_NAME.to_string()),
             ("format_version".to_string(), FORMAT_VERSION.to_string()),
+            ("sha256".to_string(), meta_hash(&meta, &data_sha256)),
             ("meta".to_string(), meta),
             ("data_sha256".to_string(), data_sha256),
         ]);
@@ -283,8 +300,15 @@ impl Bank {
                 md.get("format_version")
             )));
         }
-        let meta: Meta = serde_json::from_str(md.get("meta").map(String::as_str).unwrap_or(""))
-            .map_err(|e| Error::Inconsistent(format!("metadata: {e}")))?;
+        let meta_text = md.get("meta").map(String::as_str).unwrap_or("");
+        let data_sha256 = md.get("data_sha256").cloned().unwrap_or_default();
+        let expected = md.get("sha256").cloned().unwrap_or_default();
+        let actual = meta_hash(meta_text, &data_sha256);
+        if actual != expected {
+            return Err(Error::Tampered { expected, actual });
+        }
+        let meta: Meta =
+            serde_json::from_str(meta_text).map_err(|e| Error::Inconsistent(format!("metadata: {e}")))?;
 
         let mut tensors = Vec::new();
         for (name, view) in st.tensors() {
@@ -305,9 +329,11 @@ impl Bank {
         }
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         let actual = data_hash(&tensors);
-        let expected = md.get("data_sha256").cloned().unwrap_or_default();
-        if actual != expected {
-            return Err(Error::Checksum { expected, actual });
+        if actual != data_sha256 {
+            return Err(Error::Checksum {
+                expected: data_sha256,
+                actual,
+            });
         }
         let take = |name: &str| -> Result<ArrayD<f32>, Error> {
             tensors
@@ -435,6 +461,16 @@ impl Bank {
         }
         Ok(())
     }
+}
+
+/// The checksum over the metadata: its JSON text as stored, and the tensor
+/// data's checksum.
+fn meta_hash(meta: &str, data_sha256: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(meta.as_bytes());
+    h.update([0]);
+    h.update(data_sha256.as_bytes());
+    hex::encode(h.finalize())
 }
 
 fn data_hash(tensors: &[(String, ArrayD<f32>)]) -> String {
@@ -665,6 +701,26 @@ mod tests {
         bytes[last] ^= 0x40;
         let err = Bank::from_bytes(&bytes).unwrap_err();
         assert!(matches!(err, Error::Checksum { .. }), "{err}");
+    }
+
+    /// Issue #16, finding 12: metadata edits were accepted.
+    #[test]
+    fn a_threshold_or_object_edited_by_hand_is_refused() {
+        let bytes = bank(1).to_bytes().unwrap();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        for (from, to) in [
+            (r#"\"threshold\":0.5"#, r#"\"threshold\":0.9"#),
+            ("bottle", "bolter"),
+        ] {
+            let at = text
+                .find(from)
+                .unwrap_or_else(|| panic!("{from} not in the header"));
+            let mut edited = bytes.clone();
+            edited[at..at + to.len()].copy_from_slice(to.as_bytes());
+            let err = Bank::from_bytes(&edited).unwrap_err();
+            assert!(matches!(err, Error::Tampered { .. }), "{from}: {err}");
+            assert!(err.to_string().contains("model.threshold"), "{err}");
+        }
     }
 
     #[test]

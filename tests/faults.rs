@@ -295,3 +295,231 @@ fn an_embedded_broker_beyond_loopback_needs_credentials_or_an_explicit_yes() {
     });
     assert!(!st.log().contains("s3cret"));
 }
+
+/// Finding 12: `check-config` said OK for corrupt packs that `run` then
+/// refused, and a bank whose threshold was edited by hand was accepted.
+#[test]
+fn check_config_checks_what_run_checks_and_an_edited_bank_is_refused_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = Station::new(dir.path(), Some(1883), "");
+    let pack = dir.path().join("pack");
+    crate::util::copy_dir(&crate::util::tiny_pack(), &pack);
+    let bank = dir.path().join("edited.bank");
+    std::fs::copy(crate::station::make_bank(), &bank).unwrap();
+    let text = std::fs::read_to_string(&st.config).unwrap();
+    let text = text
+        .replace(
+            &crate::util::tiny_pack().display().to_string(),
+            &pack.display().to_string(),
+        )
+        .replace(
+            &crate::station::make_bank().display().to_string(),
+            &bank.display().to_string(),
+        );
+    std::fs::write(&st.config, text).unwrap();
+    let check = || {
+        bin()
+            .args(["check-config", "--config"])
+            .arg(&st.config)
+            .output()
+            .unwrap()
+    };
+    let o = check();
+    assert!(o.status.success(), "{}", crate::util::text(&o));
+
+    // One flipped byte inside the encoder: refused by check-config as by run.
+    let encoder = pack.join("encoder.onnx");
+    let good = std::fs::read(&encoder).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x01;
+    std::fs::write(&encoder, &bad).unwrap();
+    let o = check();
+    assert_eq!(o.status.code(), Some(2), "{}", crate::util::text(&o));
+    assert!(
+        crate::util::text(&o).contains("encoder.onnx"),
+        "{}",
+        crate::util::text(&o)
+    );
+    let o = bin().args(["run", "--config"]).arg(&st.config).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    std::fs::write(&encoder, &good).unwrap();
+
+    // The threshold edited by hand in the bank's metadata.
+    let bytes = std::fs::read(&bank).unwrap();
+    let header = String::from_utf8_lossy(&bytes).into_owned();
+    let at = header
+        .find("\\\"threshold\\\":0.")
+        .expect("a threshold in the header");
+    let digit = at + "\\\"threshold\\\":0.".len();
+    let mut edited = bytes.clone();
+    edited[digit] = if edited[digit] == b'9' { b'1' } else { b'9' };
+    std::fs::write(&bank, &edited).unwrap();
+    let o = check();
+    assert_eq!(o.status.code(), Some(2), "{}", crate::util::text(&o));
+    assert!(
+        crate::util::text(&o).contains("changed after the bank was written"),
+        "{}",
+        crate::util::text(&o)
+    );
+    let o = bin()
+        .args(["inspect", "--model"])
+        .arg(&pack)
+        .arg("--bank")
+        .arg(&bank)
+        .arg(fixture("queries/good.png"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(crate::util::text(&o).contains("changed after the bank was written"));
+}
+
+/// A JPEG of a fixture picture.
+fn jpeg_of(name: &str) -> Vec<u8> {
+    let img = image::open(fixture(name)).unwrap().to_rgb8();
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Jpeg)
+        .unwrap();
+    out
+}
+
+/// Drop `bytes` under `name` the way cameras do (temporary name, rename).
+fn drop_bytes(st: &Station, bytes: &[u8], name: &str) {
+    let tmp = st.dir.join("in").join(format!(".{name}.part"));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, st.dir.join("in").join(name)).unwrap();
+}
+
+/// Finding 5: JPEGs cut short got verdicts (pass for a 90 % file).
+#[test]
+fn a_truncated_picture_gets_an_error_never_a_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let sub = Subscriber::start(dir.path(), broker.port, "winclip/#");
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    st.start();
+    let jpg = jpeg_of("queries/good.png");
+    for percent in [50, 90, 99] {
+        drop_bytes(
+            &st,
+            &jpg[..jpg.len() * percent / 100],
+            &format!("cut{percent}.jpg"),
+        );
+    }
+    drop_bytes(&st, &jpg, "whole.jpg");
+    wait_for(120, "four results", || {
+        (files_seen(&sub).len() == 4).then_some(())
+    });
+    for r in sub.results() {
+        if file_name(&r) == "whole.jpg" {
+            assert!(r["verdict"] == "pass" || r["verdict"] == "fail", "{r}");
+        } else {
+            assert_eq!(r["verdict"], "error", "{r}");
+            assert!(r["error"].as_str().unwrap().contains("truncated"), "{r}");
+        }
+    }
+    assert!(st.dir.join("in/failed/cut90.jpg").exists());
+}
+
+/// Finding 5, the settle rule: a writer that closes the file and opens it
+/// again to append (no rename) is waited for.
+#[test]
+fn a_file_written_in_two_steps_is_inspected_once_it_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let sub = Subscriber::start(dir.path(), broker.port, "winclip/#");
+    let mut st = Station::new(dir.path(), Some(broker.port), "settle_ms = 5000");
+    st.start();
+    wait_for(60, "the daemon to be ready", || {
+        st.log().contains("ready").then_some(())
+    });
+    let jpg = jpeg_of("queries/hole.png");
+    let path = st.dir.join("in/two-steps.jpg");
+    std::fs::write(&path, &jpg[..jpg.len() / 2]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(&jpg[jpg.len() / 2..]).unwrap();
+    drop(f);
+    wait_for(120, "its result", || {
+        files_seen(&sub).contains("two-steps.jpg").then_some(())
+    });
+    let results = sub.results();
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert!(
+        results[0]["verdict"] == "pass" || results[0]["verdict"] == "fail",
+        "{}",
+        results[0]
+    );
+}
+
+/// The daemon's peak resident memory, bytes.
+fn peak_rss(st: &Station) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", st.child.as_ref().unwrap().id())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// Finding 6: a 32 KB PNG declaring 16384 × 16384 pixels drove the daemon to
+/// 1 GB and was inspected; a 1.5 GiB non-image named `.png` was read whole.
+#[test]
+fn hostile_pictures_are_refused_before_they_cost_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let sub = Subscriber::start(dir.path(), broker.port, "winclip/#");
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    st.start();
+    // A real 1-pixel PNG whose header (CRC fixed) claims 16384 × 16384.
+    let mut png = Vec::new();
+    image::RgbImage::new(1, 1)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    png[16..20].copy_from_slice(&16_384u32.to_be_bytes());
+    png[20..24].copy_from_slice(&16_384u32.to_be_bytes());
+    let crc = {
+        let mut c = !0u32;
+        for &b in &png[12..29] {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    };
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    drop_bytes(&st, &png, "bomb.png");
+    // 1.5 GiB that takes no disk (sparse), renamed into place.
+    let tmp = st.dir.join("in/.huge.png.part");
+    std::fs::File::create(&tmp).unwrap().set_len(3 << 29).unwrap();
+    std::fs::rename(&tmp, st.dir.join("in/huge.png")).unwrap();
+    st.drop_file(&fixture("queries/good.png"), "fine.png");
+    wait_for(120, "three results", || {
+        (files_seen(&sub).len() == 3).then_some(())
+    });
+    for r in sub.results() {
+        match file_name(&r).as_str() {
+            "bomb.png" => {
+                assert_eq!(r["verdict"], "error");
+                assert!(
+                    r["error"]
+                        .as_str()
+                        .unwrap()
+                        .contains("16384 × 16384 pixels declared"),
+                    "{r}"
+                );
+            }
+            "huge.png" => {
+                assert_eq!(r["verdict"], "error");
+                assert!(r["error"].as_str().unwrap().contains("1536 MiB file"), "{r}");
+            }
+            _ => assert!(r["verdict"] == "pass" || r["verdict"] == "fail", "{r}"),
+        }
+    }
+    let peak = peak_rss(&st);
+    assert!(peak < 400 << 20, "peak resident memory {} MB", peak >> 20);
+}

@@ -1,11 +1,10 @@
-//! `winclip-edge check-config`: validate a configuration and show what it resolves to.
+//! `winclip-edge check-config`: validate a configuration and show what it resolves to;
+//! the model pack and the bank get the same checks as `run` (the model is loaded).
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::bank::Bank;
 use crate::config::{self, After, Broker, DirectorySource, GpioSource, Source};
-use crate::model::ModelPack;
 
 pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let c = match config::load(path) {
@@ -84,7 +83,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
     );
     for s in &c.sources {
         match s {
-            Source::Directory(DirectorySource { name, path, pattern, after }) => {
+            Source::Directory(DirectorySource { name, path, pattern, after, .. }) => {
                 let after = match after {
                     After::Move { done_dir, failed_dir } => {
                         format!("move to {} / {}", done_dir.display(), failed_dir.display())
@@ -100,49 +99,32 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
             ),
         }
     }
-    // The model pack and the bank must exist and belong together.
-    let mut ok = true;
-    match ModelPack::open_unverified(&c.model.pack) {
-        Ok(pack) => {
+    // The model pack and the bank: the very checks `run` makes (every file's
+    // sha256, the bank's checksums and its pack, the model loaded).
+    match crate::daemon::engine::load(&c.model) {
+        Ok(loaded) => {
+            let i = &loaded.inspector;
+            let m = i.model_ref();
             println!(
-                "model pack    {} (id {}, {})",
+                "model pack    {} (id {}, {}; verified and loaded)",
                 c.model.pack.display(),
-                pack.id(),
-                pack.manifest().source.model
+                m.id,
+                m.name
             );
-            match std::fs::read(&c.model.bank)
-                .map_err(anyhow::Error::from)
-                .and_then(|b| Ok(Bank::from_bytes(&b)?))
-            {
-                Ok(bank) => {
-                    let threshold = c.model.threshold.unwrap_or(bank.meta.threshold);
-                    println!(
-                        "bank          {} (id {}, {:?}, {} shots, threshold {threshold})",
-                        c.model.bank.display(),
-                        bank.id(),
-                        bank.meta.object,
-                        bank.meta.shots
-                    );
-                    if let Err(e) = bank.check_model(&crate::inspector::model_ref(&pack)) {
-                        eprintln!("error: {e}");
-                        ok = false;
-                    }
-                }
-                Err(e) => {
-                    eprintln!("error: bank {}: {e:#}", c.model.bank.display());
-                    ok = false;
-                }
-            }
+            println!(
+                "bank          {} (id {}, {:?}, {} shots, threshold {})",
+                c.model.bank.display(),
+                i.bank_id(),
+                i.bank().meta.object,
+                i.bank().meta.shots,
+                i.threshold()
+            );
+            println!("OK");
+            Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("error: {e}");
-            ok = false;
+            eprintln!("error: {e:#}");
+            Ok(ExitCode::from(super::EXIT_CONFIG))
         }
-    }
-    if ok {
-        println!("OK");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        Ok(ExitCode::from(super::EXIT_CONFIG))
     }
 }

@@ -122,6 +122,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 done_dir: incoming.join("done"),
                 failed_dir: incoming.join("failed"),
             },
+            settle: Duration::ZERO,
         })],
     );
     config.mqtt.broker = Broker::Embedded {

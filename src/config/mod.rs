@@ -123,6 +123,8 @@ pub struct Station {
     pub threads: usize,
     /// Jobs waiting for the inference worker.
     pub queue_capacity: usize,
+    /// What a picture may cost before it is refused unread.
+    pub limits: crate::imageio::Limits,
 }
 
 /// The model pack and bank to inspect with.
@@ -358,6 +360,10 @@ pub struct DirectorySource {
     pub pattern: Option<String>,
     /// What to do after inspection.
     pub after: After,
+    /// A file closed after writing is inspected once its size and time have
+    /// not changed for this long (for writers that close and reopen it);
+    /// zero: at once. Files renamed into place are always final.
+    pub settle: Duration,
 }
 
 /// A GPIO line that triggers a capture command.
@@ -415,6 +421,7 @@ impl Config {
                 state_dir,
                 threads: 0,
                 queue_capacity: DEFAULT_QUEUE_CAPACITY,
+                limits: crate::imageio::Limits::DEFAULT,
             },
             model,
             mqtt: Mqtt::new(
@@ -560,11 +567,21 @@ fn check_station(s: RawStation, base: &Path, r: &mut Report) -> Station {
     r.range("station.threads", threads, 0, MAX_THREADS);
     let queue_capacity = s.queue_capacity.unwrap_or(DEFAULT_QUEUE_CAPACITY);
     r.range("station.queue_capacity", queue_capacity, 1, 100_000);
+    let d = crate::imageio::Limits::DEFAULT;
+    let mb = s.max_image_mb.unwrap_or(d.max_bytes >> 20);
+    r.range("station.max_image_mb", mb, 1, 4096);
+    let mp = s.max_image_megapixels.unwrap_or(d.max_pixels / 1_000_000);
+    // 16384² is the most a side allows: 268 MP.
+    r.range("station.max_image_megapixels", mp, 1, 268);
     Station {
         name,
         state_dir: resolve(base, s.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into())),
         threads,
         queue_capacity,
+        limits: crate::imageio::Limits {
+            max_bytes: mb << 20,
+            max_pixels: mp * 1_000_000,
+        },
     }
 }
 
@@ -873,11 +890,14 @@ fn check_directory(s: RawSource, key: &str, i: usize, base: &Path, r: &mut Repor
             }
         }
     };
+    let settle_ms = s.settle_ms.unwrap_or(0);
+    r.range(&format!("{key}.settle_ms"), settle_ms, 0, 60_000);
     Some(Source::Directory(DirectorySource {
         name: s.name.unwrap_or_else(|| format!("dir{i}")),
         path,
         pattern: s.pattern,
         after,
+        settle: Duration::from_millis(settle_ms),
     }))
 }
 
@@ -958,6 +978,8 @@ impl From<&Config> for RawConfig {
                 state_dir: Some(c.station.state_dir.clone()),
                 threads: Some(c.station.threads),
                 queue_capacity: Some(c.station.queue_capacity),
+                max_image_mb: Some(c.station.limits.max_bytes >> 20),
+                max_image_megapixels: Some(c.station.limits.max_pixels / 1_000_000),
             },
             model: Some(RawModel {
                 pack: c.model.pack.clone(),
@@ -1023,6 +1045,7 @@ impl From<&Source> for RawSource {
                     after: Some(after),
                     done_dir,
                     failed_dir,
+                    settle_ms: Some(d.settle.as_millis() as u64),
                     ..RawSource::default()
                 }
             }
@@ -1293,6 +1316,7 @@ path = "/srv/drop"
                     path: odd.join("incoming"),
                     pattern: Some("*.png".into()),
                     after: After::Keep,
+                    settle: Duration::from_millis(250),
                 }),
                 Source::Gpio(GpioSource {
                     name: "trigger".into(),

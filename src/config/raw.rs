@@ -35,6 +35,10 @@ pub(super) struct RawStation {
     pub threads: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_capacity: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_image_mb: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_image_megapixels: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -160,6 +164,8 @@ pub(super) struct RawSource {
     pub done_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settle_ms: Option<u64>,
     // gpio
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chip: Option<PathBuf>,
@@ -206,6 +212,7 @@ impl RawSource {
             ("after", self.after.is_some()),
             ("done_dir", self.done_dir.is_some()),
             ("failed_dir", self.failed_dir.is_some()),
+            ("settle_ms", self.settle_ms.is_some()),
         ];
         set.into_iter().filter(|(_, s)| *s).map(|(k, _)| k).collect()
     }

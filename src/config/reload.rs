@@ -49,6 +49,8 @@ pub enum Change {
     StatsInterval,
     /// `[heatmap]`.
     Heatmap,
+    /// `station.max_image_mb`, `station.max_image_megapixels`.
+    ImageLimits,
     /// A `[[source]]` that was not there before: started.
     SourceAdded(String),
     /// A `[[source]]` that is gone: stopped.
@@ -91,6 +93,7 @@ impl std::fmt::Display for Change {
             Change::MqttPrefix => f.write_str("mqtt.prefix"),
             Change::StatsInterval => f.write_str("mqtt.stats_interval_secs"),
             Change::Heatmap => f.write_str("[heatmap]"),
+            Change::ImageLimits => f.write_str("station.max_image_mb / max_image_megapixels"),
             Change::SourceAdded(n) => write!(f, "source {n} (new)"),
             Change::SourceRemoved(n) => write!(f, "source {n} (removed)"),
             Change::SourceChanged(n) => write!(f, "source {n}"),
@@ -135,6 +138,7 @@ impl ReloadPlan {
         note(os.state_dir != ns.state_dir, Change::StateDir);
         note(os.threads != ns.threads, Change::Threads);
         note(os.queue_capacity != ns.queue_capacity, Change::QueueCapacity);
+        note(os.limits != ns.limits, Change::ImageLimits);
         note(old.outbox != new.outbox, Change::OutboxBounds);
         // The embedded broker is configured once, at start: its address,
         // whether it admits anonymous clients, the credentials it requires.

@@ -177,6 +177,8 @@ pub fn build(cfg: &DirectorySource, ctx: SourceContext, claims: &Claims) -> io::
     let watcher = Watcher {
         name: cfg.name.clone(),
         path: cfg.path.clone(),
+        settle: cfg.settle,
+        settling: Mutex::new(HashMap::new()),
         pattern,
         after: cfg.after.clone(),
         seen,
@@ -193,10 +195,22 @@ pub fn build(cfg: &DirectorySource, ctx: SourceContext, claims: &Claims) -> io::
     Ok(SourceHandle::new(&cfg.name, ctx.shutdown, vec![task]))
 }
 
+/// Size and modification time: what tells that a file is still being written.
+type Stamp = (u64, i64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))
+}
+
 /// A drop directory being watched.
 struct Watcher {
     name: String,
     path: PathBuf,
+    /// How long a closed file must stay unchanged before it is queued.
+    settle: std::time::Duration,
+    /// Files waiting to settle: their last stamp and since when it held.
+    settling: Mutex<HashMap<PathBuf, (Stamp, Instant)>>,
     pattern: Option<glob::Pattern>,
     after: After,
     seen: Option<Arc<SeenLog>>,
@@ -213,11 +227,18 @@ impl Watcher {
     /// Blocking: runs on its own thread.
     fn run(self, inotify: &Inotify) -> io::Result<()> {
         self.scan()?;
+        // While files settle, look at them often enough to see them settle.
+        let tick = if self.settle.is_zero() {
+            POLL
+        } else {
+            (self.settle / 4).clamp(std::time::Duration::from_millis(10), POLL)
+        };
         while !self.shutdown.is_cancelled() {
+            self.offer_settled()?;
             let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
             match poll(
                 &mut fds,
-                PollTimeout::try_from(POLL.as_millis() as i32).unwrap_or(PollTimeout::NONE),
+                PollTimeout::try_from(tick.as_millis() as i32).unwrap_or(PollTimeout::NONE),
             ) {
                 Ok(0) | Err(Errno::EINTR) => continue,
                 Ok(_) => {}
@@ -233,7 +254,14 @@ impl Watcher {
                 if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
                     rescan = true;
                 } else if let Some(name) = ev.name {
-                    self.offer(self.path.join(name))?;
+                    let path = self.path.join(name);
+                    // A file renamed into place is complete; one just closed
+                    // may be opened again by its writer.
+                    if ev.mask.contains(AddWatchFlags::IN_MOVED_TO) {
+                        self.offer(path)?;
+                    } else {
+                        self.arrived(path)?;
+                    }
                 }
             }
             if rescan {
@@ -251,7 +279,48 @@ impl Watcher {
             .collect();
         files.sort();
         for f in files {
-            self.offer(f)?;
+            self.arrived(f)?;
+        }
+        Ok(())
+    }
+
+    /// A file that may still be written: queue it now, or once it settled.
+    fn arrived(&self, path: PathBuf) -> io::Result<()> {
+        if self.settle.is_zero() {
+            return self.offer(path);
+        }
+        if let (Some(s), Ok(mut settling)) = (stamp(&path), self.settling.lock()) {
+            settling.insert(path, (s, Instant::now()));
+        }
+        Ok(())
+    }
+
+    /// Queue the files whose size and time held for the settle period.
+    fn offer_settled(&self) -> io::Result<()> {
+        let ready: Vec<PathBuf> = {
+            let Ok(mut settling) = self.settling.lock() else {
+                return Ok(());
+            };
+            let now = Instant::now();
+            let mut ready = Vec::new();
+            settling.retain(|path, (last, since)| match stamp(path) {
+                None => false, // gone
+                Some(s) if s != *last => {
+                    *last = s;
+                    *since = now;
+                    true
+                }
+                Some(_) if now.duration_since(*since) >= self.settle => {
+                    ready.push(path.clone());
+                    false
+                }
+                Some(_) => true,
+            });
+            ready.sort();
+            ready
+        };
+        for path in ready {
+            self.offer(path)?;
         }
         Ok(())
     }

@@ -237,6 +237,7 @@ impl Daemon {
         let (settings, settings_rx) = watch::channel(Settings {
             inspector: Some(Arc::new(o.loaded.inspector)),
             heatmap: config.heatmap,
+            limits: config.station.limits,
         });
         let (mqtt_settings, mqtt_rx) = watch::channel(config.mqtt.clone());
         let (mqtt_tx, control_rx) = mpsc::channel(4);
@@ -446,6 +447,7 @@ impl Daemon {
         self.settings.send_replace(Settings {
             inspector,
             heatmap: new.heatmap,
+            limits: new.station.limits,
         });
         self.mqtt_settings.send_if_modified(|m| {
             let changed = *m != new.mqtt;

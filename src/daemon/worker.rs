@@ -23,6 +23,7 @@ use crate::daemon::notify::Notifier;
 use crate::daemon::record::{inspection_id, timestamp, HeatmapInfo, ResultRecord, Verdict};
 use crate::daemon::sink::ResultSink;
 use crate::heatmap;
+use crate::imageio::{self, Limits};
 use crate::inspector::{self, Inspector};
 use crate::winclip::upsample;
 
@@ -33,6 +34,8 @@ pub struct Settings {
     pub inspector: Option<Arc<Inspector>>,
     /// Heatmap rendering.
     pub heatmap: Heatmap,
+    /// What a picture may cost.
+    pub limits: Limits,
 }
 
 /// The worker's state.
@@ -94,40 +97,64 @@ impl Worker {
             self.notifier.watchdog();
             self.wait_for_settings(tick);
         };
-        let Some(inspector) = settings.inspector else {
+        let Some(inspector) = settings.inspector.clone() else {
             return; // stopping: the job is dropped, its picture stays
         };
-        let outcome = self.inspect_file(&inspector, &settings.heatmap, &job);
+        let outcome = self.inspect_file(&inspector, &settings, &job);
         job.completion.complete(outcome);
     }
 
     /// Inspect and store.
-    fn inspect_file(&self, inspector: &Inspector, heatmap: &Heatmap, job: &Job) -> Outcome {
+    fn inspect_file(&self, inspector: &Inspector, settings: &Settings, job: &Job) -> Outcome {
         let path = &job.path;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let station = self.sink.station();
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                log::warn!("{} vanished before inspection", path.display());
-                return Outcome::Vanished;
-            }
+        let vanished = || {
+            log::warn!("{} vanished before inspection", path.display());
+            Outcome::Vanished
+        };
+        let before = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vanished(),
             Err(e) => {
                 let id = inspection_id(station, &job.source, &name, name.as_bytes());
                 let rec = self.file_error(job, id, format!("cannot read {}: {e}", path.display()));
                 return self.store(&rec, None, Outcome::Rejected);
             }
         };
+        // Identified by name and size where the content is not read.
+        let unread_id = || inspection_id(station, &job.source, &name, &before.len().to_le_bytes());
+        let bytes = match imageio::read_limited(path, &settings.limits) {
+            Ok(b) => b,
+            Err(imageio::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return vanished();
+            }
+            Err(e) => {
+                let rec = self.file_error(job, unread_id(), e.to_string());
+                return self.store(&rec, None, Outcome::Rejected);
+            }
+        };
+        let stamp = |m: &std::fs::Metadata| (m.len(), m.modified().ok());
+        let after = std::fs::metadata(path).ok();
+        if after.as_ref().map(stamp) != Some(stamp(&before)) || bytes.len() as u64 != before.len() {
+            let rec = self.file_error(
+                job,
+                unread_id(),
+                format!(
+                    "{} changed while it was read (still being written?): writers should write a \
+                     temporary name and rename it into place, or set the source's settle_ms",
+                    path.display()
+                ),
+            );
+            return self.store(&rec, None, Outcome::Rejected);
+        }
         let id = inspection_id(station, &job.source, &name, &bytes);
-        let captured_at = std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .ok()
-            .map(timestamp);
+        let captured_at = before.modified().ok().map(timestamp);
         let t0 = Instant::now();
-        let img = match crate::imageio::decode_rgb(&bytes, path) {
+        let img = match imageio::decode_rgb_within(&bytes, path, &settings.limits) {
             Ok(img) => img,
             Err(e) => {
                 let rec = self.file_error(job, id, e.to_string());
@@ -143,8 +170,8 @@ impl Worker {
             }
         };
         let t1 = Instant::now();
-        let (heat, info) = if heatmap.enabled {
-            render_heatmap(&img, &ins, inspector, heatmap, path)
+        let (heat, info) = if settings.heatmap.enabled {
+            render_heatmap(&img, &ins, inspector, &settings.heatmap, path)
         } else {
             (None, None)
         };
@@ -313,6 +340,7 @@ mod tests {
             let (settings, rx) = watch::channel(Settings {
                 inspector: (!paused).then(|| Arc::clone(&inspector)),
                 heatmap: Heatmap::default(),
+                limits: Limits::DEFAULT,
             });
             let (jobs, jobs_rx) = flume::bounded(8);
             let stop = CancellationToken::new();
@@ -432,6 +460,7 @@ mod tests {
                 side: 32,
                 quality: 50,
             },
+            limits: Limits::DEFAULT,
         });
         assert_eq!(rig.outcome(), Outcome::Judged);
         let r = &rig.results()[0];
