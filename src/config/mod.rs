@@ -579,8 +579,8 @@ fn check_station(s: RawStation, base: &Path, r: &mut Report) -> Station {
         threads,
         queue_capacity,
         limits: crate::imageio::Limits {
-            max_bytes: mb << 20,
-            max_pixels: mp * 1_000_000,
+            max_bytes: mb.saturating_mul(1 << 20),
+            max_pixels: mp.saturating_mul(1_000_000),
         },
     }
 }
@@ -601,7 +601,7 @@ fn check_model(m: Option<RawModel>, base: &Path, r: &mut Report) -> Model {
         threshold: m.threshold,
         early_exit: m.early_exit.unwrap_or(false),
         precision: m.precision.unwrap_or_default(),
-        memory_budget: budget_mb * 1_000_000,
+        memory_budget: budget_mb.saturating_mul(1_000_000),
     }
 }
 
@@ -682,12 +682,29 @@ fn check_mqtt(m: RawMqtt, station: &str, base: &Path, r: &mut Report) -> (Mqtt, 
             r.problem("mqtt.password_file and mqtt.password_credential are both set: choose one");
             None
         }
-        (Some(f), None) => Some(Secret::File(resolve(base, f))),
+        (Some(f), None) => {
+            if f.as_os_str().is_empty() {
+                r.problem("mqtt.password_file is empty: give the file that holds the password");
+            }
+            Some(Secret::File(resolve(base, f)))
+        }
         (None, Some(c)) => Some(Secret::Credential(c)),
         (None, None) => None,
     };
-    if password.is_some() && m.username.is_none() {
-        r.problem("a password is configured but mqtt.username is not");
+    match &password {
+        Some(Secret::Credential(c)) if c.is_empty() || c.contains('/') => {
+            r.problem(format!(
+                "mqtt.password_credential = {c:?}: give the name of a systemd credential (LoadCredential=NAME:...)"
+            ));
+        }
+        _ => {}
+    }
+    if let (Some(p), None) = (&password, &m.username) {
+        let key = match p {
+            Secret::File(_) => "mqtt.password_file",
+            Secret::Credential(_) => "mqtt.password_credential",
+        };
+        r.problem(format!("{key} is set but mqtt.username is not"));
     }
     let tls = match (m.tls.unwrap_or(false), m.ca_file) {
         (true, Some(ca)) => {
@@ -1403,6 +1420,95 @@ path = "/srv/drop"
         assert!(
             missing.is_empty(),
             "keys without \"Applies live\" or \"Needs a restart\": {missing:?}"
+        );
+    }
+}
+
+/// Issue #16, finding 11: mutants of the example configuration. Every one
+/// parses to a configuration or to problems naming the key; none panics.
+#[cfg(test)]
+mod mutants {
+    use super::*;
+
+    const VALUES: &[&str] = &[
+        "-1",
+        "0",
+        "1",
+        "100000",
+        "4294967296",
+        "18446744073709551615",
+        "1.5",
+        "nan",
+        "\"\"",
+        "\"x\"",
+        "\"/\"",
+        "true",
+        "[]",
+        "[\"\"]",
+        "{}",
+    ];
+
+    /// The example file with each key (set or commented out) given each value.
+    fn mutants() -> Vec<(String, String)> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/winclip-edge.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut out = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let bare = line.trim_start_matches('#').trim_start();
+            let Some((key, _)) = bare.split_once(" = ") else {
+                continue;
+            };
+            if key.is_empty() || !key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                continue;
+            }
+            for v in VALUES {
+                let mut m = lines.clone();
+                let new = format!("{key} = {v}");
+                m[i] = &new;
+                out.push((format!("{key} = {v}"), m.join("\n")));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn no_mutant_of_the_example_panics_and_every_refusal_names_its_key() {
+        let mutants = mutants();
+        assert!(mutants.len() > 600, "{} mutants", mutants.len());
+        let path = Path::new("/etc/winclip-edge/config.toml");
+        let mut refused = 0;
+        let mut unnamed = Vec::new();
+        for (what, text) in &mutants {
+            let key = what.split(" = ").next().unwrap();
+            match std::panic::catch_unwind(|| parse(text, path)) {
+                Err(_) => panic!("{what}: parsing panicked"),
+                Ok(Ok(c)) => {
+                    // What parses is usable: every duration and bound in range.
+                    let m = &c.config.mqtt;
+                    assert!(m.keep_alive >= Duration::from_secs(1), "{what}");
+                    assert!(m.stats_interval >= Duration::from_secs(1), "{what}");
+                    assert!(c.config.station.threads <= MAX_THREADS, "{what}");
+                    assert!(c.config.station.queue_capacity >= 1, "{what}");
+                }
+                Ok(Err(e)) => {
+                    refused += 1;
+                    let msg = e.to_string();
+                    if !msg.contains(key) {
+                        unnamed.push(format!("{what}: {msg}"));
+                    }
+                }
+            }
+        }
+        assert!(
+            unnamed.is_empty(),
+            "refusals that do not name their key:\n{}",
+            unnamed.join("\n")
+        );
+        assert!(
+            refused > mutants.len() / 2,
+            "{refused} of {} refused",
+            mutants.len()
         );
     }
 }
