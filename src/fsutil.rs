@@ -32,17 +32,101 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Image file extensions the inspector reads.
 pub const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "pnm", "ppm"];
 
-/// Whether `path` has an image extension and is not a hidden or temporary file.
+/// Whether `path` has an image extension and is not a hidden or temporary
+/// file. Works on the name's bytes: a name that is not UTF-8 is still a name.
 pub fn is_image_name(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(name) = path.file_name().map(OsStrExt::as_bytes) else {
         return false;
     };
-    if name.starts_with('.') || name.ends_with('~') {
+    if name.starts_with(b".") || name.ends_with(b"~") {
         return false;
     }
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    let Some(dot) = name.iter().rposition(|&b| b == b'.') else {
+        return false;
+    };
+    let ext = name[dot + 1..].to_ascii_lowercase();
+    IMAGE_EXTENSIONS.iter().any(|e| e.as_bytes() == ext.as_slice())
+}
+
+/// A file name as text that says exactly which bytes it has: valid UTF-8 as
+/// it is, every other byte and every control character as `\xNN`. Equal to
+/// the lossy form for ordinary names.
+pub fn escape_name(name: &std::ffi::OsStr) -> String {
+    use std::fmt::Write as _;
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for chunk in name.as_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '\\' {
+                for b in c.to_string().bytes() {
+                    let _ = write!(out, "\\x{b:02x}");
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
+/// The longest file name Linux file systems take, in bytes.
+const NAME_MAX: usize = 255;
+
+/// Move `file` into directory `dir` under its own name, or `<name>.<n>` for
+/// the first free `n` (a name too long for a suffix is shortened to fit):
+/// nothing already in `dir` is overwritten. Across file systems (EXDEV) the
+/// file is copied to a temporary name, fsynced, renamed into place and only
+/// then removed. Returns where it went.
+pub fn move_into(file: &Path, dir: &Path) -> io::Result<PathBuf> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let name = file
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?
+        .as_bytes();
+    fs::create_dir_all(dir)?;
+    for n in 0u32.. {
+        let suffix = if n == 0 { String::new() } else { format!(".{n}") };
+        let keep = name.len().min(NAME_MAX - suffix.len());
+        let mut candidate = name[..keep].to_vec();
+        candidate.extend_from_slice(suffix.as_bytes());
+        let dest = dir.join(std::ffi::OsString::from_vec(candidate));
+        if fs::symlink_metadata(&dest).is_ok() {
+            continue;
+        }
+        return match fs::rename(file, &dest) {
+            Ok(()) => Ok(dest),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
+                copy_into_place(file, &dest)?;
+                fs::remove_file(file)?;
+                Ok(dest)
+            }
+            Err(e) => Err(e),
+        };
+    }
+    unreachable!("u32 names run out")
+}
+
+/// Copy `from` to `dest` on another file system so that `dest` appears whole
+/// or not at all.
+fn copy_into_place(from: &Path, dest: &Path) -> io::Result<()> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".winclip-move.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut src = File::open(from)?;
+        let mut out = File::create(&tmp)?;
+        io::copy(&mut src, &mut out)?;
+        out.sync_all()?;
+        fs::rename(&tmp, dest)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Expand files and directories into a sorted list of image files
@@ -84,6 +168,64 @@ mod tests {
         assert!(!is_image_name(Path::new("a/.b.png")));
         assert!(!is_image_name(Path::new("a/b.png~")));
         assert!(!is_image_name(Path::new("a/b.txt")));
+        assert!(!is_image_name(Path::new("a/png")));
+    }
+
+    /// Issue #16, finding 8: a name that is not UTF-8 got no result.
+    #[test]
+    fn names_that_are_not_utf8_are_images_and_escape_exactly() {
+        use std::os::unix::ffi::OsStrExt;
+        let raw = std::ffi::OsStr::from_bytes(b"caf\xe9-\x01.png");
+        assert!(is_image_name(Path::new(raw)));
+        assert_eq!(escape_name(raw), "caf\\xe9-\\x01.png");
+        assert_eq!(escape_name(std::ffi::OsStr::new("plain é.png")), "plain é.png");
+        assert_ne!(
+            escape_name(std::ffi::OsStr::from_bytes(b"a\xff.png")),
+            escape_name(std::ffi::OsStr::from_bytes(b"a\xfe.png"))
+        );
+    }
+
+    /// Issue #16, finding 7: names collided in done/, long names could not take a suffix.
+    #[test]
+    fn moves_never_overwrite_and_long_names_are_shortened_to_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let done = dir.path().join("done");
+        let long = format!("{}.png", "x".repeat(251));
+        let mut dests = Vec::new();
+        for content in [b"1", b"2", b"3"] {
+            let f = dir.path().join(&long);
+            fs::write(&f, content).unwrap();
+            dests.push(move_into(&f, &done).unwrap());
+        }
+        assert_eq!(fs::read_dir(&done).unwrap().count(), 3);
+        for (d, content) in dests.iter().zip([b"1", b"2", b"3"]) {
+            assert_eq!(&fs::read(d).unwrap(), content);
+            assert!(d.file_name().unwrap().len() <= 255);
+        }
+        assert!(dests[2].to_string_lossy().ends_with(".2"));
+    }
+
+    #[test]
+    fn a_copy_across_file_systems_appears_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("a.png");
+        fs::write(&from, b"picture").unwrap();
+        let dest = dir.path().join("b.png");
+        copy_into_place(&from, &dest).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"picture");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "no temporary file left"
+        );
+        // Where /dev/shm is another file system, the real thing.
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            let other = tempfile::tempdir_in(shm).unwrap();
+            let moved = move_into(&from, other.path()).unwrap();
+            assert_eq!(fs::read(moved).unwrap(), b"picture");
+            assert!(!from.exists());
+        }
     }
 
     #[test]

@@ -523,3 +523,207 @@ fn hostile_pictures_are_refused_before_they_cost_memory() {
     let peak = peak_rss(&st);
     assert!(peak < 400 << 20, "peak resident memory {} MB", peak >> 20);
 }
+
+/// A tmpfs mounted for a test (root only, as CI runs); unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let o = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "this test mounts a tmpfs and must run as root (tests/run and CI do): {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Self(at.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Finding 7: a drop directory removed and created again, or a share
+/// mounted over it after start, was watched no more (0 of 3 results).
+#[test]
+fn a_drop_directory_removed_recreated_or_mounted_over_is_watched_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let sub = Subscriber::start(dir.path(), broker.port, "winclip/#");
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    st.start();
+    st.drop_file(&fixture("queries/good.png"), "a.png");
+    wait_for(120, "the first result", || {
+        files_seen(&sub).contains("a.png").then_some(())
+    });
+    let incoming = st.dir.join("in");
+    std::fs::remove_dir_all(&incoming).unwrap();
+    wait_for(60, "the source reported waiting in /stats", || {
+        last_stats(&sub)["sources"]["cam"]
+            .as_str()
+            .is_some_and(|s| s.contains("was removed"))
+            .then_some(())
+    });
+    std::fs::create_dir_all(&incoming).unwrap();
+    // A file that arrives while the directory is back but before the watch: the rescan finds it.
+    st.drop_file(&fixture("queries/hole.png"), "b.png");
+    wait_for(120, "a result from the new directory", || {
+        files_seen(&sub).contains("b.png").then_some(())
+    });
+    wait_for(60, "the source at work again", || {
+        last_stats(&sub)["sources"].get("cam").is_none().then_some(())
+    });
+    let _share = Tmpfs::mount(&incoming, "16m");
+    st.drop_file(&fixture("queries/scratch.png"), "c.png");
+    wait_for(120, "a result from the share mounted over it", || {
+        files_seen(&sub).contains("c.png").then_some(())
+    });
+    assert!(st.alive());
+}
+
+/// Finding 7: `done_dir` on another file system failed with EXDEV and the
+/// file was inspected again at every restart; a file that cannot be moved
+/// must not be inspected forever either.
+#[test]
+fn files_move_across_file_systems_and_one_that_cannot_move_is_inspected_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let sub = Subscriber::start(dir.path(), broker.port, "winclip/#");
+    let other = tempfile::tempdir_in("/dev/shm").unwrap();
+    let stat_dev = |p: &Path| std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(p).unwrap());
+    assert_ne!(
+        stat_dev(other.path()),
+        stat_dev(dir.path()),
+        "/dev/shm is another file system here"
+    );
+    let blocked = dir.path().join("blocked");
+    std::fs::write(&blocked, b"a file where failed/ should be").unwrap();
+    let mut st = Station::new(
+        dir.path(),
+        Some(broker.port),
+        &format!(
+            "done_dir = \"{}\"\nfailed_dir = \"{}\"",
+            other.path().display(),
+            blocked.join("failed").display()
+        ),
+    );
+    st.start();
+    st.drop_file(&fixture("queries/good.png"), "far.png");
+    std::fs::write(st.dir.join("in/stuck.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
+    wait_for(120, "both results", || {
+        (files_seen(&sub).len() == 2).then_some(())
+    });
+    wait_for(60, "far.png on the other file system", || {
+        other.path().join("far.png").is_file().then_some(())
+    });
+    assert!(!st.dir.join("in/far.png").exists());
+    assert!(
+        st.dir.join("in/stuck.png").exists(),
+        "it cannot be moved: it stays"
+    );
+    wait_for(60, "the failed move counted", || {
+        (last_stats(&sub)["after_errors"] == 1).then_some(())
+    });
+    // A restart does not inspect the file that stayed.
+    assert!(st.terminate().success());
+    st.start();
+    st.drop_file(&fixture("queries/hole.png"), "next.png");
+    wait_for(120, "the next result", || {
+        files_seen(&sub).contains("next.png").then_some(())
+    });
+    let stuck = sub
+        .results()
+        .iter()
+        .filter(|r| file_name(r) == "stuck.png")
+        .count();
+    assert_eq!(stuck, 1, "stuck.png was inspected again after the restart");
+}
+
+/// Finding 8: a name that is not valid UTF-8 got no result at all.
+#[test]
+fn a_file_name_that_is_not_utf8_gets_a_result_with_its_bytes_escaped() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let sub = Subscriber::start(dir.path(), broker.port, "winclip/#");
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    st.start();
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.png");
+    let tmp = st.dir.join("in/.tmp.part");
+    std::fs::copy(fixture("queries/good.png"), &tmp).unwrap();
+    std::fs::rename(&tmp, st.dir.join("in").join(name)).unwrap();
+    let r = wait_for(120, "its result", || sub.results().into_iter().next());
+    assert!(r["verdict"] == "pass" || r["verdict"] == "fail", "{r}");
+    assert!(r["file"].as_str().unwrap().ends_with("caf\u{fffd}.png"), "{r}");
+    assert!(
+        r["file_escaped"].as_str().unwrap().ends_with("caf\\xe9.png"),
+        "{r}"
+    );
+    wait_for(60, "moved to done/", || {
+        st.dir.join("in/done").join(name).is_file().then_some(())
+    });
+}
+
+/// Finding 4: with the state directory full, 288 of 400 files stayed in the
+/// drop directory after space came back, until a restart.
+#[test]
+fn with_the_state_directory_full_pictures_wait_and_are_retried_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let sub = Subscriber::start(dir.path(), broker.port, "winclip/#");
+    let _state = Tmpfs::mount(&dir.path().join("state"), "1m");
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    st.start();
+    wait_for(60, "the daemon to be ready", || {
+        st.log().contains("ready").then_some(())
+    });
+    // Fill the state directory to the last byte.
+    let filler = st.dir.join("state/filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k"])
+        .arg(format!("of={}", filler.display()))
+        .output()
+        .unwrap();
+    let names: Vec<String> = (0..4).map(|i| format!("full{i}.png")).collect();
+    for (i, n) in names.iter().enumerate() {
+        let src = ["queries/good.png", "queries/hole.png"][i % 2];
+        st.drop_file(&fixture(src), n);
+    }
+    wait_for(60, "the state directory reported full", || {
+        last_stats(&sub)["state_dir"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("full"))
+            .then_some(())
+    });
+    assert_eq!(
+        st.done(),
+        0,
+        "nothing leaves the drop directory without its result stored"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    wait_for(180, "every picture inspected once space returned", || {
+        let seen = files_seen(&sub);
+        names.iter().all(|n| seen.contains(n)).then_some(())
+    });
+    wait_for(60, "all moved", || (st.done() == names.len()).then_some(()));
+    let mut ids = std::collections::HashMap::new();
+    for r in sub.results() {
+        ids.entry(file_name(&r))
+            .or_insert_with(std::collections::HashSet::new)
+            .insert(r["id"].as_str().unwrap().to_string());
+    }
+    assert!(ids.values().all(|s| s.len() == 1), "one id per file: {ids:?}");
+    wait_for(60, "the state directory ok again", || {
+        (last_stats(&sub)["state_dir"] == "ok").then_some(())
+    });
+}

@@ -14,18 +14,20 @@ use std::io::{self, BufRead, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{After, DirectorySource};
 use crate::daemon::job::{Completion, Job, Outcome};
+use crate::daemon::sink::ResultSink;
 use crate::daemon::source::{SourceContext, SourceHandle};
-use crate::fsutil::is_image_name;
+use crate::fsutil::{escape_name, is_image_name};
 
 /// Paths queued for inspection and not yet done, so a rescan does not queue
 /// a file twice.
@@ -70,10 +72,9 @@ type FileKey = (String, u64, i64);
 
 fn key_of(path: &Path) -> io::Result<FileKey> {
     let m = std::fs::metadata(path)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    // Escaped: no tab or newline can break the log's lines, and names that
+    // are not UTF-8 stay distinct.
+    let name = path.file_name().map(escape_name).unwrap_or_default();
     Ok((name, m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))
 }
 
@@ -92,7 +93,7 @@ impl SeenLog {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let mut keys = HashSet::new();
+        let mut logged = HashSet::new();
         if let Ok(f) = File::open(path) {
             for line in io::BufReader::new(f).lines() {
                 let line = line?;
@@ -103,12 +104,18 @@ impl SeenLog {
                 let (Ok(size), Ok(mtime)) = (size.parse(), mtime.parse()) else {
                     continue;
                 };
-                let key: FileKey = (name.to_string(), size, mtime);
-                if key_of(&dir.join(name)).ok().as_ref() == Some(&key) {
-                    keys.insert(key);
-                }
+                logged.insert((name.to_string(), size, mtime));
             }
         }
+        // Only files still there, unchanged, stay recorded.
+        let keys: HashSet<FileKey> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(|e| key_of(&e.ok()?.path()).ok())
+                .filter(|k| logged.contains(k))
+                .collect(),
+            // Not there now (a share not mounted yet): keep every record.
+            Err(_) => logged,
+        };
         let mut text = String::new();
         for (n, s, m) in &keys {
             text.push_str(&format!("{n}\t{s}\t{m}\n"));
@@ -145,21 +152,16 @@ impl SeenLog {
     }
 }
 
-/// Start watching `cfg.path`. The watch and the record of kept files are set
-/// up before this returns, so a directory that cannot be watched is an error
-/// here, not a source that silently watches nothing.
+/// Start watching `cfg.path`. The watch and the record of inspected files
+/// are set up before this returns, so a directory that cannot be watched is
+/// an error here, not a source that silently watches nothing.
 pub fn build(cfg: &DirectorySource, ctx: SourceContext, claims: &Claims) -> io::Result<SourceHandle> {
     let fail =
         |what: &str, e: io::Error| io::Error::new(e.kind(), format!("source {}: {what}: {e}", cfg.name));
-    let seen = match cfg.after {
-        After::Keep => {
-            let log_path = ctx.state_dir.join("seen").join(format!("{}.log", cfg.name));
-            let log = SeenLog::open(&log_path, &cfg.path)
-                .map_err(|e| fail(&format!("record {}", log_path.display()), e))?;
-            Some(Arc::new(log))
-        }
-        _ => None,
-    };
+    // Kept files, and files whose move or delete failed: inspected once only.
+    let log_path = ctx.state_dir.join("seen").join(format!("{}.log", cfg.name));
+    let seen = SeenLog::open(&log_path, &cfg.path)
+        .map_err(|e| fail(&format!("record {}", log_path.display()), e))?;
     let pattern = match cfg.pattern.as_deref().map(glob::Pattern::new).transpose() {
         Ok(p) => p,
         Err(e) => return Err(fail("pattern", io::Error::other(e))),
@@ -167,12 +169,8 @@ pub fn build(cfg: &DirectorySource, ctx: SourceContext, claims: &Claims) -> io::
     std::fs::create_dir_all(&cfg.path).map_err(|e| fail(&cfg.path.display().to_string(), e))?;
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
         .map_err(|e| fail("inotify", e.into()))?;
-    inotify
-        .add_watch(
-            &cfg.path,
-            AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_ONLYDIR,
-        )
-        .map_err(|e| fail(&format!("watching {}", cfg.path.display()), e.into()))?;
+    let watch =
+        Watch::add(&inotify, &cfg.path).map_err(|e| fail(&format!("watching {}", cfg.path.display()), e))?;
     log::info!("source {}: watching {}", cfg.name, cfg.path.display());
     let watcher = Watcher {
         name: cfg.name.clone(),
@@ -181,15 +179,21 @@ pub fn build(cfg: &DirectorySource, ctx: SourceContext, claims: &Claims) -> io::
         settling: Mutex::new(HashMap::new()),
         pattern,
         after: cfg.after.clone(),
-        seen,
+        seen: Arc::new(seen),
         queued: claims.of(&cfg.path),
+        retry: Arc::new(Retry::default()),
         jobs: ctx.jobs,
+        sink: ctx.sink,
         shutdown: ctx.shutdown.clone(),
     };
     let name = cfg.name.clone();
     let task = tokio::task::spawn_blocking(move || {
-        if let Err(e) = watcher.run(&inotify) {
+        if let Err(e) = watcher.run(&inotify, watch) {
             log::error!("source {name} stopped: {e}");
+            watcher
+                .sink
+                .stats()
+                .set_source_problem(&name, Some(format!("stopped: {e}")));
         }
     });
     Ok(SourceHandle::new(&cfg.name, ctx.shutdown, vec![task]))
@@ -203,38 +207,190 @@ fn stamp(path: &Path) -> Option<Stamp> {
     Some((m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))
 }
 
+/// The inotify watch of the directory, and which directory it is on: a
+/// share mounted over the path later is another directory (device, inode).
+struct Watch {
+    wd: WatchDescriptor,
+    dir: (u64, u64),
+}
+
+impl Watch {
+    fn add(inotify: &Inotify, path: &Path) -> io::Result<Self> {
+        let wd = inotify
+            .add_watch(
+                path,
+                AddWatchFlags::IN_CLOSE_WRITE
+                    | AddWatchFlags::IN_MOVED_TO
+                    | AddWatchFlags::IN_DELETE_SELF
+                    | AddWatchFlags::IN_MOVE_SELF
+                    | AddWatchFlags::IN_ONLYDIR,
+            )
+            .map_err(io::Error::from)?;
+        let m = std::fs::metadata(path)?;
+        Ok(Self {
+            wd,
+            dir: (m.dev(), m.ino()),
+        })
+    }
+
+    /// Whether `path` is still the directory watched.
+    fn still_at(&self, path: &Path) -> bool {
+        std::fs::metadata(path).is_ok_and(|m| m.is_dir() && (m.dev(), m.ino()) == self.dir)
+    }
+}
+
+/// Retrying files whose result could not be stored (state directory full):
+/// a rescan after a delay that doubles while it goes on.
+#[derive(Debug)]
+struct Retry(Mutex<RetryState>);
+
+#[derive(Debug)]
+struct RetryState {
+    due: Option<Instant>,
+    delay: Duration,
+}
+
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self(Mutex::new(RetryState {
+            due: None,
+            delay: RETRY_FIRST,
+        }))
+    }
+}
+
+impl Retry {
+    /// A result could not be stored: rescan later.
+    fn failed(&self) {
+        if let Ok(mut r) = self.0.lock() {
+            if r.due.is_none() {
+                r.due = Some(Instant::now() + r.delay);
+                r.delay = (r.delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+
+    /// A result was stored: the next failure retries soon again.
+    fn succeeded(&self) {
+        if let Ok(mut r) = self.0.lock() {
+            r.delay = RETRY_FIRST;
+        }
+    }
+
+    /// Whether a rescan is due now (it is then no longer pending).
+    fn take_due(&self) -> bool {
+        self.0.lock().is_ok_and(|mut r| match r.due {
+            Some(t) if Instant::now() >= t => {
+                r.due = None;
+                true
+            }
+            _ => false,
+        })
+    }
+}
+
 /// A drop directory being watched.
 struct Watcher {
     name: String,
     path: PathBuf,
     /// How long a closed file must stay unchanged before it is queued.
-    settle: std::time::Duration,
+    settle: Duration,
     /// Files waiting to settle: their last stamp and since when it held.
     settling: Mutex<HashMap<PathBuf, (Stamp, Instant)>>,
     pattern: Option<glob::Pattern>,
     after: After,
-    seen: Option<Arc<SeenLog>>,
+    seen: Arc<SeenLog>,
     queued: Queued,
+    retry: Arc<Retry>,
     jobs: flume::Sender<Job>,
+    sink: ResultSink,
     shutdown: CancellationToken,
 }
 
 /// How often a blocked watcher checks whether it should stop.
-const POLL: std::time::Duration = std::time::Duration::from_millis(250);
+const POLL: Duration = Duration::from_millis(250);
+/// How often the watcher checks that the path is still the directory it watches.
+const CHECK_DIR: Duration = Duration::from_secs(1);
+
+/// Why watching stopped.
+enum Stop {
+    Shutdown,
+    /// The directory is gone (removed, moved away, unmounted) or another
+    /// one is now at its path (a share mounted over it).
+    Lost(&'static str),
+}
 
 impl Watcher {
-    /// Watch until shut down; `Err` when the directory cannot be read any more.
+    /// Watch until shut down, watching again whenever the directory goes
+    /// and comes back; `Err` when it cannot be read any more.
     /// Blocking: runs on its own thread.
-    fn run(self, inotify: &Inotify) -> io::Result<()> {
+    fn run(&self, inotify: &Inotify, mut watch: Watch) -> io::Result<()> {
+        loop {
+            match self.watch(inotify, &watch)? {
+                Stop::Shutdown => return Ok(()),
+                Stop::Lost(why) => {
+                    let _ = inotify.rm_watch(watch.wd);
+                    let problem = format!("drop directory {} {why}; waiting for it", self.path.display());
+                    log::error!("source {}: {problem}", self.name);
+                    self.sink.stats().set_source_problem(&self.name, Some(problem));
+                    let Some(w) = self.wait_for_directory(inotify) else {
+                        return Ok(());
+                    };
+                    watch = w;
+                    log::warn!(
+                        "source {}: watching {} again; looking for files that arrived meanwhile",
+                        self.name,
+                        self.path.display()
+                    );
+                    self.sink.stats().set_source_problem(&self.name, None);
+                }
+            }
+        }
+    }
+
+    /// Wait (until shutdown) for a directory at the path, and watch it.
+    fn wait_for_directory(&self, inotify: &Inotify) -> Option<Watch> {
+        while !self.shutdown.is_cancelled() {
+            // Only an existing directory is watched again: the daemon does
+            // not create one under a share that failed to mount.
+            if self.path.is_dir() {
+                match Watch::add(inotify, &self.path) {
+                    Ok(w) => return Some(w),
+                    Err(e) => log::debug!("source {}: not watchable yet: {e}", self.name),
+                }
+            }
+            std::thread::sleep(POLL);
+        }
+        None
+    }
+
+    fn watch(&self, inotify: &Inotify, watch: &Watch) -> io::Result<Stop> {
         self.scan()?;
         // While files settle, look at them often enough to see them settle.
         let tick = if self.settle.is_zero() {
             POLL
         } else {
-            (self.settle / 4).clamp(std::time::Duration::from_millis(10), POLL)
+            (self.settle / 4).clamp(Duration::from_millis(10), POLL)
         };
+        let mut checked = Instant::now();
         while !self.shutdown.is_cancelled() {
             self.offer_settled()?;
+            if self.retry.take_due() {
+                log::info!(
+                    "source {}: retrying the files whose results could not be stored",
+                    self.name
+                );
+                self.scan()?;
+            }
+            if checked.elapsed() >= CHECK_DIR {
+                checked = Instant::now();
+                if !watch.still_at(&self.path) {
+                    return Ok(Stop::Lost("was replaced (a file system mounted over it?)"));
+                }
+            }
             let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
             match poll(
                 &mut fds,
@@ -253,6 +409,16 @@ impl Watcher {
             for ev in events {
                 if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
                     rescan = true;
+                } else if ev.wd != watch.wd {
+                    // An earlier watch of this directory, removed.
+                } else if ev.mask.contains(AddWatchFlags::IN_DELETE_SELF) {
+                    return Ok(Stop::Lost("was removed"));
+                } else if ev.mask.contains(AddWatchFlags::IN_MOVE_SELF) {
+                    return Ok(Stop::Lost("was moved away"));
+                } else if ev.mask.contains(AddWatchFlags::IN_UNMOUNT) {
+                    return Ok(Stop::Lost("was unmounted"));
+                } else if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
+                    return Ok(Stop::Lost("is no longer watched"));
                 } else if let Some(name) = ev.name {
                     let path = self.path.join(name);
                     // A file renamed into place is complete; one just closed
@@ -269,7 +435,7 @@ impl Watcher {
                 self.scan()?;
             }
         }
-        Ok(())
+        Ok(Stop::Shutdown)
     }
 
     /// Queue every eligible file, in name order.
@@ -329,11 +495,11 @@ impl Watcher {
         if !is_image_name(path) || !path.is_file() {
             return false;
         }
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if self.pattern.as_ref().is_some_and(|p| !p.matches(name)) {
+        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        if self.pattern.as_ref().is_some_and(|p| !p.matches(&name)) {
             return false;
         }
-        !self.seen.as_ref().is_some_and(|s| s.contains(path))
+        !self.seen.contains(path)
     }
 
     fn offer(&self, path: PathBuf) -> io::Result<()> {
@@ -350,8 +516,10 @@ impl Watcher {
             completion: Box::new(FileDone {
                 path,
                 after: self.after.clone(),
-                seen: self.seen.clone(),
+                seen: Arc::clone(&self.seen),
                 queued: self.queued.clone(),
+                retry: Arc::clone(&self.retry),
+                sink: self.sink.clone(),
             }),
         };
         // A full queue makes us wait: the files stay safely on disk meanwhile.
@@ -376,8 +544,10 @@ impl Watcher {
 struct FileDone {
     path: PathBuf,
     after: After,
-    seen: Option<Arc<SeenLog>>,
+    seen: Arc<SeenLog>,
     queued: Queued,
+    retry: Arc<Retry>,
+    sink: ResultSink,
 }
 
 impl Completion for FileDone {
@@ -385,11 +555,20 @@ impl Completion for FileDone {
         let inspected = match outcome {
             Outcome::Judged => true,
             Outcome::Rejected => false,
-            // Gone already, or its result is not stored: the file stays.
-            Outcome::Vanished | Outcome::NotStored => return,
+            Outcome::Vanished => return,
+            // The file stays; it is offered again after a delay.
+            Outcome::NotStored => return self.retry.failed(),
         };
-        if let Err(e) = after_action(&self.path, &self.after, self.seen.as_deref(), inspected) {
-            log::error!("after inspecting {}: {e}", self.path.display());
+        self.retry.succeeded();
+        if let Err(e) = after_action(&self.path, &self.after, &self.seen, inspected) {
+            self.sink.stats().after_errors.fetch_add(1, Ordering::Relaxed);
+            // Its result is stored: recorded, so it is not inspected again
+            // at every restart while it cannot be moved.
+            let recorded = match self.seen.record(&self.path) {
+                Ok(()) => "it stays and is recorded as inspected".to_string(),
+                Err(r) => format!("it stays, and cannot even be recorded ({r}): a restart inspects it again"),
+            };
+            log::error!("after inspecting {}: {e}; {recorded}", self.path.display());
         }
     }
 }
@@ -401,28 +580,17 @@ impl Drop for FileDone {
 }
 
 /// Move, delete or record a file whose result is stored.
-fn after_action(path: &Path, after: &After, seen: Option<&SeenLog>, inspected: bool) -> io::Result<()> {
+fn after_action(path: &Path, after: &After, seen: &SeenLog, inspected: bool) -> io::Result<()> {
     match after {
         After::Move { done_dir, failed_dir } => {
             let dir = if inspected { done_dir } else { failed_dir };
-            std::fs::create_dir_all(dir)?;
-            let name = path.file_name().unwrap_or_default();
-            let mut dest = dir.join(name);
-            let mut n = 1;
-            while dest.exists() {
-                dest = dir.join(format!("{}.{n}", name.to_string_lossy()));
-                n += 1;
-            }
-            std::fs::rename(path, dest)
+            crate::fsutil::move_into(path, dir).map(drop)
         }
         After::Delete => match std::fs::remove_file(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             r => r,
         },
-        After::Keep => match seen {
-            Some(log) => log.record(path),
-            None => Ok(()),
-        },
+        After::Keep => seen.record(path),
     }
 }
 

@@ -297,8 +297,9 @@ impl Daemon {
                 loop {
                     tokio::time::sleep(Duration::from_secs(10)).await;
                     let s = stats.snapshot(&station);
+                    let problems = stats.problems().map(|p| format!("; {p}")).unwrap_or_default();
                     notifier.status(&format!(
-                        "{} pass, {} fail, {} errors; queue {}, outbox {}",
+                        "{} pass, {} fail, {} errors; queue {}, outbox {}{problems}",
                         s["pass"], s["fail"], s["errors"], s["queue_depth"], s["outbox_pending"]
                     ));
                 }

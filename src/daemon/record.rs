@@ -42,8 +42,12 @@ pub struct ResultRecord {
     pub station: String,
     /// Source name.
     pub source: String,
-    /// Image file, when there is one.
+    /// Image file, when there is one (invalid UTF-8 replaced by U+FFFD).
     pub file: Option<String>,
+    /// The file's path with every byte that is not UTF-8 (and every control
+    /// character) written `\xNN`; only where that differs from `file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_escaped: Option<String>,
     /// GPIO trigger number (since start), for trigger sources.
     pub trigger: Option<u64>,
     /// When the image was written (file mtime), RFC 3339.

@@ -42,7 +42,26 @@ impl ResultSink {
     }
 
     /// Store a result (and its heatmap) durably, count it, wake the publisher.
+    /// A failure (state directory full) is counted and reported until a
+    /// result is stored again.
     pub fn store(&self, record: &ResultRecord, heatmap: Option<&[u8]>) -> std::io::Result<()> {
+        let stored = self.push(record, heatmap);
+        match &stored {
+            Ok(()) => self.stats.set_store_problem(None),
+            Err(e) => {
+                self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                let full = e.raw_os_error() == Some(nix::libc::ENOSPC);
+                self.stats.set_store_problem(Some(if full {
+                    format!("full ({e}); pictures wait and are retried")
+                } else {
+                    format!("cannot store results ({e}); pictures wait and are retried")
+                }));
+            }
+        }
+        stored
+    }
+
+    fn push(&self, record: &ResultRecord, heatmap: Option<&[u8]>) -> std::io::Result<()> {
         let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         let mut ob = self
             .outbox
@@ -82,6 +101,7 @@ impl ResultSink {
             station: self.station.clone(),
             source: source.to_string(),
             file: None,
+            file_escaped: None,
             trigger: None,
             captured_at: None,
             detected_at: timestamp(detected_at),

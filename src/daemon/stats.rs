@@ -1,6 +1,6 @@
 //! Counters and latency percentiles for `<prefix>/<station>/stats`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -39,6 +39,16 @@ pub struct Stats {
     pub heatmaps_dropped: AtomicU64,
     /// Outbox entries that could not be read, moved to `outbox/quarantine/`.
     pub outbox_quarantined: AtomicU64,
+    /// Results that could not be stored (state directory full or unwritable);
+    /// their pictures stay and are retried.
+    pub store_errors: AtomicU64,
+    /// Files whose after-action (move, delete) failed: left in place, recorded,
+    /// not inspected again.
+    pub after_errors: AtomicU64,
+    /// Why results cannot be stored now, while that lasts.
+    store_problem: Mutex<Option<String>>,
+    /// What each source is doing, where it is not simply at work.
+    sources: Mutex<BTreeMap<String, String>>,
     inspect_ms: Mutex<VecDeque<f64>>,
     latency_ms: Mutex<VecDeque<f64>>,
 }
@@ -59,6 +69,10 @@ impl Default for Stats {
             outbox_dropped: AtomicU64::new(0),
             outbox_quarantined: AtomicU64::new(0),
             heatmaps_dropped: AtomicU64::new(0),
+            store_errors: AtomicU64::new(0),
+            after_errors: AtomicU64::new(0),
+            store_problem: Mutex::new(None),
+            sources: Mutex::new(BTreeMap::new()),
             inspect_ms: Mutex::new(VecDeque::new()),
             latency_ms: Mutex::new(VecDeque::new()),
         }
@@ -95,6 +109,36 @@ impl Stats {
         push(&self.latency_ms, latency_ms);
     }
 
+    /// Results can (`None`) or cannot be stored, and why.
+    pub fn set_store_problem(&self, problem: Option<String>) {
+        if let Ok(mut p) = self.store_problem.lock() {
+            *p = problem;
+        }
+    }
+
+    /// Source `name` is at work (`None`) or in trouble (what it waits for).
+    pub fn set_source_problem(&self, name: &str, problem: Option<String>) {
+        if let Ok(mut s) = self.sources.lock() {
+            match problem {
+                Some(p) => s.insert(name.to_string(), p),
+                None => s.remove(name),
+            };
+        }
+    }
+
+    /// One line of what is wrong now (state directory, sources), for
+    /// `systemctl status`; `None` when nothing is.
+    pub fn problems(&self) -> Option<String> {
+        let mut out: Vec<String> = Vec::new();
+        if let Some(p) = self.store_problem.lock().ok().and_then(|p| p.clone()) {
+            out.push(format!("state dir: {p}"));
+        }
+        if let Ok(s) = self.sources.lock() {
+            out.extend(s.iter().map(|(n, p)| format!("source {n}: {p}")));
+        }
+        (!out.is_empty()).then(|| out.join("; "))
+    }
+
     /// The `/stats` JSON.
     pub fn snapshot(&self, station: &str) -> serde_json::Value {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -113,6 +157,10 @@ impl Stats {
             "outbox_dropped": g(&self.outbox_dropped),
             "outbox_quarantined": g(&self.outbox_quarantined),
             "heatmaps_dropped": g(&self.heatmaps_dropped),
+            "store_errors": g(&self.store_errors),
+            "after_errors": g(&self.after_errors),
+            "state_dir": self.store_problem.lock().ok().and_then(|p| p.clone()).unwrap_or_else(|| "ok".into()),
+            "sources": self.sources.lock().map(|s| json!(*s)).unwrap_or_default(),
             "inspect_ms": percentiles(&self.inspect_ms),
             "latency_ms": percentiles(&self.latency_ms),
         })

@@ -22,6 +22,7 @@ use crate::daemon::job::{Job, Outcome};
 use crate::daemon::notify::Notifier;
 use crate::daemon::record::{inspection_id, timestamp, HeatmapInfo, ResultRecord, Verdict};
 use crate::daemon::sink::ResultSink;
+use crate::fsutil::escape_name;
 use crate::heatmap;
 use crate::imageio::{self, Limits};
 use crate::inspector::{self, Inspector};
@@ -107,10 +108,8 @@ impl Worker {
     /// Inspect and store.
     fn inspect_file(&self, inspector: &Inspector, settings: &Settings, job: &Job) -> Outcome {
         let path = &job.path;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        // Exact (escaped) bytes: names that are not UTF-8 keep distinct ids.
+        let name = path.file_name().map(escape_name).unwrap_or_default();
         let station = self.sink.station();
         let vanished = || {
             log::warn!("{} vanished before inspection", path.display());
@@ -196,6 +195,7 @@ impl Worker {
             station: station.to_string(),
             source: job.source.clone(),
             file: Some(path.display().to_string()),
+            file_escaped: escaped_path(path),
             trigger: job.trigger,
             captured_at,
             detected_at: timestamp(job.detected_at),
@@ -226,6 +226,7 @@ impl Worker {
         log::warn!("{error}");
         let mut rec = self.sink.error_record(id, &job.source, job.detected_at, error);
         rec.file = Some(job.path.display().to_string());
+        rec.file_escaped = escaped_path(&job.path);
         rec.trigger = job.trigger;
         rec.latency_ms = round(job.detected.elapsed().as_secs_f64() * 1e3);
         rec
@@ -273,6 +274,12 @@ fn render_heatmap(
             (None, None)
         }
     }
+}
+
+/// `path` with its odd bytes escaped, where that differs from the lossy form.
+fn escaped_path(path: &Path) -> Option<String> {
+    let escaped = escape_name(path.as_os_str());
+    (escaped != path.to_string_lossy()).then_some(escaped)
 }
 
 fn round(x: f64) -> f64 {
