@@ -727,3 +727,54 @@ fn with_the_state_directory_full_pictures_wait_and_are_retried_when_space_return
         (last_stats(&sub)["state_dir"] == "ok").then_some(())
     });
 }
+
+/// Finding 14: another client with the station's client id knocked it off
+/// the broker 20 times in 20 s. The takeover is detected, counted, and not
+/// fought; once the other client is gone, results flow again.
+#[test]
+fn a_client_id_takeover_is_detected_and_not_fought() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let sub = Subscriber::start(dir.path(), broker.port, "winclip/#");
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    st.start();
+    wait_for(60, "connected", || {
+        st.log().contains("MQTT connected").then_some(())
+    });
+    let port = broker.port.to_string();
+    // The intruder connects with the station's default client id again and again.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let intruder = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::process::Command::new("mosquitto_sub")
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &port,
+                        "-i",
+                        &format!("winclip-edge-{STATION}"),
+                    ])
+                    .args(["-t", "nothing", "-W", "1"])
+                    .output();
+            }
+        })
+    };
+    wait_for(120, "the takeover detected", || {
+        st.log()
+            .contains("another client probably uses client id")
+            .then_some(())
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    intruder.join().unwrap();
+    st.drop_file(&fixture("queries/good.png"), "after.png");
+    wait_for(120, "results again once it is gone", || {
+        files_seen(&sub).contains("after.png").then_some(())
+    });
+    wait_for(60, "the takeover counted", || {
+        (last_stats(&sub)["mqtt_takeovers"].as_u64() >= Some(1)).then_some(())
+    });
+    assert!(st.alive());
+}

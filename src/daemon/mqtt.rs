@@ -31,6 +31,11 @@ use crate::daemon::topics::Topics;
 const WINDOW: usize = 32;
 /// How long a clean shutdown waits for pending results to be acknowledged.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection the broker closes this soon after accepting it, again and
+/// again, is most likely taken over by another client with our client id.
+const TAKEOVER_WINDOW: Duration = Duration::from_secs(30);
+/// Short sessions in a row that make a takeover.
+const TAKEOVER_SESSIONS: u32 = 3;
 
 /// Commands from the daemon.
 #[derive(Debug)]
@@ -115,11 +120,39 @@ impl Publisher {
         let mut config = self.settings.borrow_and_update().clone();
         let mut delivery = Delivery::new(WINDOW);
         let mut backoff = config.reconnect_min;
+        let mut short_sessions = 0u32;
         loop {
-            match self
-                .session(&mut config, &mut delivery, &mut control, &mut backoff)
-                .await
-            {
+            let mut connected_at = None;
+            let end = self
+                .session(&mut config, &mut delivery, &mut control, &mut connected_at)
+                .await;
+            if let End::Lost(why) = &end {
+                // A healthy session resets the backoff; one the broker ends
+                // at once, again and again, does not (no fight over an id).
+                match connected_at.map(|t: tokio::time::Instant| t.elapsed()) {
+                    Some(d) if d < TAKEOVER_WINDOW && why.contains("closed by peer") => {
+                        short_sessions += 1;
+                        if short_sessions >= TAKEOVER_SESSIONS {
+                            self.stats.mqtt_takeovers.fetch_add(1, Ordering::Relaxed);
+                            log::error!(
+                                "the broker closed the connection {short_sessions} times in a row within \
+                                 seconds of accepting it: another client probably uses client id {:?} (a \
+                                 second station with the same station.name, or a tool). Not fighting over \
+                                 it: reconnecting ever more slowly (up to {:?}). Give every client its own \
+                                 id, and bind ids to credentials with the broker's ACLs (README, MQTT)",
+                                config.client_id,
+                                config.reconnect_max
+                            );
+                        }
+                    }
+                    Some(_) => {
+                        short_sessions = 0;
+                        backoff = config.reconnect_min;
+                    }
+                    None => {}
+                }
+            }
+            match end {
                 End::Shutdown(done) => {
                     let _ = done.send(());
                     return;
@@ -156,7 +189,7 @@ impl Publisher {
         config: &mut Mqtt,
         delivery: &mut Delivery,
         control: &mut mpsc::Receiver<Control>,
-        backoff: &mut Duration,
+        connected_at: &mut Option<tokio::time::Instant>,
     ) -> End {
         let topics = Topics::new(&config.prefix, &self.station);
         let opts = match options(config, &topics) {
@@ -187,7 +220,7 @@ impl Publisher {
             topics: &topics,
             max_packet: config.max_packet_bytes,
         };
-        let end = self.connected(&mut conn, config, control, backoff).await;
+        let end = self.connected(&mut conn, config, control, connected_at).await;
         poller.abort();
         end
     }
@@ -197,7 +230,7 @@ impl Publisher {
         conn: &mut Connection<'_>,
         config: &mut Mqtt,
         control: &mut mpsc::Receiver<Control>,
-        backoff: &mut Duration,
+        connected_at: &mut Option<tokio::time::Instant>,
     ) -> End {
         // Wait for the broker to accept us.
         loop {
@@ -219,7 +252,7 @@ impl Publisher {
                 }
             }
         }
-        *backoff = config.reconnect_min;
+        *connected_at = Some(tokio::time::Instant::now());
         conn.delivery.reset();
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         log::info!("MQTT connected; publishing under {}", conn.topics.base());

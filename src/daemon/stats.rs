@@ -28,6 +28,9 @@ pub struct Stats {
     pub published: AtomicU64,
     /// Broker (re)connections.
     pub connections: AtomicU64,
+    /// Runs of connections the broker closed at once (another client with
+    /// the station's client id, most likely).
+    pub mqtt_takeovers: AtomicU64,
     /// Jobs waiting for the worker.
     pub queue_depth: AtomicUsize,
     /// Results pending in the outbox.
@@ -64,6 +67,7 @@ impl Default for Stats {
             busy_triggers: AtomicU64::new(0),
             published: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            mqtt_takeovers: AtomicU64::new(0),
             queue_depth: AtomicUsize::new(0),
             outbox_pending: AtomicUsize::new(0),
             outbox_dropped: AtomicU64::new(0),
@@ -152,6 +156,7 @@ impl Stats {
             "busy_triggers": g(&self.busy_triggers),
             "published": g(&self.published),
             "connections": g(&self.connections),
+            "mqtt_takeovers": g(&self.mqtt_takeovers),
             "queue_depth": self.queue_depth.load(Ordering::Relaxed),
             "outbox_pending": self.outbox_pending.load(Ordering::Relaxed),
             "outbox_dropped": g(&self.outbox_dropped),
