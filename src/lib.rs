@@ -18,6 +18,7 @@ pub mod config;
 pub mod daemon;
 pub mod eval;
 pub mod fsutil;
+mod fuzz;
 pub mod heatmap;
 pub mod imageio;
 pub mod inspector;

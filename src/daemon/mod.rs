@@ -37,7 +37,7 @@ pub mod topics;
 pub mod worker;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;

@@ -475,6 +475,11 @@ fn message(entry: &Entry, topics: &Topics) -> std::io::Result<Vec<u8>> {
     Ok(serde_json::to_vec(&json)?)
 }
 
+/// The JSON `entry` is published as under `prefix` for `station`.
+pub fn published(entry: &Entry, prefix: &str, station: &str) -> std::io::Result<Vec<u8>> {
+    message(entry, &Topics::new(prefix, station))
+}
+
 fn ticker(period: Duration) -> tokio::time::Interval {
     let mut t = tokio::time::interval(period);
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
