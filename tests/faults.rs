@@ -186,6 +186,16 @@ fn an_unreadable_outbox_entry_at_start_is_quarantined_and_the_station_starts() {
     });
 }
 
+/// A process killed when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Finding 9: two daemons on one state directory both ran, and delivered
 /// each other's results.
 #[test]
@@ -197,9 +207,21 @@ fn a_second_daemon_on_the_same_state_directory_is_refused() {
     wait_for(60, "the first daemon ready", || {
         st.log().contains("ready").then_some(())
     });
-    let o = bin().args(["run", "--config"]).arg(&st.config).output().unwrap();
-    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err_path = dir.path().join("second.log");
+    let mut second = Killed(
+        bin()
+            .args(["run", "--config"])
+            .arg(&st.config)
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // A second daemon that keeps running (both run) fails the wait.
+    let status = wait_for(60, "the second daemon to give up", || {
+        second.0.try_wait().unwrap()
+    });
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
     assert!(
         err.contains("already runs on state directory")
             && err.contains(&st.child.as_ref().unwrap().id().to_string()),
