@@ -119,7 +119,11 @@ pub enum ThresholdSource {
 }
 
 /// Threshold without calibration: the scores are probabilities of "anomalous".
+/// Right for zero-shot banks only; WinCLIP+ scores are not probabilities.
 pub const DEFAULT_THRESHOLD: f32 = 0.5;
+/// Fewest calibration pictures: below, the spread of good parts' scores is
+/// a guess and mean + 3σ means little.
+pub const MIN_CALIBRATION_IMAGES: usize = 5;
 /// Calibration rule: threshold = max(highest score, mean + SIGMAS · std).
 pub const DEFAULT_SIGMAS: f32 = 3.0;
 
@@ -213,6 +217,15 @@ pub struct Bank {
     pub references: Option<References>,
     /// Image scores of the calibration images.
     pub calibration_scores: Vec<f32>,
+}
+
+impl Meta {
+    /// A WinCLIP+ bank whose threshold is the zero-shot default 0.5: few-shot
+    /// scores sit far below it (0.25–0.31 with the tiny pack), so it would
+    /// pass every defect.
+    pub fn uncalibrated_few_shot(&self) -> bool {
+        self.shots > 0 && self.threshold_source == ThresholdSource::Default
+    }
 }
 
 impl Bank {

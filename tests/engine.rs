@@ -125,6 +125,23 @@ fn scores_and_maps_match_the_pytorch_reference_for_0_1_2_4_shots() {
     );
 }
 
+/// `n` synthetic pictures of good parts in `dir/good/` (none is a fixture shot).
+fn good_pictures(dir: &Path, n: usize) -> PathBuf {
+    let o = run(&[
+        "synth",
+        "--out",
+        dir.to_str().unwrap(),
+        "--good",
+        &n.to_string(),
+        "--bad",
+        "0",
+        "--size",
+        "240",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    dir.join("good")
+}
+
 fn bank_cmd(dir: &Path, extra: &[&str]) -> PathBuf {
     let out = dir.join("b.bank");
     let pack = tiny_pack();
@@ -148,11 +165,7 @@ fn bank_cmd(dir: &Path, extra: &[&str]) -> PathBuf {
 fn bank_then_inspect_writes_json_maps_and_heatmaps() {
     let dir = tempfile::tempdir().unwrap();
     let shots = fixtures().join("shots");
-    let calib = dir.path().join("calib");
-    std::fs::create_dir(&calib).unwrap();
-    for i in 2..4 {
-        std::fs::copy(shots.join(format!("{i:03}.png")), calib.join(format!("{i}.png"))).unwrap();
-    }
+    let calib = good_pictures(&dir.path().join("calib"), 5);
     let s0 = shots.join("000.png");
     let s1 = shots.join("001.png");
     let bank = bank_cmd(
@@ -168,8 +181,8 @@ fn bank_then_inspect_writes_json_maps_and_heatmaps() {
     let b = Bank::from_bytes(&std::fs::read(&bank).unwrap()).unwrap();
     assert_eq!(b.meta.shots, 2);
     assert_eq!(b.meta.shot_files[1].name, "001.png");
-    assert_eq!(b.meta.calibration.as_ref().unwrap().images, 2);
-    assert_eq!(b.calibration_scores.len(), 2);
+    assert_eq!(b.meta.calibration.as_ref().unwrap().images, 5);
+    assert_eq!(b.calibration_scores.len(), 5);
     // The calibration rule: every calibration image passes.
     assert!(b.calibration_scores.iter().all(|s| *s <= b.meta.threshold));
 
@@ -232,15 +245,10 @@ fn bank_then_inspect_writes_json_maps_and_heatmaps() {
     assert!(thumb.width() <= 256 && thumb.height() <= 256);
 }
 
-/// A one-shot bank (shot 000) calibrated on the fixture shots `calib`.
-fn calibrated_bank(dir: &Path, calib: &[usize]) -> PathBuf {
-    let shots = fixtures().join("shots");
-    let cdir = dir.join("calib");
-    std::fs::create_dir_all(&cdir).unwrap();
-    for i in calib {
-        std::fs::copy(shots.join(format!("{i:03}.png")), cdir.join(format!("{i}.png"))).unwrap();
-    }
-    let s0 = shots.join("000.png");
+/// A one-shot bank (shot 000) calibrated on `n` synthetic good pictures.
+fn calibrated_bank(dir: &Path, n: usize) -> PathBuf {
+    let cdir = good_pictures(&dir.join("calib"), n);
+    let s0 = fixtures().join("shots/000.png");
     bank_cmd(
         dir,
         &[
@@ -288,10 +296,10 @@ fn inspect_hole(bank: &Path, options: &[&str]) -> Result<serde_json::Value, Stri
 #[test]
 fn early_exit_passes_clear_parts_after_one_pass_and_needs_a_calibrated_rule() {
     let dir = tempfile::tempdir().unwrap();
-    let bank = calibrated_bank(dir.path(), &[1, 2, 3]);
+    let bank = calibrated_bank(dir.path(), 5);
     let b = Bank::from_bytes(&std::fs::read(&bank).unwrap()).unwrap();
     let rule = b.meta.calibration.as_ref().unwrap().early_exit.unwrap();
-    assert_eq!(rule.images, 3);
+    assert_eq!(rule.images, 5);
     assert!(rule.slope >= 1.0 / 3.0 && rule.margin.is_finite(), "{rule:?}");
 
     // Without --early-exit: the full pipeline, never an early exit.
@@ -320,9 +328,14 @@ fn early_exit_passes_clear_parts_after_one_pass_and_needs_a_calibrated_rule() {
     assert_eq!(late["score"], full["score"]);
     assert!(late["timings_ms"]["windows_2"].as_f64().is_some());
 
-    // Two calibration images give no margin: a clear refusal, not a silent full run.
+    // A bank without calibration (an explicit threshold) has no rule: a
+    // clear refusal, not a silent full run.
     let dir = tempfile::tempdir().unwrap();
-    let bank = calibrated_bank(dir.path(), &[1, 2]);
+    let s0 = fixtures().join("shots/000.png");
+    let bank = bank_cmd(
+        dir.path(),
+        &["--shots", s0.to_str().unwrap(), "--threshold", "0.3"],
+    );
     let err = inspect_hole(&bank, &["--early-exit"]).unwrap_err();
     assert!(
         err.contains("early-exit rule")

@@ -24,8 +24,10 @@ pub fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures/winclip").join(name)
 }
 
-/// A 2-shot bank for the tiny pack, built once per test run with the real CLI
-/// (under emulation, building one per test would dominate the run).
+/// A 2-shot bank for the tiny pack with an explicit threshold (0.3, between
+/// the tiny pack's good and defective fixtures' scores), built once per test
+/// run with the real CLI (under emulation, building one per test would
+/// dominate the run).
 pub fn make_bank() -> PathBuf {
     static BANK: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BANK.get_or_init(|| {
@@ -44,6 +46,7 @@ pub fn make_bank() -> PathBuf {
             .arg("--shots")
             .arg(fixture("shots/000.png"))
             .arg(fixture("shots/001.png"))
+            .args(["--threshold", "0.3"])
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -9,3 +9,4 @@ mod engine;
 mod eval;
 mod faults;
 mod model_pack;
+mod safe_defaults;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 
-use crate::bank::FileRef;
+use crate::bank::{FileRef, MIN_CALIBRATION_IMAGES};
 use crate::inspector::{self, BankSpec};
 use crate::model::{ModelPack, TextModel, VisionModel};
 
@@ -16,6 +16,7 @@ pub(crate) struct Args {
     pub spec: BankSpec,
     pub shots: Vec<PathBuf>,
     pub calibrate: Option<PathBuf>,
+    pub uncalibrated: bool,
     pub output: PathBuf,
 }
 
@@ -26,6 +27,21 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let shot_files = crate::fsutil::image_files(&args.shots).context("listing --shots")?;
     if !args.shots.is_empty() && shot_files.is_empty() {
         bail!("--shots: no image files found in {:?}", args.shots);
+    }
+    // A WinCLIP+ bank needs a threshold fitted to its scores: the zero-shot
+    // default would pass every defect without a word.
+    if !shot_files.is_empty()
+        && args.calibrate.is_none()
+        && args.spec.threshold.is_none()
+        && !args.uncalibrated
+    {
+        bail!(
+            "a WinCLIP+ bank needs a threshold: few-shot scores are not probabilities (good and \
+             defective parts alike score far below the zero-shot default 0.5, which would pass every \
+             defect). Add --calibrate DIR with at least {MIN_CALIBRATION_IMAGES} more pictures of good \
+             parts (not the shots), or --threshold T; --uncalibrated builds it anyway (the daemon then \
+             needs model.threshold)"
+        );
     }
     let mut shots = Vec::with_capacity(shot_files.len());
     for p in &shot_files {
@@ -38,13 +54,30 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(dir) => {
             let files = crate::fsutil::image_files(std::slice::from_ref(dir))
                 .with_context(|| format!("listing --calibrate {}", dir.display()))?;
-            if files.is_empty() {
-                bail!("--calibrate {}: no image files found", dir.display());
+            if files.len() < MIN_CALIBRATION_IMAGES {
+                bail!(
+                    "--calibrate {}: {} good pictures found, at least {MIN_CALIBRATION_IMAGES} are needed \
+                     (the threshold is fitted to how far good parts' scores spread)",
+                    dir.display(),
+                    files.len()
+                );
             }
-            files
-                .iter()
-                .map(|p| crate::imageio::load_rgb(p))
-                .collect::<Result<Vec<_>, _>>()?
+            let mut images = Vec::with_capacity(files.len());
+            for p in &files {
+                let bytes = crate::imageio::read_limited(p, &crate::imageio::Limits::DEFAULT)?;
+                let sha = file_ref(p, &bytes).sha256;
+                if let Some((shot, _)) = shots.iter().find(|(s, _)| s.sha256 == sha) {
+                    bail!(
+                        "--calibrate: {} is the same picture as the shot {}: a shot scores near 0 against \
+                         itself, so the threshold would be fitted too low and fail new good parts; \
+                         calibrate on other good pictures",
+                        p.display(),
+                        shot.name
+                    );
+                }
+                images.push(crate::imageio::decode_rgb(&bytes, p)?);
+            }
+            images
         }
     };
     let vision = VisionModel::load(&pack)?;
@@ -78,6 +111,18 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => println!("calibration  none"),
     }
     println!("threshold    {:.5} ({:?})", m.threshold, m.threshold_source);
+    if m.uncalibrated_few_shot() {
+        eprintln!(
+            "warning: UNCALIBRATED WinCLIP+ bank: its threshold {:.2} passes every defect; give one where \
+             it is used (inspect --threshold, the daemon's model.threshold)",
+            m.threshold
+        );
+    } else if m.calibration.is_none() && m.threshold_source == crate::bank::ThresholdSource::Default {
+        println!(
+            "             uncalibrated: the probability scale's 0.5; --calibrate DIR ({MIN_CALIBRATION_IMAGES}+ good \
+             pictures) fits it to this part"
+        );
+    }
     println!(
         "colour scale [{:.5}, {:.5}]",
         m.colour_range[0], m.colour_range[1]

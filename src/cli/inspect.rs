@@ -44,6 +44,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         Inspector::new(&pack, vision, bank).with_context(|| format!("using bank {}", args.bank.display()))?;
     if let Some(t) = args.threshold {
         inspector.set_threshold(t);
+    } else if inspector.bank().meta.uncalibrated_few_shot() {
+        eprintln!(
+            "warning: {} is an UNCALIBRATED WinCLIP+ bank: its threshold {} passes every defect; \
+             give --threshold, or rebuild the bank with --calibrate",
+            args.bank.display(),
+            inspector.threshold()
+        );
     }
     inspector
         .set_early_exit(args.early_exit)

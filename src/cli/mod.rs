@@ -96,6 +96,12 @@ pub struct BankArgs {
     /// Explicit decision threshold on the image score (overrides calibration).
     #[arg(long)]
     pub threshold: Option<f32>,
+    /// Build a WinCLIP+ bank without --calibrate or --threshold anyway: its
+    /// threshold is then the zero-shot 0.5, which passes every defect until a
+    /// threshold is given where it is used (inspect --threshold, the daemon's
+    /// model.threshold; the daemon refuses it otherwise).
+    #[arg(long)]
+    pub uncalibrated: bool,
     /// Calibration rule: threshold = max(highest score, mean + SIGMAS·std).
     #[arg(long, default_value_t = crate::bank::DEFAULT_SIGMAS)]
     pub sigmas: f32,
@@ -330,6 +336,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             },
             shots: a.shots,
             calibrate: a.calibrate,
+            uncalibrated: a.uncalibrated,
             output: a.output,
         }),
         Command::Inspect(a) => inspect::run(inspect::Args {

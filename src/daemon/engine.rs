@@ -57,6 +57,14 @@ fn open_pack(path: &Path) -> anyhow::Result<ModelPack> {
 
 /// Apply `model`'s threshold override and early-exit setting.
 fn configure(inspector: &mut Inspector, model: &config::Model) -> anyhow::Result<()> {
+    if inspector.bank().meta.uncalibrated_few_shot() && model.threshold.is_none() {
+        anyhow::bail!(
+            "bank {} is an uncalibrated WinCLIP+ bank: its threshold {} is the zero-shot default, \
+             which passes every defect. Set model.threshold, or rebuild the bank with --calibrate",
+            model.bank.display(),
+            inspector.bank().meta.threshold
+        );
+    }
     inspector
         .configure(model.threshold, model.early_exit)
         .with_context(|| format!("model.early_exit with bank {}", model.bank.display()))?;

@@ -1,0 +1,124 @@
+//! Safe by default (issue #21): the station never passes defects quietly
+//! because of a setting that was left out. Each test is an observed mistake.
+
+use std::path::{Path, PathBuf};
+
+use crate::station::{fixture, Station};
+use crate::util::{bin, run, text, tiny_pack};
+
+fn bank(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, std::process::Output) {
+    let out = dir.join(name);
+    let pack = tiny_pack();
+    let mut args = vec!["bank", "--model", pack.to_str().unwrap(), "--object", "pcb", "-o"];
+    let out_s = out.display().to_string();
+    args.push(&out_s);
+    args.extend_from_slice(extra);
+    (out.clone(), run(&args))
+}
+
+/// Observed: `bank --shots good/` printed "threshold 0.50000 (Default)",
+/// and `inspect` then passed 12 of 12 defective parts.
+#[test]
+fn an_uncalibrated_winclip_plus_bank_is_refused_unless_asked_for_and_never_served_without_a_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let s0 = fixture("shots/000.png").display().to_string();
+    let (path, o) = bank(dir.path(), "plain.bank", &["--shots", &s0]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("needs a threshold") && text(&o).contains("--calibrate DIR"),
+        "{}",
+        text(&o)
+    );
+    assert!(!path.exists(), "nothing written");
+
+    let (path, o) = bank(dir.path(), "risky.bank", &["--shots", &s0, "--uncalibrated"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("UNCALIBRATED"), "{}", text(&o));
+    let o = run(&[
+        "inspect",
+        "--model",
+        tiny_pack().to_str().unwrap(),
+        "--bank",
+        path.to_str().unwrap(),
+        fixture("queries/hole.png").to_str().unwrap(),
+    ]);
+    assert!(text(&o).contains("UNCALIBRATED"), "inspect warns: {}", text(&o));
+
+    // The daemon refuses it (exit 2) until the configuration gives a threshold.
+    let st = Station::new(dir.path(), Some(1883), "");
+    let config = std::fs::read_to_string(&st.config).unwrap();
+    let with_bank = config.replace(
+        &crate::station::make_bank().display().to_string(),
+        &path.display().to_string(),
+    );
+    std::fs::write(&st.config, &with_bank).unwrap();
+    let check = || {
+        bin()
+            .args(["check-config", "--config"])
+            .arg(&st.config)
+            .output()
+            .unwrap()
+    };
+    let o = check();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("uncalibrated WinCLIP+ bank"), "{}", text(&o));
+    let o = bin().args(["run", "--config"]).arg(&st.config).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    std::fs::write(
+        &st.config,
+        with_bank.replace("[model]\n", "[model]\nthreshold = 0.29\n"),
+    )
+    .unwrap();
+    let o = check();
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// Observed: `--calibrate` with the shots themselves was accepted (then 12 of
+/// 12 unseen good parts failed), and one calibration picture was accepted.
+#[test]
+fn calibration_pictures_that_are_shots_or_too_few_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let shots = fixture("shots");
+    let s0 = shots.join("000.png").display().to_string();
+    let same = dir.path().join("same");
+    std::fs::create_dir_all(&same).unwrap();
+    for i in 0..4 {
+        std::fs::copy(shots.join(format!("{i:03}.png")), same.join(format!("c{i}.png"))).unwrap();
+    }
+    let o = run(&[
+        "synth",
+        "--out",
+        dir.path().join("synth").to_str().unwrap(),
+        "--good",
+        "1",
+        "--bad",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::copy(dir.path().join("synth/good/000.png"), same.join("c4.png")).unwrap();
+    let (_, o) = bank(
+        dir.path(),
+        "b.bank",
+        &["--shots", &s0, "--calibrate", same.to_str().unwrap()],
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("c0.png is the same picture as the shot 000.png"),
+        "{}",
+        text(&o)
+    );
+    let few = dir.path().join("few");
+    std::fs::create_dir_all(&few).unwrap();
+    std::fs::copy(shots.join("001.png"), few.join("a.png")).unwrap();
+    let (_, o) = bank(
+        dir.path(),
+        "b.bank",
+        &["--shots", &s0, "--calibrate", few.to_str().unwrap()],
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("1 good pictures found, at least 5"),
+        "{}",
+        text(&o)
+    );
+}
