@@ -122,3 +122,96 @@ fn calibration_pictures_that_are_shots_or_too_few_are_refused() {
         text(&o)
     );
 }
+
+/// Observed: the embedded broker on a port already taken exited 1 (a restart
+/// loop under systemd) with no hint; every start logged a spurious
+/// "connection refused"; the journal never showed a verdict.
+#[test]
+fn the_embedded_broker_and_the_journal_say_what_happens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = Station::new(dir.path(), None, "");
+    let text_cfg = std::fs::read_to_string(&st.config).unwrap();
+    let port: u16 = text_cfg
+        .split("127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    {
+        let _taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let o = bin().args(["run", "--config"]).arg(&st.config).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            text(&o).contains("set mqtt.host to use the broker already running there"),
+            "{}",
+            text(&o)
+        );
+    }
+    st.start();
+    crate::util::wait_for(60, "the embedded broker", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let sub = crate::util::Subscriber::start(dir.path(), port, "winclip/#");
+    st.drop_file(&fixture("queries/good.png"), "a.png");
+    crate::util::wait_for(120, "a result", || {
+        crate::station::files_seen(&sub).contains("a.png").then_some(())
+    });
+    let log = st.log();
+    assert!(
+        !log.contains("connection lost"),
+        "no spurious connection error: {log}"
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("a.png: "))
+        .expect("a journal line for the picture");
+    assert!(
+        (line.contains("pass score") || line.contains("FAIL score")) && line.contains("threshold 0.3000"),
+        "{line}"
+    );
+}
+
+/// Observed: `run` silently created a drop directory that did not exist (a
+/// typo → nothing ever arrives) and `check-config` accepted it.
+#[test]
+fn a_missing_drop_directory_is_an_error_unless_create_is_set_and_check_config_can_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = crate::util::Mosquitto::start(&dir.path().join("broker"));
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    std::fs::remove_dir_all(st.dir.join("in")).unwrap();
+    let config = st.config.clone();
+    let check = |extra: &[&str]| {
+        bin()
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = check(&[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("does not exist") && text(&o).contains("create = true"),
+        "{}",
+        text(&o)
+    );
+    let o = bin().args(["run", "--config"]).arg(&st.config).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("drop directory does not exist"), "{}", text(&o));
+
+    let cfg = std::fs::read_to_string(&st.config).unwrap();
+    std::fs::write(&st.config, format!("{cfg}\ncreate = true\n")).unwrap();
+    let o = check(&["--connect"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("broker        connected"), "{}", text(&o));
+    st.start();
+    crate::util::wait_for(60, "ready", || st.log().contains("ready").then_some(()));
+    assert!(st.dir.join("in").is_dir(), "created");
+    broker.stop();
+    let o = check(&["--connect"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("error: broker"), "{}", text(&o));
+}

@@ -1,12 +1,15 @@
 //! `winclip-edge check-config`: validate a configuration and show what it resolves to;
-//! the model pack and the bank get the same checks as `run` (the model is loaded).
+//! the model pack and the bank get the same checks as `run` (the model is loaded),
+//! drop directories must exist (or say `create = true`), and with `--connect` the
+//! broker is tried and the directories' permissions checked.
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use crate::config::{self, After, Broker, DirectorySource, GpioSource, Source};
+use crate::config::{self, After, Broker, Config, DirectorySource, GpioSource, Source};
 
-pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
     let c = match config::load(path) {
         Ok(c) => {
             for w in &c.warnings {
@@ -99,6 +102,23 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
             ),
         }
     }
+    let mut ok = true;
+    for s in &c.sources {
+        if let Source::Directory(d) = s {
+            if !d.path.is_dir() && !d.create {
+                eprintln!(
+                    "error: source {}: drop directory {} does not exist (a typo in path? create it, or set create = true)",
+                    d.name,
+                    d.path.display()
+                );
+                ok = false;
+            }
+        }
+    }
+    if connect {
+        ok &= check_permissions(&c);
+        ok &= check_broker(&c);
+    }
     // The model pack and the bank: the very checks `run` makes (every file's
     // sha256, the bank's checksums and its pack, the model loaded).
     match crate::daemon::engine::load(&c.model) {
@@ -119,12 +139,117 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
                 i.bank().meta.shots,
                 i.threshold()
             );
-            println!("OK");
-            Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            Ok(ExitCode::from(super::EXIT_CONFIG))
+            ok = false;
+        }
+    }
+    if ok {
+        println!("OK");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(super::EXIT_CONFIG))
+    }
+}
+
+/// Whether `dir` (or, while it does not exist, the nearest parent that
+/// does) may be written by this process.
+fn writable(dir: &Path) -> Result<(), String> {
+    let mut d = dir;
+    while !d.exists() {
+        d = d.parent().ok_or("no existing parent")?;
+    }
+    nix::unistd::access(d, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK)
+        .map_err(|e| format!("{} is not writable: {e}", d.display()))
+}
+
+/// The state directory and every directory a source writes to.
+fn check_permissions(c: &Config) -> bool {
+    let mut dirs = vec![("station.state_dir".to_string(), c.station.state_dir.clone())];
+    let mut problems = Vec::new();
+    for s in &c.sources {
+        match s {
+            Source::Directory(d) => {
+                // Moving or deleting a file needs its directory writable.
+                if !matches!(d.after, After::Keep) {
+                    dirs.push((format!("source {}", d.name), d.path.clone()));
+                }
+                if let After::Move { done_dir, failed_dir } = &d.after {
+                    dirs.push((format!("source {} done_dir", d.name), done_dir.clone()));
+                    dirs.push((format!("source {} failed_dir", d.name), failed_dir.clone()));
+                }
+            }
+            Source::Gpio(g) => {
+                dirs.push((format!("source {} output_dir", g.name), g.output_dir.clone()));
+                if let Err(e) = std::fs::OpenOptions::new().read(true).open(&g.chip) {
+                    problems.push(format!("source {}: {}: {e}", g.name, g.chip.display()));
+                }
+            }
+        }
+    }
+    for (what, dir) in &dirs {
+        match writable(dir) {
+            Ok(()) => println!("writable      {what} {}", dir.display()),
+            Err(e) => problems.push(format!("{what}: {e}")),
+        }
+    }
+    for p in &problems {
+        eprintln!("error: {p}");
+    }
+    problems.is_empty()
+}
+
+/// Connect to the broker (or check that the embedded one can listen).
+fn check_broker(c: &Config) -> bool {
+    if let Broker::Embedded { listen, .. } = &c.mqtt.broker {
+        return match std::net::TcpListener::bind(listen.as_str()) {
+            Ok(_) => {
+                println!("broker        embedded: {listen} is free");
+                true
+            }
+            Err(e) => {
+                eprintln!(
+                    "error: embedded broker: cannot listen on {listen}: {e} (a broker already running there? \
+                     set mqtt.host to use it, or change mqtt.embedded_listen)"
+                );
+                false
+            }
+        };
+    }
+    let topics = crate::daemon::topics::Topics::new(&c.mqtt.prefix, &c.station.name);
+    let attempt = || -> anyhow::Result<()> {
+        let mut opts = crate::daemon::mqtt::options(&c.mqtt, &topics)?;
+        // Not the station's id: a running station must not be knocked off.
+        opts.set_client_id(format!("{}-check", c.mqtt.client_id));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let (client, mut events) = rumqttc::AsyncClient::new(opts, 8);
+            let connected = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match events.poll().await {
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => return Ok(()),
+                        Ok(_) => {}
+                        Err(e) => return Err(anyhow::anyhow!("{e}")),
+                    }
+                }
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within 10 s"))?;
+            let _ = client.disconnect().await;
+            connected
+        })
+    };
+    match attempt() {
+        Ok(()) => {
+            println!("broker        connected and logged in");
+            true
+        }
+        Err(e) => {
+            eprintln!("error: broker: {e:#}");
+            false
         }
     }
 }

@@ -123,6 +123,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 failed_dir: incoming.join("failed"),
             },
             settle: Duration::ZERO,
+            create: true,
         })],
     );
     config.mqtt.broker = Broker::Embedded {

@@ -62,6 +62,10 @@ pub enum Command {
         /// Configuration file.
         #[arg(long, default_value = "/etc/winclip-edge/config.toml")]
         config: PathBuf,
+        /// Also connect to the broker (log in, as the station would) and check that the
+        /// state and drop directories can be written.
+        #[arg(long)]
+        connect: bool,
     },
     /// Build a bank: text prototypes, optional few-shot references (WinCLIP+), threshold.
     Bank(BankArgs),
@@ -319,7 +323,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             images,
             port,
         }),
-        Command::CheckConfig { config } => check_config::run(&config),
+        Command::CheckConfig { config, connect } => check_config::run(&config, connect),
         Command::Bank(a) => bank::run(bank::Args {
             model: a.model,
             spec: crate::inspector::BankSpec {

@@ -364,6 +364,9 @@ pub struct DirectorySource {
     /// not changed for this long (for writers that close and reopen it);
     /// zero: at once. Files renamed into place are always final.
     pub settle: Duration,
+    /// Create the directory when it does not exist (otherwise that is an
+    /// error: a typo in the path would mean nothing ever arrives).
+    pub create: bool,
 }
 
 /// A GPIO line that triggers a capture command.
@@ -915,6 +918,7 @@ fn check_directory(s: RawSource, key: &str, i: usize, base: &Path, r: &mut Repor
         pattern: s.pattern,
         after,
         settle: Duration::from_millis(settle_ms),
+        create: s.create.unwrap_or(false),
     }))
 }
 
@@ -1063,6 +1067,7 @@ impl From<&Source> for RawSource {
                     done_dir,
                     failed_dir,
                     settle_ms: Some(d.settle.as_millis() as u64),
+                    create: Some(d.create),
                     ..RawSource::default()
                 }
             }
@@ -1334,6 +1339,7 @@ path = "/srv/drop"
                     pattern: Some("*.png".into()),
                     after: After::Keep,
                     settle: Duration::from_millis(250),
+                    create: true,
                 }),
                 Source::Gpio(GpioSource {
                     name: "trigger".into(),

@@ -166,6 +166,8 @@ pub(super) struct RawSource {
     pub failed_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub settle_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub create: Option<bool>,
     // gpio
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chip: Option<PathBuf>,
@@ -213,6 +215,7 @@ impl RawSource {
             ("done_dir", self.done_dir.is_some()),
             ("failed_dir", self.failed_dir.is_some()),
             ("settle_ms", self.settle_ms.is_some()),
+            ("create", self.create.is_some()),
         ];
         set.into_iter().filter(|(_, s)| *s).map(|(k, _)| k).collect()
     }

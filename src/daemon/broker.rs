@@ -55,6 +55,20 @@ dynamic_filters = true
                 log::error!("embedded MQTT broker stopped: {e}");
             }
         })?;
+    // Ready before the station's own client connects: no "connection
+    // refused" in the log at every start.
+    let target = if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_millis(200)).is_err() {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the embedded broker does not accept connections on {addr}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     log::info!("embedded MQTT broker listening on {addr}");
     Ok(())
 }

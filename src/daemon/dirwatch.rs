@@ -166,7 +166,18 @@ pub fn build(cfg: &DirectorySource, ctx: SourceContext, claims: &Claims) -> io::
         Ok(p) => p,
         Err(e) => return Err(fail("pattern", io::Error::other(e))),
     };
-    std::fs::create_dir_all(&cfg.path).map_err(|e| fail(&cfg.path.display().to_string(), e))?;
+    if !cfg.path.is_dir() {
+        if !cfg.create {
+            return Err(fail(
+                &cfg.path.display().to_string(),
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the drop directory does not exist (a typo in path? create it, or set create = true)",
+                ),
+            ));
+        }
+        std::fs::create_dir_all(&cfg.path).map_err(|e| fail(&cfg.path.display().to_string(), e))?;
+    }
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
         .map_err(|e| fail("inotify", e.into()))?;
     let watch =

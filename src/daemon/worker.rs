@@ -219,6 +219,25 @@ impl Worker {
         };
         self.sink.stats().inspected.fetch_add(1, Ordering::Relaxed);
         self.sink.stats().record_latency(total, latency_ms);
+        log::info!(
+            "{} {}: {} score {:.4} {} threshold {:.4}{}, {:.0} ms",
+            job.source,
+            path.display(),
+            if ins.verdict == inspector::Verdict::Fail {
+                "FAIL"
+            } else {
+                "pass"
+            },
+            ins.outcome.score,
+            if ins.verdict == inspector::Verdict::Fail {
+                ">"
+            } else {
+                "<="
+            },
+            ins.threshold,
+            if ins.early_exit { " (early exit)" } else { "" },
+            total
+        );
         self.store(&rec, heat.as_deref(), Outcome::Judged)
     }
 
