@@ -215,3 +215,58 @@ fn a_missing_drop_directory_is_an_error_unless_create_is_set_and_check_config_ca
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("error: broker"), "{}", text(&o));
 }
+
+/// Observed: `demo` printed "watch it live: mosquitto_sub -p …" and exited
+/// two seconds later, and never mentioned the configuration it wrote.
+#[test]
+fn the_demo_can_keep_running_and_names_the_configuration_it_wrote() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = bin()
+        .args(["demo", "--images", "2", "--keep-running", "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = lines.next().expect("the demo ended early").unwrap();
+        let done = line.contains("the station keeps running");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let config = dir.path().join("config.toml");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains(&config.display().to_string()) && l.contains("start your own station")),
+        "{seen:?}"
+    );
+    // Still serving: a picture of our own gets a result.
+    std::fs::copy(fixture("queries/good.png"), dir.path().join("incoming/.own.part")).unwrap();
+    std::fs::rename(
+        dir.path().join("incoming/.own.part"),
+        dir.path().join("incoming/own.png"),
+    )
+    .unwrap();
+    crate::util::wait_for(120, "our picture inspected", || {
+        dir.path().join("incoming/done/own.png").exists().then_some(())
+    });
+    // The configuration it names is one a station starts from.
+    let o = bin()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = crate::util::wait_for(60, "the demo to stop", || child.try_wait().unwrap());
+    assert!(status.success());
+}

@@ -29,6 +29,7 @@ pub(crate) struct Args {
     pub dir: Option<PathBuf>,
     pub images: usize,
     pub port: Option<u16>,
+    pub keep_running: bool,
 }
 
 const STATION: &str = "demo";
@@ -144,6 +145,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        let config_path_shown = config_path.clone();
         let daemon = Daemon::start(Options {
             config_path,
             config,
@@ -157,11 +159,39 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             incoming.display()
         );
         println!("             (watch it live: mosquitto_sub -p {port} -t 'winclip/#' -v)");
+        println!(
+            "config       {}: start your own station from this file (winclip-edge run --config ...)",
+            config_path_shown.display()
+        );
         let outcome = drive(&dir, &incoming, port, &gen, args.images).await;
+        if outcome.is_ok() && args.keep_running {
+            println!(
+                "\nthe station keeps running: drop pictures into {}, watch with \
+                 mosquitto_sub -p {port} -t 'winclip/#' -v; Ctrl-C stops it",
+                incoming.display()
+            );
+            wait_for_stop().await;
+        }
         daemon.shutdown().await;
         outcome
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Until SIGINT or SIGTERM.
+async fn wait_for_stop() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// What the subscriber got.

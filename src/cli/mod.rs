@@ -50,6 +50,10 @@ pub enum Command {
         /// Port of the embedded broker (default: a free one).
         #[arg(long)]
         port: Option<u16>,
+        /// Keep the station running after the pictures (until Ctrl-C), to watch
+        /// it with mosquitto_sub or drop pictures of your own into it.
+        #[arg(long)]
+        keep_running: bool,
     },
     /// Run the inspection daemon (what `systemctl start winclip-edge` runs).
     Run {
@@ -317,11 +321,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
             images,
             port,
+            keep_running,
         } => demo::run(demo::Args {
             model,
             dir,
             images,
             port,
+            keep_running,
         }),
         Command::CheckConfig { config, connect } => check_config::run(&config, connect),
         Command::Bank(a) => bank::run(bank::Args {
