@@ -58,8 +58,8 @@ def window_batches(fmap: np.ndarray, grid: int) -> dict[int, np.ndarray]:
 def bench_ours(binary: str, pack: str, threads: int, images: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "bench.json")
-        cmd = [binary, "--threads", str(threads), "bench", "--model", pack, "--images", str(images),
-               "--shots", "1,4", "--json", out]
+        cmd = [binary, "bench", "--threads", str(threads), "--model", pack, "--images", str(images),
+               "--k", "1,4", "--json", out]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         with open(out) as f:

@@ -30,7 +30,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Image file extensions the inspector reads.
-pub const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "pnm", "ppm"];
+pub const IMAGE_EXTENSIONS: [&str; 11] = [
+    "png", "jpg", "jpeg", "bmp", "tif", "tiff", "pnm", "ppm", "pgm", "pbm", "pam",
+];
 
 /// Whether `path` has an image extension and is not a hidden or temporary
 /// file. Works on the name's bytes: a name that is not UTF-8 is still a name.
@@ -129,23 +131,88 @@ fn copy_into_place(from: &Path, dest: &Path) -> io::Result<()> {
     result
 }
 
-/// Expand files and directories into a sorted list of image files
-/// (directories are read one level deep).
-pub fn image_files(inputs: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
+/// What [`find_images`] found.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// Pictures to inspect: the files given, and the pictures under the
+    /// directories given (searched recursively), in order.
+    pub files: Vec<PathBuf>,
+    /// Files under the directories that are not pictures this build reads
+    /// (hidden files and directories are passed over without a word).
+    pub skipped: Vec<PathBuf>,
+}
+
+/// Expand files and directories into pictures: a file given is taken as it
+/// is; a directory is searched recursively for every format the decoder
+/// reads ([`IMAGE_EXTENSIONS`]), sorted, symbolic links to directories not
+/// followed (no loops).
+pub fn find_images(inputs: &[PathBuf]) -> io::Result<Found> {
+    let mut found = Found::default();
     for p in inputs {
         if p.is_dir() {
-            let mut found: Vec<PathBuf> = fs::read_dir(p)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && is_image_name(p))
-                .collect();
-            found.sort();
-            out.extend(found);
+            walk(p, &mut found)?;
         } else {
-            out.push(p.clone());
+            found.files.push(p.clone());
         }
     }
-    Ok(out)
+    Ok(found)
+}
+
+fn walk(dir: &Path, found: &mut Found) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut entries: Vec<fs::DirEntry> = fs::read_dir(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?
+        .collect::<Result<_, _>>()?;
+    entries.sort_by_key(fs::DirEntry::file_name);
+    for e in entries {
+        let path = e.path();
+        if e.file_name().as_bytes().starts_with(b".") {
+            continue;
+        }
+        let kind = e.file_type()?;
+        if kind.is_dir() {
+            walk(&path, found)?;
+        } else if is_image_name(&path) {
+            found.files.push(path);
+        } else if kind.is_file() || kind.is_symlink() {
+            found.skipped.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Expand files and directories into a sorted list of image files (see
+/// [`find_images`]; what is not a picture is left out).
+pub fn image_files(inputs: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
+    Ok(find_images(inputs)?.files)
+}
+
+/// Output paths for `files` that can never collide: each file's path below
+/// the deepest directory all of them share, without its extension (`good/000`
+/// and `bad/000` for `good/000.png` and `bad/000.png`; `000` for one directory).
+pub fn output_stems(files: &[PathBuf]) -> Vec<PathBuf> {
+    let absolute: Vec<PathBuf> = files
+        .iter()
+        .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
+        .collect();
+    let mut common: Option<PathBuf> = None;
+    for f in &absolute {
+        let parent = f.parent().unwrap_or(Path::new("/")).to_path_buf();
+        common = Some(match common {
+            None => parent,
+            Some(c) => c
+                .components()
+                .zip(parent.components())
+                .take_while(|(a, b)| a == b)
+                .map(|(a, _)| a)
+                .collect(),
+        });
+    }
+    let common = common.unwrap_or_default();
+    absolute
+        .iter()
+        .map(|f| f.strip_prefix(&common).unwrap_or(f).with_extension(""))
+        .collect()
 }
 
 #[cfg(test)]
@@ -226,6 +293,51 @@ mod tests {
             assert_eq!(fs::read(moved).unwrap(), b"picture");
             assert!(!from.exists());
         }
+    }
+
+    #[test]
+    fn directories_are_searched_recursively_and_what_is_skipped_is_said() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("sub/deeper")).unwrap();
+        fs::create_dir_all(dir.path().join(".hidden")).unwrap();
+        for n in [
+            "b.png",
+            "a.pgm",
+            "sub/c.jpg",
+            "sub/deeper/d.tif",
+            "notes.txt",
+            "e.webp",
+            ".x.png",
+            ".hidden/f.png",
+        ] {
+            fs::write(dir.path().join(n), b"").unwrap();
+        }
+        let found = find_images(&[dir.path().to_owned()]).unwrap();
+        let rel = |v: &[PathBuf]| -> Vec<String> {
+            v.iter()
+                .map(|p| p.strip_prefix(dir.path()).unwrap().display().to_string())
+                .collect()
+        };
+        assert_eq!(
+            rel(&found.files),
+            ["a.pgm", "b.png", "sub/c.jpg", "sub/deeper/d.tif"]
+        );
+        assert_eq!(rel(&found.skipped), ["e.webp", "notes.txt"]);
+    }
+
+    /// Issue #21: `bad/000.png` overwrote `good/000.png`'s outputs.
+    #[test]
+    fn output_stems_keep_the_relative_paths_and_never_collide() {
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(
+            output_stems(&[p("/d/good/000.png"), p("/d/bad/000.png")]),
+            [p("good/000"), p("bad/000")]
+        );
+        assert_eq!(
+            output_stems(&[p("/d/good/000.png"), p("/d/good/001.png")]),
+            [p("000"), p("001")]
+        );
+        assert_eq!(output_stems(&[p("/x/a.b.png")]), [p("a.b")]);
     }
 
     #[test]

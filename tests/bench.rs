@@ -3,20 +3,19 @@
 
 use crate::util::{run, text, tiny_pack};
 
-/// Run `bench` on the tiny pack with `args` after the global ones; return its
-/// printed report and its JSON report.
-fn bench(global: &[&str], args: &[&str]) -> (String, serde_json::Value) {
+/// Run `bench` on the tiny pack with `args`; return its printed report and
+/// its JSON report.
+fn bench(args: &[&str]) -> (String, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let pack = tiny_pack();
-    let mut all: Vec<&str> = global.to_vec();
-    all.extend([
+    let mut all: Vec<&str> = vec![
         "bench",
         "--model",
         pack.to_str().unwrap(),
         "--json",
         json.to_str().unwrap(),
-    ]);
+    ];
     all.extend(args);
     let o = run(&all);
     assert!(o.status.success(), "{}", text(&o));
@@ -26,7 +25,7 @@ fn bench(global: &[&str], args: &[&str]) -> (String, serde_json::Value) {
 
 #[test]
 fn bench_reports_every_stage_mode_and_memory() {
-    let (out, r) = bench(&["--threads", "1"], &["--images", "1", "--shots", "1,2"]);
+    let (out, r) = bench(&["--threads", "1", "--images", "1", "--k", "1,2"]);
     assert!(out.contains("GFLOP/s"), "{out}");
     assert_eq!(r["threads"], 1);
     let stages: Vec<&str> = r["stages"]
@@ -68,19 +67,7 @@ fn bench_reports_every_stage_mode_and_memory() {
 
 #[test]
 fn bench_stream_compares_the_cascade_with_the_full_pipeline() {
-    let (out, r) = bench(
-        &[],
-        &[
-            "--images",
-            "1",
-            "--shots",
-            "1",
-            "--stream",
-            "5",
-            "--calibration",
-            "3",
-        ],
-    );
+    let (out, r) = bench(&["--images", "1", "--k", "1", "--stream", "5", "--calibration", "3"]);
     assert!(out.contains("early-exit cascade"), "{out}");
     let s = &r["stream"];
     assert_eq!(s["images"], 5);
@@ -106,7 +93,7 @@ fn bench_stream_compares_the_cascade_with_the_full_pipeline() {
 
 #[test]
 fn bench_precision_f16_measures_the_difference_to_f32() {
-    let (_, r) = bench(&[], &["--images", "1", "--shots", "1", "--precision", "f16"]);
+    let (_, r) = bench(&["--images", "1", "--k", "1", "--precision", "f16"]);
     assert_eq!(r["precision"], "f16");
     let p = &r["precision_check"];
     let map = p["max_map_diff"].as_f64().unwrap();

@@ -504,6 +504,7 @@ fn sighup_applies_every_live_setting_and_names_what_needs_a_restart() {
         files_seen(&old).contains("a.png").then_some(())
     });
     let second = dir.path().join("in2");
+    std::fs::create_dir_all(&second).unwrap();
     let config = std::fs::read_to_string(&st.config).unwrap();
     let log = st.reload(&format!(
         "{}\n[heatmap]\nside = 64\n\n[[source]]\ntype = \"directory\"\nname = \"cam2\"\npath = \"{}\"\n",

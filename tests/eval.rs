@@ -118,7 +118,7 @@ fn eval_runs_end_to_end_writes_a_report_and_resumes() {
         pack.to_str().unwrap(),
         "--dataset",
         &dataset,
-        "--shots",
+        "--k",
         "0,1",
         "--seeds",
         "2",
@@ -214,11 +214,11 @@ fn dataset_problems_are_clear_errors() {
         ];
         run(&[base.as_slice(), extra].concat())
     };
-    let o = eval(&["--shots", "0"]);
+    let o = eval(&["--k", "0"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("002_mask.png"), "{}", text(&o));
     // A problem in a category that was not asked for does not matter.
-    let o = eval(&["--categories", "bottle", "--shots", "9"]);
+    let o = eval(&["--categories", "bottle", "--k", "9"]);
     assert!(!o.status.success());
     assert!(
         text(&o).contains("9 shots asked, only 4 training images"),

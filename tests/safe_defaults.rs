@@ -270,3 +270,157 @@ fn the_demo_can_keep_running_and_names_the_configuration_it_wrote() {
     let status = crate::util::wait_for(60, "the demo to stop", || child.try_wait().unwrap());
     assert!(status.success());
 }
+
+/// A calibrated bank (shots 000, 001; calibrated on 002–006) and the
+/// synthetic pictures left: good/007–009, bad/000–002.
+fn bank_and_parts(dir: &Path) -> (PathBuf, PathBuf) {
+    let synth = dir.join("synth");
+    let o = run(&[
+        "synth",
+        "--out",
+        synth.to_str().unwrap(),
+        "--good",
+        "10",
+        "--bad",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let calib = dir.join("calib");
+    std::fs::create_dir_all(&calib).unwrap();
+    for i in 2..7 {
+        std::fs::rename(
+            synth.join(format!("good/{i:03}.png")),
+            calib.join(format!("{i}.png")),
+        )
+        .unwrap();
+    }
+    let s0 = synth.join("good/000.png").display().to_string();
+    let s1 = synth.join("good/001.png").display().to_string();
+    let (b, o) = bank(
+        dir,
+        "parts.bank",
+        &["--shots", &s0, &s1, "--calibrate", calib.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::remove_file(synth.join("good/000.png")).unwrap();
+    std::fs::remove_file(synth.join("good/001.png")).unwrap();
+    (b, synth)
+}
+
+fn inspect(bank: &Path, args: &[&str]) -> std::process::Output {
+    let pack = tiny_pack();
+    let mut all = vec![
+        "inspect",
+        "--model",
+        pack.to_str().unwrap(),
+        "--bank",
+        bank.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+/// Observed: `inspect --heatmaps H --maps M good/ bad/` wrote 8 heatmap pairs
+/// for 12 results (`bad/000.png` overwrote `good/000.png`'s); an empty
+/// directory gave "0 images", exit 0; `.webp` files were skipped silently.
+#[test]
+fn inspect_keeps_every_output_finds_pictures_recursively_and_says_what_it_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bank, synth) = bank_and_parts(dir.path());
+    // bad/ holds 000..002 like good/ does: the same names.
+    std::fs::copy(synth.join("bad/000.png"), synth.join("bad/007.png")).unwrap();
+    std::fs::write(synth.join("bad/notes.webp"), b"not read").unwrap();
+    let (heat, maps) = (dir.path().join("heat"), dir.path().join("maps"));
+    let o = inspect(
+        &bank,
+        &[
+            "--heatmaps",
+            heat.to_str().unwrap(),
+            "--maps",
+            maps.to_str().unwrap(),
+            synth.join("good").to_str().unwrap(),
+            synth.join("bad").to_str().unwrap(),
+        ],
+    );
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o));
+    let pictures = 3 + 4;
+    let count = |d: &Path, suffix: &str| {
+        let mut n = 0;
+        for sub in ["good", "bad"] {
+            n += std::fs::read_dir(d.join(sub))
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .ends_with(suffix)
+                })
+                .count();
+        }
+        n
+    };
+    assert_eq!(
+        count(&heat, ".thumb.jpg"),
+        pictures,
+        "one heatmap pair per picture"
+    );
+    assert_eq!(count(&maps, ".grid.npy"), pictures);
+    assert!(
+        text(&o).contains("skipped 1 file(s)") && text(&o).contains("notes.webp"),
+        "{}",
+        text(&o)
+    );
+
+    // A tree with pictures only in subdirectories is searched; one without any is an error.
+    std::fs::create_dir_all(dir.path().join("tree/a/b")).unwrap();
+    std::fs::copy(synth.join("bad/000.png"), dir.path().join("tree/a/b/x.png")).unwrap();
+    let o = inspect(&bank, &[dir.path().join("tree").to_str().unwrap()]);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o));
+    assert!(text(&o).contains("x.png"), "{}", text(&o));
+    std::fs::create_dir_all(dir.path().join("empty/sub")).unwrap();
+    let o = inspect(&bank, &[dir.path().join("empty").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("no pictures found"), "{}", text(&o));
+}
+
+/// Observed: exit codes were 0 when parts failed and 1 when a picture could
+/// not be read; `inspect … | head -1` panicked ("Broken pipe", exit 134).
+#[test]
+fn exit_codes_tell_pass_fail_unusable_and_uninspected_and_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bank, synth) = bank_and_parts(dir.path());
+    let bad = synth.join("bad/000.png");
+    let bad_s = bad.to_str().unwrap();
+    assert_eq!(
+        inspect(&bank, &["--threshold", "10", bad_s]).status.code(),
+        Some(0)
+    );
+    assert_eq!(inspect(&bank, &["--threshold=-10", bad_s]).status.code(), Some(1));
+    let broken = dir.path().join("broken.png");
+    std::fs::write(&broken, b"\x89PNG\r\n\x1a\nbroken").unwrap();
+    let o = inspect(&bank, &["--threshold=-10", bad_s, broken.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let o = inspect(&dir.path().join("missing.bank"), &[bad_s]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = run(&["inspect", "--no-such-flag"]);
+    assert_eq!(o.status.code(), Some(2));
+
+    let pack = tiny_pack();
+    let cmd = format!(
+        "set -o pipefail; {exe} inspect --model {pack} --bank {bank} {good} {good} {good} | head -c 10 >/dev/null; \
+         echo \"status ${{PIPESTATUS[0]}}\" >&2; \
+         {exe} model verify --model {pack} | head -c 10 >/dev/null; echo \"status ${{PIPESTATUS[0]}}\" >&2",
+        exe = env!("CARGO_BIN_EXE_winclip-edge"),
+        pack = pack.display(),
+        bank = bank.display(),
+        good = synth.join("good").display(),
+    );
+    let o = std::process::Command::new("bash")
+        .args(["-c", &cmd])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert!(!err.contains("status 134"), "{err}");
+}

@@ -30,6 +30,8 @@ pub(crate) struct Args {
     pub images: usize,
     pub port: Option<u16>,
     pub keep_running: bool,
+    /// Inference threads (0 = one per core), as `station.threads`.
+    pub threads: usize,
 }
 
 const STATION: &str = "demo";
@@ -132,6 +134,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         allow_anonymous: false,
     };
     config.mqtt.stats_interval = Duration::from_secs(5);
+    config.station.threads = args.threads;
     let config_path = dir.join("config.toml");
     let text = config
         .to_toml()

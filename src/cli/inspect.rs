@@ -58,10 +58,42 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     for dir in [&args.maps, &args.heatmaps].into_iter().flatten() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let files = crate::fsutil::image_files(&args.images).context("listing images")?;
+    let found = crate::fsutil::find_images(&args.images).context("listing images")?;
+    if !found.skipped.is_empty() {
+        let shown: Vec<String> = found
+            .skipped
+            .iter()
+            .take(5)
+            .map(|p| p.display().to_string())
+            .collect();
+        eprintln!(
+            "skipped {} file(s) that are not pictures this build reads ({}): {}{}",
+            found.skipped.len(),
+            crate::fsutil::IMAGE_EXTENSIONS.join(", "),
+            shown.join(", "),
+            if found.skipped.len() > shown.len() {
+                ", …"
+            } else {
+                ""
+            }
+        );
+    }
+    let files = found.files;
+    if files.is_empty() {
+        anyhow::bail!(
+            "no pictures found in {} (looked for {})",
+            args.images
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            crate::fsutil::IMAGE_EXTENSIONS.join(", ")
+        );
+    }
+    let stems = crate::fsutil::output_stems(&files);
     let (mut failed, mut errors) = (0usize, 0usize);
-    for path in &files {
-        match inspect_one(&inspector, path, &args) {
+    for (path, stem) in files.iter().zip(&stems) {
+        match inspect_one(&inspector, path, stem, &args) {
             Ok(line) => {
                 if line["verdict"] == "fail" {
                     failed += 1;
@@ -100,22 +132,27 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         files.len() - failed - errors
     );
     Ok(if errors > 0 {
-        ExitCode::FAILURE
+        ExitCode::from(super::EXIT_UNINSPECTED)
+    } else if failed > 0 {
+        ExitCode::from(super::EXIT_FAIL)
     } else {
         ExitCode::SUCCESS
     })
 }
 
-fn inspect_one(inspector: &Inspector, path: &Path, args: &Args) -> anyhow::Result<serde_json::Value> {
+/// Inspect `path`; outputs go to `<dir>/<stem>.*`.
+fn inspect_one(
+    inspector: &Inspector,
+    path: &Path,
+    stem: &Path,
+    args: &Args,
+) -> anyhow::Result<serde_json::Value> {
     let t0 = Instant::now();
     let img = crate::imageio::load_rgb(path)?;
     let decode_ms = t0.elapsed().as_secs_f64() * 1e3;
     let ins = inspector.inspect(&img)?;
     let t1 = Instant::now();
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image".into());
+    let stem = stem.display();
     if let Some(dir) = &args.maps {
         // The map at model input resolution, and the patch-grid map it was upsampled from.
         for (name, map) in [
@@ -123,6 +160,7 @@ fn inspect_one(inspector: &Inspector, path: &Path, args: &Args) -> anyhow::Resul
             (format!("{stem}.grid.npy"), &ins.outcome.map),
         ] {
             let out = dir.join(name);
+            create_parent(&out)?;
             let bytes = npy_bytes(map)?;
             crate::fsutil::write_atomic(&out, &bytes)
                 .with_context(|| format!("writing {}", out.display()))?;
@@ -141,6 +179,7 @@ fn inspect_one(inspector: &Inspector, path: &Path, args: &Args) -> anyhow::Resul
             ),
         ] {
             let out = dir.join(name);
+            create_parent(&out)?;
             let bytes = heatmap::jpeg(&picture, 85)?;
             crate::fsutil::write_atomic(&out, &bytes)
                 .with_context(|| format!("writing {}", out.display()))?;
@@ -200,6 +239,13 @@ pub(crate) fn report(
         "bank": inspector.bank_id(),
         "timings_ms": timings,
     })
+}
+
+fn create_parent(out: &Path) -> anyhow::Result<()> {
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    Ok(())
 }
 
 fn round3(x: f64) -> f64 {

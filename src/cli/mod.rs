@@ -16,20 +16,45 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Exit code for invalid configuration or arguments (systemd's
+/// Exit code: at least one part failed (`inspect`), or the daemon stopped on
+/// a fault that a restart may cure (`run`).
+pub const EXIT_FAIL: u8 = 1;
+/// Exit code: the command could not do what was asked: bad usage,
+/// configuration, model pack, bank or input files (systemd's
 /// `RestartPreventExitStatus=` uses it to stop a restart loop).
 pub const EXIT_CONFIG: u8 = 2;
+/// Exit code: at least one picture could not be inspected (`inspect`).
+pub const EXIT_UNINSPECTED: u8 = 3;
+
+/// The exit codes, as `--help` shows them.
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success (inspect: every part passed)
+  1  inspect: at least one part failed; run: stopped on a fault a restart may cure
+  2  usage, configuration, model pack, bank or input files cannot be used (run: do not restart)
+  3  inspect: at least one picture could not be inspected
+
+Examples:
+  winclip-edge demo
+  winclip-edge bank --model models/tiny --object bottle --shots good/ --calibrate more-good/ -o bottle.bank
+  winclip-edge inspect --model models/tiny --bank bottle.bank parts/
+  winclip-edge run --config /etc/winclip-edge/config.toml";
 
 /// Zero-/few-shot visual anomaly inspection (WinCLIP / WinCLIP+) for edge CPUs.
 #[derive(Debug, Parser)]
-#[command(name = "winclip-edge", version, about)]
+#[command(name = "winclip-edge", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// Threads for inference (0 = one per core).
-    #[arg(long, global = true, default_value_t = 0, env = "WINCLIP_THREADS")]
-    pub threads: usize,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--threads`, on the commands that run the model.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Threads {
+    /// Threads for inference (0 = one per core).
+    #[arg(long, default_value_t = 0, env = "WINCLIP_THREADS")]
+    pub threads: usize,
 }
 
 /// Subcommands.
@@ -37,6 +62,9 @@ pub struct Cli {
 pub enum Command {
     /// The whole station end to end on built-in defaults: synthetic parts, the
     /// bundled tiny model, an embedded MQTT broker, verdicts and heatmaps shown live.
+    #[command(
+        after_help = "Examples:\n  winclip-edge demo\n  winclip-edge demo --keep-running --port 1883   # then: mosquitto_sub -p 1883 -t 'winclip/#' -v"
+    )]
     Demo {
         /// Model pack (default: the bundled tiny pack).
         #[arg(long)]
@@ -54,14 +82,25 @@ pub enum Command {
         /// it with mosquitto_sub or drop pictures of your own into it.
         #[arg(long)]
         keep_running: bool,
+        #[command(flatten)]
+        threads: Threads,
     },
     /// Run the inspection daemon (what `systemctl start winclip-edge` runs).
+    #[command(
+        after_help = "Exit status: 0 stopped by SIGTERM; 1 a fault a restart may cure; 2 configuration, \
+model pack, bank or source problem (systemd does not restart).\n\nExamples:\n  winclip-edge run --config /etc/winclip-edge/config.toml"
+    )]
     Run {
         /// Configuration file.
         #[arg(long, default_value = "/etc/winclip-edge/config.toml")]
         config: PathBuf,
     },
     /// Validate a daemon configuration and print what it resolves to.
+    #[command(
+        after_help = "Exit status: 0 OK; 2 a problem (each one is printed).\n\nExamples:\n  \
+winclip-edge check-config --config /etc/winclip-edge/config.toml\n  \
+winclip-edge check-config --config /etc/winclip-edge/config.toml --connect"
+    )]
     CheckConfig {
         /// Configuration file.
         #[arg(long, default_value = "/etc/winclip-edge/config.toml")]
@@ -72,14 +111,33 @@ pub enum Command {
         connect: bool,
     },
     /// Build a bank: text prototypes, optional few-shot references (WinCLIP+), threshold.
+    #[command(after_help = "Examples:\n  \
+winclip-edge bank --model models/tiny --object bottle -o bottle-zero.bank\n  \
+winclip-edge bank --model models/tiny --object bottle --shots good/ --calibrate more-good/ -o bottle.bank\n  \
+winclip-edge bank --model models/tiny --object pcb --state \"bad soldering\" --shots good/ --threshold 0.29 -o pcb.bank")]
     Bank(BankArgs),
     /// Inspect images against a bank: verdicts, scores, maps, heatmaps.
+    #[command(
+        after_help = "Exit status: 0 every part passed; 1 at least one failed; 2 usage, model pack or bank \
+error, or no picture found; 3 at least one picture could not be inspected.\n\nExamples:\n  \
+winclip-edge inspect --model models/tiny --bank bottle.bank part.png\n  \
+winclip-edge inspect --model models/tiny --bank bottle.bank --json --heatmaps out/ good/ bad/"
+    )]
     Inspect(InspectArgs),
     /// Write synthetic good and defective pictures with defect masks.
+    #[command(
+        after_help = "Examples:\n  winclip-edge synth --out synth/ --good 8 --bad 4\n  \
+winclip-edge synth --layout mvtec --out data/ --categories bottle=object,carpet=texture"
+    )]
     Synth(SynthArgs),
     /// Evaluate on MVTec-AD, VisA or a folder of parts: metrics, report, plots.
+    #[command(after_help = "Examples:\n  \
+winclip-edge eval --model models/vit-b-16-plus-240 --dataset mvtec:/data/mvtec --k 0,1,2,4 --seeds 5 -o eval-mvtec\n  \
+winclip-edge eval --model models/tiny --dataset folder:my-part/ -o eval-part")]
     Eval(EvalArgs),
     /// Time every stage on this machine: median ms, GFLOP/s, peak RSS.
+    #[command(after_help = "Examples:\n  winclip-edge bench --model models/tiny\n  \
+winclip-edge bench --model models/vit-b-16-plus-240 --k 1,4 --stream 40 --json bench.json")]
     Bench(BenchArgs),
     /// Model pack tools.
     #[command(subcommand)]
@@ -126,8 +184,10 @@ pub struct BankArgs {
     #[arg(long, value_delimiter = ',', default_value = "2,3")]
     pub scales: Vec<usize>,
     /// Output bank file.
-    #[arg(short, long)]
+    #[arg(short, long = "out", visible_alias = "output")]
     pub output: PathBuf,
+    #[command(flatten)]
+    pub threads: Threads,
 }
 
 /// `winclip-edge inspect ...`
@@ -161,6 +221,8 @@ pub struct InspectArgs {
     /// Token encoder precision (f16: native on ARMv8.2+, emulated and slow elsewhere).
     #[arg(long, value_enum, default_value_t = crate::model::Precision::F32)]
     pub precision: crate::model::Precision,
+    #[command(flatten)]
+    pub threads: Threads,
 }
 
 /// `winclip-edge eval ...`
@@ -175,8 +237,8 @@ pub struct EvalArgs {
     /// Categories to evaluate (default: all).
     #[arg(long, value_delimiter = ',')]
     pub categories: Vec<String>,
-    /// Shot counts (0 = zero-shot).
-    #[arg(long, value_delimiter = ',', default_value = "0,1,2,4")]
+    /// K, the shot counts to evaluate (0 = zero-shot).
+    #[arg(long = "k", alias = "shots", value_delimiter = ',', default_value = "0,1,2,4")]
     pub shots: Vec<usize>,
     /// Seeds (reference draws) per K > 0.
     #[arg(long, default_value_t = 5)]
@@ -190,6 +252,8 @@ pub struct EvalArgs {
     /// Softmax temperature.
     #[arg(long, default_value_t = crate::winclip::DEFAULT_TAU)]
     pub tau: f32,
+    #[command(flatten)]
+    pub threads: Threads,
 }
 
 /// `winclip-edge bench ...`
@@ -201,15 +265,15 @@ pub struct BenchArgs {
     /// Pictures to time (after one warm-up).
     #[arg(long, default_value_t = 5)]
     pub images: usize,
-    /// WinCLIP+ shot counts to time (0 = zero-shot only).
-    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    /// K, the WinCLIP+ shot counts to time (0 = zero-shot only).
+    #[arg(long = "k", alias = "shots", value_delimiter = ',', default_value = "1,4")]
     pub shots: Vec<usize>,
     /// Also write the numbers as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Then time the early-exit cascade against the full pipeline on a stream
     /// of this many pictures (95 % good, 5 % defective), with a bank of the
-    /// largest --shots calibrated on --calibration good pictures; 0 skips it.
+    /// largest --k calibrated on --calibration good pictures; 0 skips it.
     #[arg(long, default_value_t = 0)]
     pub stream: usize,
     /// Good pictures the stream's bank is calibrated on.
@@ -219,6 +283,8 @@ pub struct BenchArgs {
     /// pictures are measured too.
     #[arg(long, value_enum, default_value_t = crate::model::Precision::F32)]
     pub precision: crate::model::Precision,
+    #[command(flatten)]
+    pub threads: Threads,
 }
 
 /// `winclip-edge synth ...`
@@ -286,6 +352,8 @@ pub enum ModelCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        threads: Threads,
     },
     /// Dump an image's features (embedding, token map, patch features, window
     /// embeddings per scale) to a safetensors file, for debugging and parity checks.
@@ -296,17 +364,27 @@ pub enum ModelCommand {
         /// Image file.
         image: PathBuf,
         /// Output safetensors file.
-        #[arg(short, long)]
+        #[arg(short, long = "out", visible_alias = "output")]
         output: PathBuf,
         /// Window scales in patches.
         #[arg(long, value_delimiter = ',', default_value = "2,3")]
         scales: Vec<usize>,
+        #[command(flatten)]
+        threads: Threads,
     },
+}
+
+impl Command {
+    /// Whether the command serves for long (the daemon, the demo) rather
+    /// than printing a result and ending.
+    pub fn serves(&self) -> bool {
+        matches!(self, Command::Run { .. } | Command::Demo { .. })
+    }
 }
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let threads = crate::model::set_threads(cli.threads);
+    let threads = |t: Threads| crate::model::set_threads(t.threads);
     match cli.command {
         Command::Run { config } => match crate::daemon::run(&config) {
             Ok(()) => Ok(ExitCode::SUCCESS),
@@ -314,7 +392,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 log::error!("{e:#}");
                 Ok(ExitCode::from(EXIT_CONFIG))
             }
-            Err(crate::daemon::Error::Runtime(e)) => Err(e),
+            Err(crate::daemon::Error::Runtime(e)) => {
+                log::error!("{e:#}");
+                Ok(ExitCode::from(EXIT_FAIL))
+            }
         },
         Command::Demo {
             model,
@@ -322,85 +403,107 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             images,
             port,
             keep_running,
+            threads: t,
         } => demo::run(demo::Args {
             model,
             dir,
             images,
             port,
             keep_running,
+            threads: t.threads,
         }),
         Command::CheckConfig { config, connect } => check_config::run(&config, connect),
-        Command::Bank(a) => bank::run(bank::Args {
-            model: a.model,
-            spec: crate::inspector::BankSpec {
-                object: a.object,
-                prompt_set: a.prompt_set,
-                extra_states: a.states,
-                config: crate::winclip::Config {
-                    tau: a.tau,
-                    scales: a.scales,
-                    stride: 1,
+        Command::Bank(a) => {
+            threads(a.threads);
+            bank::run(bank::Args {
+                model: a.model,
+                spec: crate::inspector::BankSpec {
+                    object: a.object,
+                    prompt_set: a.prompt_set,
+                    extra_states: a.states,
+                    config: crate::winclip::Config {
+                        tau: a.tau,
+                        scales: a.scales,
+                        stride: 1,
+                    },
+                    threshold: a.threshold,
+                    sigmas: a.sigmas,
                 },
+                shots: a.shots,
+                calibrate: a.calibrate,
+                uncalibrated: a.uncalibrated,
+                output: a.output,
+            })
+        }
+        Command::Inspect(a) => {
+            threads(a.threads);
+            inspect::run(inspect::Args {
+                model: a.model,
+                bank: a.bank,
+                images: a.images,
+                json: a.json,
+                maps: a.maps,
+                heatmaps: a.heatmaps,
                 threshold: a.threshold,
-                sigmas: a.sigmas,
-            },
-            shots: a.shots,
-            calibrate: a.calibrate,
-            uncalibrated: a.uncalibrated,
-            output: a.output,
-        }),
-        Command::Inspect(a) => inspect::run(inspect::Args {
-            model: a.model,
-            bank: a.bank,
-            images: a.images,
-            json: a.json,
-            maps: a.maps,
-            heatmaps: a.heatmaps,
-            threshold: a.threshold,
-            early_exit: a.early_exit,
-            precision: a.precision,
-        }),
+                early_exit: a.early_exit,
+                precision: a.precision,
+            })
+        }
         Command::Synth(a) => synth::run(&a),
         Command::Bench(a) => bench::run(bench::Args {
             model: a.model,
             images: a.images,
             shots: a.shots,
-            threads,
+            threads: threads(a.threads),
             json: a.json,
             stream: a.stream,
             calibration: a.calibration,
             precision: a.precision,
         }),
-        Command::Eval(a) => eval::run(eval::Args {
-            model: a.model,
-            command: std::iter::once("winclip-edge".to_string())
-                .chain(std::env::args().skip(1))
-                .collect::<Vec<_>>()
-                .join(" "),
-            spec: crate::eval::Spec {
-                dataset: a.dataset,
-                categories: a.categories,
-                shots: a.shots,
-                seeds: a.seeds,
-                out: a.out,
-                prompt_set: a.prompt_set,
-                config: crate::winclip::Config {
-                    tau: a.tau,
-                    ..crate::winclip::Config::default()
+        Command::Eval(a) => {
+            threads(a.threads);
+            eval::run(eval::Args {
+                model: a.model,
+                command: std::iter::once("winclip-edge".to_string())
+                    .chain(std::env::args().skip(1))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                spec: crate::eval::Spec {
+                    dataset: a.dataset,
+                    categories: a.categories,
+                    shots: a.shots,
+                    seeds: a.seeds,
+                    out: a.out,
+                    prompt_set: a.prompt_set,
+                    config: crate::winclip::Config {
+                        tau: a.tau,
+                        ..crate::winclip::Config::default()
+                    },
                 },
-            },
-        }),
+            })
+        }
         Command::Model(ModelCommand::Info {
             model,
             no_verify,
             json,
         }) => model_info::run(&model, !no_verify, json),
-        Command::Model(ModelCommand::Verify { model, json }) => verify::run(&model, json),
+        Command::Model(ModelCommand::Verify {
+            model,
+            json,
+            threads: t,
+        }) => {
+            threads(t);
+            verify::run(&model, json)
+        }
         Command::Model(ModelCommand::Features {
             model,
             image,
             output,
             scales,
-        }) => features::run(&model, &image, &output, &scales),
+            threads: t,
+        }) => {
+            threads(t);
+            features::run(&model, &image, &output, &scales)
+        }
     }
 }
