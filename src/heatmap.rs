@@ -3,9 +3,16 @@
 //! The colour scale is fixed per bank (from calibration, see
 //! [`crate::bank::colour_range`]), never stretched per image: a good part stays
 //! calm blue, a defect turns red, and two images can be compared by eye.
+//! [`explained`] adds what a person needs to read one: the verdict and the
+//! score against the threshold, the regions above the pixel threshold
+//! outlined (or, for a failing part without one, its strongest point), and a
+//! colour bar of the bank's scale with the pixel threshold marked.
 
+use font8x8::UnicodeFonts;
 use image::{imageops, Rgb, RgbImage};
 use ndarray::ArrayView2;
+
+use crate::winclip::upsample;
 
 /// Map `value` in `[lo, hi]` to a colour of the turbo palette (clamped). Only
 /// turbo's middle 80 % is used: its ends are near-black, and calm must read as blue.
@@ -59,6 +66,166 @@ pub fn thumbnail(image: &RgbImage, max_side: u32) -> RgbImage {
     imageops::resize(image, nw, nh, imageops::FilterType::Triangle)
 }
 
+/// What a heatmap says besides the map.
+#[derive(Debug, Clone)]
+pub struct Legend<'a> {
+    /// The part failed.
+    pub failed: bool,
+    /// Its score.
+    pub score: f32,
+    /// The threshold it was compared with.
+    pub threshold: f32,
+    /// Where the map counts as anomalous.
+    pub pixel_threshold: f32,
+    /// Regions above the pixel threshold, `[x0, y0, x1, y1]` in the picture's pixels.
+    pub regions: &'a [[u32; 4]],
+    /// The map's strongest point `[x, y]`, in the picture's pixels.
+    pub argmax: [u32; 2],
+}
+
+const PASS_BAND: Rgb<u8> = Rgb([20, 120, 50]);
+const FAIL_BAND: Rgb<u8> = Rgb([190, 25, 25]);
+const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
+const BLACK: Rgb<u8> = Rgb([0, 0, 0]);
+
+/// The heatmap of `picture` that explains itself, its longest side at most
+/// `max_side` (plus a header and a colour bar): `map` (any resolution over
+/// the whole picture) upsampled and blended over it in the fixed `range`,
+/// the legend's regions outlined, the verdict and score in the header.
+pub fn explained(
+    picture: &RgbImage,
+    map: ArrayView2<'_, f32>,
+    range: [f32; 2],
+    legend: &Legend<'_>,
+    max_side: u32,
+) -> RgbImage {
+    let thumb = thumbnail(picture, max_side);
+    let (w, h) = thumb.dimensions();
+    let full = upsample::bilinear(map, h as usize, w as usize);
+    let over = overlay(&thumb, full.view(), range, 0.55);
+    let (colour, mut text) = if legend.failed {
+        (
+            FAIL_BAND,
+            format!("FAIL {:.4} > {:.4}", legend.score, legend.threshold),
+        )
+    } else {
+        (
+            PASS_BAND,
+            format!("PASS {:.4} <= {:.4}", legend.score, legend.threshold),
+        )
+    };
+    if (w as usize) < 8 * text.len() + 6 {
+        // A thumbnail: the same, shorter.
+        let short = |v: f32| format!("{v:.3}").trim_start_matches('0').to_string();
+        let (word, cmp) = if legend.failed {
+            ("FAIL", ">")
+        } else {
+            ("PASS", "<=")
+        };
+        text = format!("{word} {}{cmp}{}", short(legend.score), short(legend.threshold));
+    }
+    // Letters twice the size where the header still fits.
+    let k = if w as usize >= 16 * text.len() + 6 { 2 } else { 1 };
+    let band = 8 * k + 6;
+    let mut out = RgbImage::from_pixel(w, band + h + band + 8 * k, BLACK);
+    imageops::replace(&mut out, &over, 0, i64::from(band));
+
+    // Where: regions outlined, or the strongest point of a failing part.
+    let (sx, sy) = (
+        f64::from(w) / f64::from(picture.width().max(1)),
+        f64::from(h) / f64::from(picture.height().max(1)),
+    );
+    let to = |x: u32, y: u32| {
+        (
+            (f64::from(x) * sx) as i64,
+            (f64::from(y) * sy) as i64 + i64::from(band),
+        )
+    };
+    for r in legend.regions {
+        let (x0, y0) = to(r[0], r[1]);
+        let (x1, y1) = to(r[2], r[3]);
+        rectangle(&mut out, x0 - 1, y0 - 1, x1 + 1, y1 + 1, BLACK);
+        rectangle(&mut out, x0, y0, x1, y1, WHITE);
+    }
+    if legend.failed && legend.regions.is_empty() {
+        let (cx, cy) = to(legend.argmax[0], legend.argmax[1]);
+        let r = i64::from(6 * k);
+        rectangle(&mut out, cx - r - 1, cy - r - 1, cx + r + 1, cy + r + 1, BLACK);
+        rectangle(&mut out, cx - r, cy - r, cx + r, cy + r, WHITE);
+    }
+
+    // The verdict: score against threshold.
+    fill(&mut out, 0, 0, w, band, colour);
+    text_at(&mut out, 3, 3, &text, k, WHITE);
+
+    // The scale: the bank's fixed colours, the pixel threshold marked.
+    let bar_top = band + h + 2;
+    let bar = 8 * k - 2;
+    let [lo, hi] = range;
+    for x in 0..w {
+        let v = lo + (hi - lo) * (x as f32 + 0.5) / w as f32;
+        fill(&mut out, x, bar_top, 1, bar, colour_of(v, range));
+    }
+    if hi > lo {
+        let t = ((legend.pixel_threshold - lo) / (hi - lo)).clamp(0.0, 1.0);
+        let x = ((t * (w - 1) as f32) as u32).min(w - 1);
+        fill(&mut out, x.saturating_sub(1), bar_top, 3, bar, WHITE);
+    }
+    let labels_top = bar_top + bar + 2;
+    text_at(&mut out, 2, labels_top, &format!("{lo:.3}"), k.max(1), WHITE);
+    let right = format!("{hi:.3}");
+    let rx = i64::from(w) - (8 * k * right.len() as u32) as i64 - 2;
+    text_at(&mut out, rx.max(0) as u32, labels_top, &right, k, WHITE);
+    out
+}
+
+fn colour_of(v: f32, range: [f32; 2]) -> Rgb<u8> {
+    colour(v, range)
+}
+
+fn fill(img: &mut RgbImage, x: u32, y: u32, w: u32, h: u32, c: Rgb<u8>) {
+    for yy in y..(y + h).min(img.height()) {
+        for xx in x..(x + w).min(img.width()) {
+            img.put_pixel(xx, yy, c);
+        }
+    }
+}
+
+/// A one-pixel rectangle outline (clipped to the image).
+fn rectangle(img: &mut RgbImage, x0: i64, y0: i64, x1: i64, y1: i64, c: Rgb<u8>) {
+    let (w, h) = (i64::from(img.width()), i64::from(img.height()));
+    let mut put = |x: i64, y: i64| {
+        if (0..w).contains(&x) && (0..h).contains(&y) {
+            img.put_pixel(x as u32, y as u32, c);
+        }
+    };
+    for x in x0..=x1 {
+        put(x, y0);
+        put(x, y1);
+    }
+    for y in y0..=y1 {
+        put(x0, y);
+        put(x1, y);
+    }
+}
+
+/// `text` in the 8×8 font scaled by `k`, clipped to the image.
+fn text_at(img: &mut RgbImage, x: u32, y: u32, text: &str, k: u32, c: Rgb<u8>) {
+    for (i, ch) in text.chars().enumerate() {
+        let Some(glyph) = font8x8::BASIC_FONTS.get(ch) else {
+            continue;
+        };
+        let gx = x + i as u32 * 8 * k;
+        for (row, bits) in glyph.iter().enumerate() {
+            for col in 0..8 {
+                if bits & (1 << col) != 0 {
+                    fill(img, gx + col * k, y + row as u32 * k, k, k, c);
+                }
+            }
+        }
+    }
+}
+
 /// JPEG-encode an image.
 pub fn jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, image::ImageError> {
     let mut out = Vec::new();
@@ -97,6 +264,43 @@ mod tests {
         let img = RgbImage::new(400, 200);
         assert_eq!(thumbnail(&img, 100).dimensions(), (100, 50));
         assert_eq!(thumbnail(&img, 1000).dimensions(), (400, 200));
+    }
+
+    #[test]
+    fn an_explained_heatmap_shows_verdict_regions_and_scale() {
+        let picture = RgbImage::from_pixel(480, 240, Rgb([128, 128, 128]));
+        let mut map = Array2::from_elem((15, 15), 0.2f32);
+        map[[7, 3]] = 0.9;
+        let regions = [[96, 96, 160, 144]];
+        let legend = Legend {
+            failed: true,
+            score: 0.31,
+            threshold: 0.29,
+            pixel_threshold: 0.5,
+            regions: &regions,
+            argmax: [112, 120],
+        };
+        let out = explained(&picture, map.view(), [0.2, 0.8], &legend, 400);
+        // 400 × 200 picture, a 22-px header and a 16-px scale with its labels.
+        assert_eq!(out.width(), 400);
+        assert_eq!(out.height(), 22 + 200 + 22 + 16);
+        assert_eq!(*out.get_pixel(1, 1), FAIL_BAND, "a red header says FAIL");
+        // The region's outline, at 5/6 scale, below the header.
+        assert_eq!(*out.get_pixel(100, 22 + 80), WHITE);
+        // The bar runs from calm (blue-ish) to hot (red-ish).
+        let bar_y = 22 + 200 + 3;
+        assert!(out.get_pixel(2, bar_y).0[2] > out.get_pixel(2, bar_y).0[0]);
+        assert!(out.get_pixel(397, bar_y).0[0] > out.get_pixel(397, bar_y).0[2]);
+        // The pixel threshold's tick, halfway.
+        assert_eq!(*out.get_pixel(199, bar_y), WHITE);
+        let pass = Legend {
+            failed: false,
+            regions: &[],
+            ..legend
+        };
+        let out = explained(&picture, map.view(), [0.2, 0.8], &pass, 120);
+        assert_eq!(*out.get_pixel(1, 1), PASS_BAND);
+        assert_eq!(out.width(), 120);
     }
 
     #[test]

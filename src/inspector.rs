@@ -302,6 +302,17 @@ impl Inspector {
         self.threshold
     }
 
+    /// Where the map counts as anomalous (regions): above the highest map
+    /// value of any good calibration picture, so that a region is a place
+    /// no good part showed; without calibration, the image threshold (the
+    /// final map and score are on one scale).
+    pub fn pixel_threshold(&self) -> f32 {
+        match &self.bank.meta.calibration {
+            Some(c) => c.map_max,
+            None => self.threshold,
+        }
+    }
+
     /// The bank.
     pub fn bank(&self) -> &Bank {
         &self.bank

@@ -23,5 +23,6 @@ pub mod heatmap;
 pub mod imageio;
 pub mod inspector;
 pub mod model;
+pub mod record;
 pub mod synth;
 pub mod winclip;

@@ -239,10 +239,12 @@ fn bank_then_inspect_writes_json_maps_and_heatmaps() {
     let max = m.iter().copied().fold(f32::MIN, f32::max) as f64;
     assert!((max - lines[1]["map"]["max"].as_f64().unwrap()).abs() < 1e-6);
     // Heatmaps: the overlay at the picture's size and a thumbnail.
+    // (with the verdict above and the colour scale below).
     let full = image::open(heat.join("hole.jpg")).unwrap();
-    assert_eq!((full.width(), full.height()), (256, 256));
+    assert_eq!(full.width(), 256);
+    assert!(full.height() > 256);
     let thumb = image::open(heat.join("hole.thumb.jpg")).unwrap();
-    assert!(thumb.width() <= 256 && thumb.height() <= 256);
+    assert_eq!(thumb.width(), 128, "a thumbnail is smaller than the picture");
 }
 
 /// A one-shot bank (shot 000) calibrated on `n` synthetic good pictures.

@@ -9,12 +9,13 @@ use serde_json::json;
 
 use crate::bank::Bank;
 use crate::heatmap;
-use crate::inspector::{Inspection, Inspector};
+use crate::inspector::Inspector;
 use crate::model::{ModelPack, VisionModel};
-use crate::winclip::upsample;
+use crate::record::{Identity, Record, Verdict};
 
-/// Longest side of heatmap thumbnails.
-pub const THUMBNAIL_SIDE: u32 = 256;
+/// Longest side of heatmap thumbnails (`<stem>.thumb.jpg`; `<stem>.jpg` is
+/// at the picture's size).
+pub const THUMBNAIL_SIDE: u32 = 128;
 
 /// Arguments of `inspect`, already parsed.
 pub(crate) struct Args {
@@ -93,37 +94,28 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let stems = crate::fsutil::output_stems(&files);
     let (mut failed, mut errors) = (0usize, 0usize);
     for (path, stem) in files.iter().zip(&stems) {
-        match inspect_one(&inspector, path, stem, &args) {
-            Ok(line) => {
-                if line["verdict"] == "fail" {
-                    failed += 1;
-                }
-                if args.json {
-                    println!("{line}");
-                } else {
-                    println!(
-                        "{:<4} score {:.5} (threshold {:.5})  {:>7.1} ms{}  {}",
-                        line["verdict"].as_str().unwrap_or("?").to_uppercase(),
-                        line["score"].as_f64().unwrap_or(f64::NAN),
-                        line["threshold"].as_f64().unwrap_or(f64::NAN),
-                        line["timings_ms"]["total"].as_f64().unwrap_or(f64::NAN),
-                        if line["early_exit"] == true {
-                            " (early exit)"
-                        } else {
-                            ""
-                        },
-                        path.display()
-                    );
-                }
-            }
+        let rec = match inspect_one(&inspector, path, stem, &args) {
+            Ok(rec) => rec,
             Err(e) => {
-                errors += 1;
-                if args.json {
-                    println!("{}", json!({ "image": path, "error": format!("{e:#}") }));
-                } else {
-                    println!("ERR  {e:#}");
-                }
+                let mut rec = Record::error(format!("{e:#}"), &Identity::of(&inspector));
+                rec.file = Some(path.display().to_string());
+                rec
             }
+        };
+        match rec.verdict {
+            Verdict::Fail => failed += 1,
+            Verdict::Error => errors += 1,
+            Verdict::Pass => {}
+        }
+        if args.json {
+            println!("{}", serde_json::to_string(&rec)?);
+        } else {
+            let ms = rec
+                .timings_ms
+                .as_ref()
+                .and_then(|t| t["total"].as_f64())
+                .map_or(String::new(), |t| format!("{t:>7.1} ms  "));
+            println!("{}  {ms}{}", rec.summary(), path.display());
         }
     }
     log::info!(
@@ -141,16 +133,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Inspect `path`; outputs go to `<dir>/<stem>.*`.
-fn inspect_one(
-    inspector: &Inspector,
-    path: &Path,
-    stem: &Path,
-    args: &Args,
-) -> anyhow::Result<serde_json::Value> {
+fn inspect_one(inspector: &Inspector, path: &Path, stem: &Path, args: &Args) -> anyhow::Result<Record> {
     let t0 = Instant::now();
     let img = crate::imageio::load_rgb(path)?;
     let decode_ms = t0.elapsed().as_secs_f64() * 1e3;
     let ins = inspector.inspect(&img)?;
+    let mut rec = Record::inspected(inspector, &ins, img.width(), img.height());
+    rec.file = Some(path.display().to_string());
     let t1 = Instant::now();
     let stem = stem.display();
     if let Some(dir) = &args.maps {
@@ -167,17 +156,15 @@ fn inspect_one(
         }
     }
     if let Some(dir) = &args.heatmaps {
-        let (w, h) = img.dimensions();
-        let full = upsample::bilinear(ins.outcome.map.view(), h as usize, w as usize);
         let range = inspector.bank().meta.colour_range;
-        let over = heatmap::overlay(&img, full.view(), range, 0.55);
-        for (name, picture) in [
-            (format!("{stem}.jpg"), over.clone()),
-            (
-                format!("{stem}.thumb.jpg"),
-                heatmap::thumbnail(&over, THUMBNAIL_SIDE),
-            ),
+        let boxes = rec.boxes();
+        let legend = rec.legend(&boxes);
+        let whole = img.width().max(img.height());
+        for (name, side) in [
+            (format!("{stem}.jpg"), whole),
+            (format!("{stem}.thumb.jpg"), THUMBNAIL_SIDE),
         ] {
+            let picture = heatmap::explained(&img, ins.outcome.map.view(), range, &legend, side);
             let out = dir.join(name);
             create_parent(&out)?;
             let bytes = heatmap::jpeg(&picture, 85)?;
@@ -186,26 +173,6 @@ fn inspect_one(
         }
     }
     let output_ms = t1.elapsed().as_secs_f64() * 1e3;
-    Ok(report(path, inspector, &ins, decode_ms, output_ms))
-}
-
-/// The JSON line of one inspection.
-pub(crate) fn report(
-    path: &Path,
-    inspector: &Inspector,
-    ins: &Inspection,
-    decode_ms: f64,
-    output_ms: f64,
-) -> serde_json::Value {
-    let o = &ins.outcome;
-    let (mut max, mut arg, mut sum) = (f32::NEG_INFINITY, (0, 0), 0.0f64);
-    for ((r, c), v) in ins.map.indexed_iter() {
-        sum += f64::from(*v);
-        if *v > max {
-            max = *v;
-            arg = (r, c);
-        }
-    }
     let t = &ins.timings;
     let mut timings = json!({
         "decode": round3(decode_ms),
@@ -219,26 +186,8 @@ pub(crate) fn report(
     for (k, ms) in &t.windows_ms {
         timings[format!("windows_{k}")] = json!(round3(*ms));
     }
-    json!({
-        "image": path,
-        "verdict": ins.verdict,
-        "score": o.score,
-        "threshold": ins.threshold,
-        "image_score": o.image_score,
-        "fewshot_max": o.fewshot_max,
-        "early_exit": ins.early_exit,
-        "score_bound": ins.score_bound,
-        "map": {
-            "max": max,
-            "mean": sum / ins.map.len().max(1) as f64,
-            "argmax": [arg.0, arg.1],
-            "zero_shot_max": o.zero_shot.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-        },
-        "shots": inspector.bank().meta.shots,
-        "model": inspector.model_id(),
-        "bank": inspector.bank_id(),
-        "timings_ms": timings,
-    })
+    rec.timings_ms = Some(timings);
+    Ok(rec)
 }
 
 fn create_parent(out: &Path) -> anyhow::Result<()> {

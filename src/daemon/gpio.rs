@@ -24,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Edge, GpioSource};
 use crate::daemon::job::{Completion, Job, Outcome};
-use crate::daemon::record::inspection_id;
 use crate::daemon::sink::ResultSink;
 use crate::daemon::source::{SourceContext, SourceHandle};
+use crate::record::inspection_id;
 
 /// The next edge of a line: when it was read.
 pub type EdgeFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Instant>> + Send + 'a>>;

@@ -28,7 +28,6 @@ pub mod job;
 pub mod mqtt;
 pub mod notify;
 pub mod outbox;
-pub mod record;
 pub mod sink;
 pub mod source;
 pub mod state_lock;
@@ -229,6 +228,7 @@ impl Daemon {
             Arc::clone(&wake),
             Arc::clone(&stats),
         );
+        sink.set_identity(crate::record::Identity::of(&o.loaded.inspector));
         let (jobs_tx, jobs_rx) = flume::bounded(config.station.queue_capacity);
         let ids = (
             o.loaded.inspector.model_id().to_string(),
@@ -445,6 +445,9 @@ impl Daemon {
             None => (self.inspector(), self.weights),
         };
         self.weights = weights;
+        if let Some(i) = &inspector {
+            self.sink.set_identity(crate::record::Identity::of(i));
+        }
         self.settings.send_replace(Settings {
             inspector,
             heatmap: new.heatmap,

@@ -2,14 +2,14 @@
 //! publisher woken. The worker and the sources (GPIO error results) share it.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use tokio::sync::Notify;
 
 use crate::daemon::outbox::Outbox;
-use crate::daemon::record::{timestamp, ResultRecord, Verdict};
 use crate::daemon::stats::Stats;
+use crate::record::{timestamp, Identity, Record, Verdict};
 
 /// Stores results; cheap to clone.
 #[derive(Clone)]
@@ -18,6 +18,8 @@ pub struct ResultSink {
     outbox: Arc<Mutex<Outbox>>,
     wake: Arc<Notify>,
     stats: Arc<Stats>,
+    /// The inspector's identity, for error results made without it.
+    identity: Arc<RwLock<Identity>>,
 }
 
 impl ResultSink {
@@ -28,6 +30,14 @@ impl ResultSink {
             outbox,
             wake,
             stats,
+            identity: Arc::default(),
+        }
+    }
+
+    /// The inspector in use changed: error results name this one.
+    pub fn set_identity(&self, identity: Identity) {
+        if let Ok(mut i) = self.identity.write() {
+            *i = identity;
         }
     }
 
@@ -44,7 +54,7 @@ impl ResultSink {
     /// Store a result (and its heatmap) durably, count it, wake the publisher.
     /// A failure (state directory full) is counted and reported until a
     /// result is stored again.
-    pub fn store(&self, record: &ResultRecord, heatmap: Option<&[u8]>) -> std::io::Result<()> {
+    pub fn store(&self, record: &Record, heatmap: Option<&[u8]>) -> std::io::Result<()> {
         let stored = self.push(record, heatmap);
         match &stored {
             Ok(()) => self.stats.set_store_problem(None),
@@ -61,15 +71,16 @@ impl ResultSink {
         stored
     }
 
-    fn push(&self, record: &ResultRecord, heatmap: Option<&[u8]>) -> std::io::Result<()> {
+    fn push(&self, record: &Record, heatmap: Option<&[u8]>) -> std::io::Result<()> {
         let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        let id = record.id.as_deref().unwrap_or_default();
         let mut ob = self
             .outbox
             .lock()
             .map_err(|_| std::io::Error::other("outbox lock poisoned"))?;
-        match ob.push(&record.id, &json, heatmap)? {
-            Some(seq) => log::debug!("result {} stored as #{seq}", record.id),
-            None => log::info!("result {} is already pending: not stored twice", record.id),
+        match ob.push(id, &json, heatmap)? {
+            Some(seq) => log::debug!("result {id} stored as #{seq}"),
+            None => log::info!("result {id} is already pending: not stored twice"),
         }
         self.stats
             .outbox_pending
@@ -88,37 +99,14 @@ impl ResultSink {
         Ok(())
     }
 
-    /// A result with verdict `error` from `source`.
-    pub fn error_record(
-        &self,
-        id: String,
-        source: &str,
-        detected_at: SystemTime,
-        error: String,
-    ) -> ResultRecord {
-        ResultRecord {
-            id,
-            station: self.station.clone(),
-            source: source.to_string(),
-            file: None,
-            file_escaped: None,
-            trigger: None,
-            captured_at: None,
-            detected_at: timestamp(detected_at),
-            inspected_at: timestamp(SystemTime::now()),
-            verdict: Verdict::Error,
-            score: None,
-            threshold: None,
-            image_score: None,
-            fewshot_max: None,
-            early_exit: None,
-            map_max: None,
-            error: Some(error),
-            timings_ms: None,
-            latency_ms: 0.0,
-            model: String::new(),
-            bank: String::new(),
-            heatmap: None,
-        }
+    /// A result with verdict `error` from `source`, naming the inspector in use.
+    pub fn error_record(&self, id: String, source: &str, detected_at: SystemTime, error: String) -> Record {
+        let identity = self.identity.read().map(|i| i.clone()).unwrap_or_default();
+        let mut r = Record::error(error, &identity);
+        r.id = Some(id);
+        r.station = Some(self.station.clone());
+        r.source = Some(source.to_string());
+        r.detected_at = Some(timestamp(detected_at));
+        r
     }
 }

@@ -20,13 +20,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Heatmap;
 use crate::daemon::job::{Job, Outcome};
 use crate::daemon::notify::Notifier;
-use crate::daemon::record::{inspection_id, timestamp, HeatmapInfo, ResultRecord, Verdict};
 use crate::daemon::sink::ResultSink;
 use crate::fsutil::escape_name;
 use crate::heatmap;
 use crate::imageio::{self, Limits};
 use crate::inspector::{self, Inspector};
-use crate::winclip::upsample;
+use crate::record::{inspection_id, timestamp, HeatmapInfo, Record};
 
 /// What the worker inspects with; replaced as a whole on reload.
 #[derive(Debug, Clone)]
@@ -168,9 +167,10 @@ impl Worker {
                 return self.store(&rec, None, Outcome::Rejected);
             }
         };
+        let mut rec = Record::inspected(inspector, &ins, img.width(), img.height());
         let t1 = Instant::now();
         let (heat, info) = if settings.heatmap.enabled {
-            render_heatmap(&img, &ins, inspector, &settings.heatmap, path)
+            render_heatmap(&img, &ins, &rec, inspector, &settings.heatmap, path)
         } else {
             (None, None)
         };
@@ -190,75 +190,47 @@ impl Worker {
         let total = decode_ms + t.total_ms() + heatmap_ms;
         timings["total"] = serde_json::json!(round(total));
         let latency_ms = job.detected.elapsed().as_secs_f64() * 1e3;
-        let rec = ResultRecord {
-            id,
-            station: station.to_string(),
-            source: job.source.clone(),
-            file: Some(path.display().to_string()),
-            file_escaped: escaped_path(path),
-            trigger: job.trigger,
-            captured_at,
-            detected_at: timestamp(job.detected_at),
-            inspected_at: timestamp(SystemTime::now()),
-            verdict: match ins.verdict {
-                inspector::Verdict::Pass => Verdict::Pass,
-                inspector::Verdict::Fail => Verdict::Fail,
-            },
-            score: Some(ins.outcome.score),
-            threshold: Some(ins.threshold),
-            image_score: Some(ins.outcome.image_score),
-            fewshot_max: ins.outcome.fewshot_max,
-            early_exit: Some(ins.early_exit),
-            map_max: Some(ins.outcome.map.iter().copied().fold(f32::NEG_INFINITY, f32::max)),
-            error: None,
-            timings_ms: Some(timings),
-            latency_ms: round(latency_ms),
-            model: inspector.model_id().to_string(),
-            bank: inspector.bank_id().to_string(),
-            heatmap: info,
-        };
+        rec.id = Some(id);
+        rec.station = Some(station.to_string());
+        rec.source = Some(job.source.clone());
+        rec.file = Some(path.display().to_string());
+        rec.file_escaped = escaped_path(path);
+        rec.trigger = job.trigger;
+        rec.captured_at = captured_at;
+        rec.detected_at = Some(timestamp(job.detected_at));
+        rec.inspected_at = timestamp(SystemTime::now());
+        rec.timings_ms = Some(timings);
+        rec.latency_ms = Some(round(latency_ms));
+        rec.heatmap = info;
         self.sink.stats().inspected.fetch_add(1, Ordering::Relaxed);
         self.sink.stats().record_latency(total, latency_ms);
         log::info!(
-            "{} {}: {} score {:.4} {} threshold {:.4}{}, {:.0} ms",
+            "{} {}: {}, {total:.0} ms",
             job.source,
             path.display(),
-            if ins.verdict == inspector::Verdict::Fail {
-                "FAIL"
-            } else {
-                "pass"
-            },
-            ins.outcome.score,
-            if ins.verdict == inspector::Verdict::Fail {
-                ">"
-            } else {
-                "<="
-            },
-            ins.threshold,
-            if ins.early_exit { " (early exit)" } else { "" },
-            total
+            rec.summary()
         );
         self.store(&rec, heat.as_deref(), Outcome::Judged)
     }
 
-    fn file_error(&self, job: &Job, id: String, error: String) -> ResultRecord {
+    fn file_error(&self, job: &Job, id: String, error: String) -> Record {
         log::warn!("{error}");
         let mut rec = self.sink.error_record(id, &job.source, job.detected_at, error);
         rec.file = Some(job.path.display().to_string());
         rec.file_escaped = escaped_path(&job.path);
         rec.trigger = job.trigger;
-        rec.latency_ms = round(job.detected.elapsed().as_secs_f64() * 1e3);
+        rec.latency_ms = Some(round(job.detected.elapsed().as_secs_f64() * 1e3));
         rec
     }
 
     /// Store `rec`; `outcome` when stored, [`Outcome::NotStored`] otherwise.
-    fn store(&self, rec: &ResultRecord, heatmap: Option<&[u8]>, outcome: Outcome) -> Outcome {
+    fn store(&self, rec: &Record, heatmap: Option<&[u8]>, outcome: Outcome) -> Outcome {
         match self.sink.store(rec, heatmap) {
             Ok(()) => outcome,
             Err(e) => {
                 log::error!(
                     "cannot store result {} in the outbox: {e}; the image stays for a later retry",
-                    rec.id
+                    rec.id.as_deref().unwrap_or_default()
                 );
                 Outcome::NotStored
             }
@@ -266,25 +238,29 @@ impl Worker {
     }
 }
 
-/// The heatmap thumbnail as JPEG bytes, and its description.
+/// The heatmap (explained: verdict, regions, scale) as JPEG bytes, and its description.
 fn render_heatmap(
     img: &image::RgbImage,
     ins: &inspector::Inspection,
+    rec: &Record,
     inspector: &Inspector,
     settings: &Heatmap,
     path: &Path,
 ) -> (Option<Vec<u8>>, Option<HeatmapInfo>) {
-    let thumb = heatmap::thumbnail(img, settings.side);
-    let (w, h) = thumb.dimensions();
-    let map = upsample::bilinear(ins.outcome.map.view(), h as usize, w as usize);
-    let over = heatmap::overlay(&thumb, map.view(), inspector.bank().meta.colour_range, 0.55);
-    match heatmap::jpeg(&over, settings.quality) {
+    let picture = heatmap::explained(
+        img,
+        ins.outcome.map.view(),
+        inspector.bank().meta.colour_range,
+        &rec.legend(&rec.boxes()),
+        settings.side,
+    );
+    match heatmap::jpeg(&picture, settings.quality) {
         Ok(bytes) => {
             let info = HeatmapInfo {
                 topic: None,
                 bytes: bytes.len(),
-                width: w,
-                height: h,
+                width: picture.width(),
+                height: picture.height(),
             };
             (Some(bytes), Some(info))
         }

@@ -186,38 +186,7 @@ pub fn pr_curve(scores: &[f32], labels: &[bool]) -> Result<Vec<(f64, f64)>, Erro
 /// Largest false-positive rate PRO integrates over.
 pub const PRO_MAX_FPR: f64 = 0.3;
 
-/// Label the 8-connected components of a binary mask (`h`×`w`, row-major);
-/// returns the label per pixel (0 = background) and the number of regions.
-pub fn connected_regions(mask: &[bool], h: usize, w: usize) -> (Vec<u32>, u32) {
-    let mut labels = vec![0u32; mask.len()];
-    let mut next = 0u32;
-    let mut stack = Vec::new();
-    for start in 0..mask.len() {
-        if !mask[start] || labels[start] != 0 {
-            continue;
-        }
-        next += 1;
-        labels[start] = next;
-        stack.push(start);
-        while let Some(p) = stack.pop() {
-            let (y, x) = (p / w, p % w);
-            for dy in -1i64..=1 {
-                for dx in -1i64..=1 {
-                    let (ny, nx) = (y as i64 + dy, x as i64 + dx);
-                    if ny < 0 || nx < 0 || ny >= h as i64 || nx >= w as i64 {
-                        continue;
-                    }
-                    let q = ny as usize * w + nx as usize;
-                    if mask[q] && labels[q] == 0 {
-                        labels[q] = next;
-                        stack.push(q);
-                    }
-                }
-            }
-        }
-    }
-    (labels, next)
-}
+pub use crate::winclip::regions::connected_regions;
 
 /// One image for PRO: its anomaly map and its ground-truth mask, same size.
 #[derive(Debug, Clone)]
@@ -344,16 +313,6 @@ mod tests {
             auroc(&[f32::NAN, 0.1], &[true, false]),
             Err(Error::Input(_))
         ));
-    }
-
-    #[test]
-    fn regions_use_8_connectivity() {
-        // Two pixels touching at a corner form one region.
-        let m = [true, false, false, false, true, false, false, false, false];
-        let (_, n) = connected_regions(&m, 3, 3);
-        assert_eq!(n, 1);
-        let m = [true, false, true, false, false, false, true, false, true];
-        assert_eq!(connected_regions(&m, 3, 3).1, 4);
     }
 
     #[test]

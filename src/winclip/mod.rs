@@ -12,6 +12,7 @@
 //! map `(M0 + M_W)/2`, score `(s_img + max M_W)/2`.
 
 pub mod prompts;
+pub mod regions;
 pub mod score;
 pub mod upsample;
 mod windows;
