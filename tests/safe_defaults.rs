@@ -424,3 +424,79 @@ fn exit_codes_tell_pass_fail_unusable_and_uninspected_and_a_closed_pipe_ends_qui
     assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
     assert!(!err.contains("status 134"), "{err}");
 }
+
+/// Observed: a result said nothing about where the defect is. Regions come
+/// in the picture's pixels: a good picture with a bright patch painted
+/// at a known place (the tiny pack's random features still tell such a patch
+/// from the part by nearest-neighbour matching), stretched to 512 × 256 so
+/// that both axes must scale, gets its strongest region over the patch.
+#[test]
+fn regions_are_in_picture_pixels_and_overlap_the_drawn_defect() {
+    let dir = tempfile::tempdir().unwrap();
+    let synth = dir.path().join("s");
+    let o = run(&[
+        "synth",
+        "--out",
+        synth.to_str().unwrap(),
+        "--good",
+        "11",
+        "--bad",
+        "0",
+        "--size",
+        "256",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let calib = dir.path().join("calib");
+    std::fs::create_dir_all(&calib).unwrap();
+    for i in 4..10 {
+        std::fs::rename(
+            synth.join(format!("good/{i:03}.png")),
+            calib.join(format!("{i}.png")),
+        )
+        .unwrap();
+    }
+    let shots: Vec<String> = (0..4)
+        .map(|i| synth.join(format!("good/{i:03}.png")).display().to_string())
+        .collect();
+    let mut args = vec!["--shots"];
+    args.extend(shots.iter().map(String::as_str));
+    args.extend(["--calibrate", calib.to_str().unwrap()]);
+    let (bank_path, o) = bank(dir.path(), "regions.bank", &args);
+    assert!(o.status.success(), "{}", text(&o));
+    // The patch: bright magenta over the part, x 300..380, y 70..120 of the stretched picture.
+    let good = image::open(synth.join("good/010.png")).unwrap().to_rgb8();
+    let mut part = image::imageops::resize(&good, 512, 256, image::imageops::FilterType::Triangle);
+    let (px, py) = (300..380, 70..120);
+    for y in py.clone() {
+        for x in px.clone() {
+            part.put_pixel(x, y, image::Rgb([250, 40, 200]));
+        }
+    }
+    let path = dir.path().join("patched.png");
+    part.save(&path).unwrap();
+    let o = inspect(&bank_path, &["--json", path.to_str().unwrap()]);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o));
+    let r: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(r["schema"], 1);
+    assert_eq!(r["map"]["picture"], serde_json::json!([512, 256]));
+    let regions = r["regions"].as_array().unwrap();
+    assert!(!regions.is_empty(), "a region: {r}");
+    let b: Vec<u32> = regions[0]["box"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert!(b[0] < b[2] && b[1] < b[3] && b[2] <= 512 && b[3] <= 256, "{b:?}");
+    let overlaps = b[0] < px.end && px.start < b[2] && b[1] < py.end && py.start < b[3];
+    assert!(
+        overlaps,
+        "the strongest region {b:?} misses the patch at x {px:?}, y {py:?}: {r}"
+    );
+    let [ax, ay] = [
+        r["map"]["argmax"][0].as_u64().unwrap(),
+        r["map"]["argmax"][1].as_u64().unwrap(),
+    ];
+    assert!(ax < 512 && ay < 256);
+}
