@@ -467,7 +467,7 @@ pub fn load(path: &Path) -> Result<Checked, Error> {
 pub fn parse(text: &str, path: &Path) -> Result<Checked, Error> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| Error::Parse {
         path: path.to_owned(),
-        message: e.to_string(),
+        message: plain_types(&e.to_string()),
     })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut report = Report::default();
@@ -483,6 +483,28 @@ pub fn parse(text: &str, path: &Path) -> Result<Checked, Error> {
             problems: report.problems,
         })
     }
+}
+
+/// serde names Rust types ("expected u16"); say what they hold instead.
+fn plain_types(message: &str) -> String {
+    const TYPES: [(&str, &str); 8] = [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u32", "expected a whole number from 0 to 4294967295"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected f32", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+        (
+            "expected a sequence",
+            "expected a list in brackets, like [\"a\", \"b\"]",
+        ),
+    ];
+    let mut m = message.to_string();
+    for (rust, plain) in TYPES {
+        m = m.replace(rust, plain);
+    }
+    m
 }
 
 // ------------------------------------------------------------------ checks
@@ -1172,6 +1194,18 @@ path = "/srv/drop"
         let err = parse_str(&MINIMAL.replace("name = \"line1\"", "name = \"line1\"\nthreads = \"two\""))
             .unwrap_err();
         assert!(err.contains("threads") && err.contains("line 4"), "{err}");
+    }
+
+    /// Issue #21: "expected u16" for port 188300 read like Rust internals.
+    #[test]
+    fn type_errors_say_what_the_key_holds_in_plain_words() {
+        let err = parse_str(&MINIMAL.replace("[model]", "[mqtt]\nhost = \"b\"\nport = 188300\n[model]"))
+            .unwrap_err();
+        assert!(
+            err.contains("port") && err.contains("a whole number from 0 to 65535"),
+            "{err}"
+        );
+        assert!(!err.contains("u16"), "{err}");
     }
 
     #[test]
