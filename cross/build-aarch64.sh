@@ -9,7 +9,8 @@
 # It works in a Debian trixie chroot (debootstrap) with Debian's cross toolchain,
 # created once under $WINCLIP_CROSS_CHROOT (default /var/tmp/winclip-cross-trixie);
 # the host only needs debootstrap. Every mount is undone on exit, also on failure.
-# Results: target/cross/aarch64-unknown-linux-gnu/release/winclip-edge and target/debian/*.deb.
+# Results: target/cross/aarch64-unknown-linux-gnu/dist/winclip-edge (the dist profile: fat LTO)
+# and target/debian/*.deb.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -110,14 +111,14 @@ step "release build for glibc 2.31 (JetPack 5) with cargo-zigbuild"
 # zig must do the compiling and linking: drop the gcc settings the tests used.
 in_chroot "$ENV
     unset CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER CC_aarch64_unknown_linux_gnu CXX_aarch64_unknown_linux_gnu AR_aarch64_unknown_linux_gnu
-    cargo zigbuild --locked --release --target aarch64-unknown-linux-gnu.2.31"
+    cargo zigbuild --locked --profile dist --target aarch64-unknown-linux-gnu.2.31"
 T2=$(date +%s)
 
 step "checking the release binary"
 in_chroot '
     set -e
     cd /src
-    BIN=target/cross/aarch64-unknown-linux-gnu/release/winclip-edge
+    BIN=target/cross/aarch64-unknown-linux-gnu/dist/winclip-edge
     KIND=$(file -b "$BIN")
     echo "$KIND"
     grep -q "ARM aarch64" <<<"$KIND" || { echo "not an aarch64 ELF" >&2; exit 1; }

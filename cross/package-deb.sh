@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Build the .deb of an already built release binary and check its contents.
-#   cross/package-deb.sh                             # host (amd64): target/release/winclip-edge
-#   cross/package-deb.sh aarch64-unknown-linux-gnu   # arm64: target/cross/aarch64-unknown-linux-gnu/release/
+# Build the .deb of an already built dist-profile binary and check its contents.
+#   cross/package-deb.sh                             # host (amd64): target/dist/winclip-edge
+#   cross/package-deb.sh aarch64-unknown-linux-gnu   # arm64: target/cross/aarch64-unknown-linux-gnu/dist/
 # Output: target/debian/winclip-edge_<version>-1_<arch>.deb
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -201,7 +201,7 @@ def section(pack: str, manifest: dict, ours: dict, ort_ms: dict, torch_ms: dict,
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pack", default=os.path.join(ROOT, "models/tiny"))
-    p.add_argument("--bin", default=os.path.join(ROOT, "target/release/winclip-edge"))
+    p.add_argument("--bin", default=os.path.join(ROOT, "target/dist/winclip-edge"))
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--images", type=int, default=5)
     p.add_argument("--checkpoint", help="the checkpoint a pack was exported from (pretrained = checkpoint)")

@@ -1,7 +1,10 @@
 //! `winclip-edge eval`: the paper's protocol on a dataset, with a report.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -16,32 +19,149 @@ pub(crate) struct Args {
     pub command: String,
 }
 
-/// A progress bar with ETA on stderr.
-struct Bar(ProgressBar);
+/// Progress on stderr: a bar with the whole evaluation's ETA on a terminal;
+/// elsewhere (a log file, CI) a line every few seconds.
+enum Bar {
+    Terminal(ProgressBar),
+    Lines(Mutex<Lines>),
+}
+
+struct Lines {
+    total: u64,
+    done: u64,
+    what: String,
+    started: Instant,
+    last: Instant,
+}
+
+/// Seconds between progress lines when stderr is not a terminal.
+const LINE_EVERY: Duration = Duration::from_secs(5);
+
+impl Bar {
+    fn new() -> Self {
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template("{msg:<28} [{bar:30}] {pos}/{len} {elapsed_precise} ETA {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            Bar::Terminal(bar)
+        } else {
+            let now = Instant::now();
+            Bar::Lines(Mutex::new(Lines {
+                total: 0,
+                done: 0,
+                what: String::new(),
+                started: now,
+                last: now,
+            }))
+        }
+    }
+
+    fn finish(&self) {
+        if let Bar::Terminal(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Lines {
+    fn line(&self) -> String {
+        let pct = 100.0 * self.done as f64 / self.total.max(1) as f64;
+        let eta = match self.done {
+            0 => "unknown".to_string(),
+            d => {
+                let per = self.started.elapsed().as_secs_f64() / d as f64;
+                let left = Duration::from_secs((per * self.total.saturating_sub(d) as f64) as u64);
+                humantime::format_duration(left).to_string()
+            }
+        };
+        format!(
+            "eval: {}/{} ({pct:.0} %), {}; ETA {eta}",
+            self.done, self.total, self.what
+        )
+    }
+}
 
 impl eval::Progress for Bar {
-    fn start(&self, what: &str, total: u64) {
-        self.0.set_length(total);
-        self.0.set_position(0);
-        self.0.reset_eta();
-        self.0.set_message(what.to_string());
+    fn start(&self, total: u64) {
+        match self {
+            Bar::Terminal(bar) => {
+                bar.set_length(total);
+                bar.set_position(0);
+                bar.reset_eta();
+            }
+            Bar::Lines(l) => {
+                if let Ok(mut l) = l.lock() {
+                    l.total = total;
+                    eprintln!("eval: {total} steps (pictures to extract, runs to score)");
+                }
+            }
+        }
     }
+
+    fn phase(&self, what: &str) {
+        match self {
+            Bar::Terminal(bar) => bar.set_message(what.to_string()),
+            Bar::Lines(l) => {
+                if let Ok(mut l) = l.lock() {
+                    l.what = what.to_string();
+                }
+            }
+        }
+    }
+
     fn step(&self) {
-        self.0.inc(1);
+        match self {
+            Bar::Terminal(bar) => bar.inc(1),
+            Bar::Lines(l) => {
+                if let Ok(mut l) = l.lock() {
+                    l.done += 1;
+                    if l.last.elapsed() >= LINE_EVERY || l.done == l.total {
+                        l.last = Instant::now();
+                        eprintln!("{}", l.line());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// On Ctrl-C (or SIGTERM) say how to go on: every finished run is saved.
+fn say_how_to_resume() {
+    extern "C" fn on_interrupt(_: nix::libc::c_int) {
+        const MSG: &[u8] =
+            b"\ninterrupted: rerun the same command to resume (finished runs and features are saved)\n";
+        // SAFETY: write(2) and _exit(2) are async-signal-safe.
+        unsafe {
+            nix::libc::write(2, MSG.as_ptr().cast(), MSG.len());
+            nix::libc::_exit(130);
+        }
+    }
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_interrupt),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only makes async-signal-safe calls.
+        let _ = unsafe { sigaction(sig, &action) };
     }
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let pack =
         ModelPack::open(&args.model).with_context(|| format!("model pack {}", args.model.display()))?;
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:<28} [{bar:30}] {pos}/{len} {elapsed_precise} ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+    say_how_to_resume();
+    eprintln!(
+        "eval: results go to {}; an interrupted run continues where it stopped when the same command runs again",
+        args.spec.out.display()
     );
-    let runs = eval::evaluate(&args.model, &args.spec, &Bar(bar.clone()))?;
-    bar.finish_and_clear();
+    let bar = Bar::new();
+    let runs = eval::evaluate(&args.model, &args.spec, &bar)?;
+    bar.finish();
     let src = &pack.manifest().source;
     let random = src.pretrained == "none";
     let weights = match (src.pretrained.as_str(), src.seed) {

@@ -86,10 +86,13 @@ pub struct Run {
     pub notes: Vec<String>,
 }
 
-/// Progress callbacks (a bar in the CLI, nothing in tests).
+/// Progress callbacks (a bar in the CLI, nothing in tests): one total for
+/// the whole evaluation, so that its ETA is the evaluation's.
 pub trait Progress {
-    /// A new phase with `total` steps.
-    fn start(&self, what: &str, total: u64);
+    /// The evaluation has `total` steps (pictures to extract, runs to score).
+    fn start(&self, total: u64);
+    /// What is being done now.
+    fn phase(&self, what: &str);
     /// One step done.
     fn step(&self);
 }
@@ -98,7 +101,8 @@ pub trait Progress {
 pub struct Silent;
 
 impl Progress for Silent {
-    fn start(&self, _: &str, _: u64) {}
+    fn start(&self, _: u64) {}
+    fn phase(&self, _: &str) {}
     fn step(&self) {}
 }
 
@@ -226,26 +230,51 @@ pub fn run(
     let cache = spec.out.join("cache").join(pack.id().as_str());
     std::fs::create_dir_all(&cache)?;
     check_settings(pack, spec)?;
+    let units: Vec<(usize, u64)> = spec
+        .shots
+        .iter()
+        .flat_map(|&k| {
+            if k == 0 {
+                vec![(0, 0)]
+            } else {
+                (0..spec.seeds).map(|s| (k, s)).collect()
+            }
+        })
+        .collect();
+    let pending_of = |cat: &dataset::Category| -> Vec<(usize, u64)> {
+        let runs_dir = spec.out.join("runs").join(&cat.name);
+        units
+            .iter()
+            .copied()
+            .filter(|(k, s)| !runs_dir.join(format!("k{k}-s{s}.json")).is_file())
+            .collect()
+    };
+    let total: usize = categories
+        .iter()
+        .map(|c| match pending_of(c).len() {
+            0 => 0,
+            n => c.test.len() + n,
+        })
+        .sum();
+    progress.start(total as u64);
+    for cat in &categories {
+        for &k in spec.shots.iter().filter(|&&k| k > 0 && spec.seeds > 1) {
+            if k >= cat.train.len() {
+                log::warn!(
+                    "{}: K = {k} takes every one of its {} training images: all {} seeds draw the same \
+                     references, so their spread (± 0.0) says nothing",
+                    cat.name,
+                    cat.train.len(),
+                    spec.seeds
+                );
+            }
+        }
+    }
     let mut all = Vec::new();
     for cat in &categories {
         let runs_dir = spec.out.join("runs").join(&cat.name);
         std::fs::create_dir_all(&runs_dir)?;
-        let units: Vec<(usize, u64)> = spec
-            .shots
-            .iter()
-            .flat_map(|&k| {
-                if k == 0 {
-                    vec![(0, 0)]
-                } else {
-                    (0..spec.seeds).map(|s| (k, s)).collect()
-                }
-            })
-            .collect();
-        let pending: Vec<(usize, u64)> = units
-            .iter()
-            .copied()
-            .filter(|(k, s)| !runs_dir.join(format!("k{k}-s{s}.json")).is_file())
-            .collect();
+        let pending = pending_of(cat);
         if !pending.is_empty() {
             if let Some(k) = pending.iter().map(|(k, _)| *k).max() {
                 if k > cat.train.len() {
@@ -259,7 +288,7 @@ pub fn run(
             let ens = winclip::ensemble(&cat.object_name(), spec.prompt_set, &[]);
             let prototypes =
                 TextPrototypes::from_embeddings(&text.embed(&ens.normal)?, &text.embed(&ens.anomalous)?)?;
-            progress.start(&format!("{}: features", cat.name), cat.test.len() as u64);
+            progress.phase(&format!("{}: features", cat.name));
             let mut test_feats = Vec::with_capacity(cat.test.len());
             for s in &cat.test {
                 test_feats.push(features(pack, vision, &sets, &spec.config, &cache, &s.image)?);
@@ -270,7 +299,7 @@ pub fn run(
                 .iter()
                 .map(|s| s.mask.as_ref().map(|m| load_mask(m, size)).transpose())
                 .collect::<anyhow::Result<_>>()?;
-            progress.start(&format!("{}: scoring", cat.name), pending.len() as u64);
+            progress.phase(&format!("{}: scoring", cat.name));
             let mut train_cache: HashMap<PathBuf, Features> = HashMap::new();
             for &(k, seed) in &pending {
                 let mut idx: Vec<usize> = (0..cat.train.len()).collect();
@@ -290,13 +319,19 @@ pub fn run(
                     None
                 };
                 let scorer = Scorer::new(spec.config.clone(), grid, &prototypes, refs.as_ref())?;
-                let run = score_run(cat, k, seed, &chosen, &scorer, &test_feats, &masks, size)?;
+                let mut run = score_run(cat, k, seed, &chosen, &scorer, &test_feats, &masks, size)?;
+                if k > 0 && k >= cat.train.len() && spec.seeds > 1 {
+                    run.notes.push(format!(
+                        "K = {k} takes all {} training images: every seed draws the same references (± 0.0 says nothing)",
+                        cat.train.len()
+                    ));
+                }
                 let json = serde_json::to_vec_pretty(&run)?;
                 crate::fsutil::write_atomic(&runs_dir.join(format!("k{k}-s{seed}.json")), &json)?;
                 progress.step();
             }
         }
-        for (k, s) in units {
+        for &(k, s) in &units {
             let path = runs_dir.join(format!("k{k}-s{s}.json"));
             let bytes = std::fs::read(&path)?;
             all.push(

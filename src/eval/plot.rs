@@ -29,8 +29,16 @@ pub fn pr_steps(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
     out
 }
 
-/// Curves on the unit square (ROC: x = FPR, y = TPR; PR: x = recall, y = precision).
-pub fn curves(path: &Path, title: &str, x: &str, y: &str, series: &[Curve]) -> anyhow::Result<()> {
+/// Curves on the unit square (ROC: x = FPR, y = TPR; PR: x = recall, y =
+/// precision), with what chance would draw (`chance`: a dashed grey line).
+pub fn curves(
+    path: &Path,
+    title: &str,
+    x: &str,
+    y: &str,
+    series: &[Curve],
+    chance: &[(f64, f64)],
+) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (520, 440)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -45,6 +53,16 @@ pub fn curves(path: &Path, title: &str, x: &str, y: &str, series: &[Curve]) -> a
         .x_desc(x)
         .y_desc(y)
         .draw()?;
+    let grey = RGBColor(150, 150, 150);
+    chart
+        .draw_series(DashedLineSeries::new(
+            chance.iter().copied(),
+            6,
+            4,
+            grey.stroke_width(1),
+        ))?
+        .label("chance")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey.stroke_width(1)));
     for (i, (label, pts)) in series.iter().enumerate() {
         let c = COLOURS[i % COLOURS.len()];
         chart
@@ -63,13 +81,14 @@ pub fn curves(path: &Path, title: &str, x: &str, y: &str, series: &[Curve]) -> a
 }
 
 /// Grouped bars: one group per category, one bar per series (e.g. K); values
-/// are fractions, drawn in percent. Category names sit under their group and
-/// the legend to the right of the plot, so neither hides a bar.
+/// are (mean, std) fractions, drawn in percent with the std as an error bar.
+/// Category names sit under their group and the legend to the right of the
+/// plot, so neither hides a bar.
 pub fn bars(
     path: &Path,
     title: &str,
     categories: &[String],
-    series: &[(String, Vec<Option<f64>>)],
+    series: &[(String, Vec<Option<(f64, f64)>>)],
 ) -> anyhow::Result<()> {
     const LEGEND: u32 = 90;
     let plot_width = (110 + categories.len() * (24 + 18 * series.len())).max(430) as u32;
@@ -95,9 +114,16 @@ pub fn bars(
     for (s, (_, values)) in series.iter().enumerate() {
         let c = COLOURS[s % COLOURS.len()];
         chart.draw_series(values.iter().enumerate().filter_map(|(i, v)| {
-            v.map(|v| {
+            v.map(|(v, _)| {
                 let x0 = i as f64 + 0.1 + s as f64 * group;
                 Rectangle::new([(x0, 0.0), (x0 + group * 0.9, v * 100.0)], c.filled())
+            })
+        }))?;
+        chart.draw_series(values.iter().enumerate().filter_map(|(i, v)| {
+            v.filter(|(_, sd)| *sd > 0.0).map(|(v, sd)| {
+                let x = i as f64 + 0.1 + s as f64 * group + group * 0.45;
+                let (lo, hi) = (((v - sd) * 100.0).max(0.0), ((v + sd) * 100.0).min(100.0));
+                PathElement::new(vec![(x, lo), (x, hi)], BLACK.stroke_width(1))
             })
         }))?;
     }
