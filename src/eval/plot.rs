@@ -8,6 +8,9 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 /// One curve: its label and its points.
 pub type Curve = (String, Vec<(f64, f64)>);
 
+/// One series of bars: its label and, per category, (mean, std) if measured.
+pub type BarSeries = (String, Vec<Option<(f64, f64)>>);
+
 const COLOURS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -84,12 +87,7 @@ pub fn curves(
 /// are (mean, std) fractions, drawn in percent with the std as an error bar.
 /// Category names sit under their group and the legend to the right of the
 /// plot, so neither hides a bar.
-pub fn bars(
-    path: &Path,
-    title: &str,
-    categories: &[String],
-    series: &[(String, Vec<Option<(f64, f64)>>)],
-) -> anyhow::Result<()> {
+pub fn bars(path: &Path, title: &str, categories: &[String], series: &[BarSeries]) -> anyhow::Result<()> {
     const LEGEND: u32 = 90;
     let plot_width = (110 + categories.len() * (24 + 18 * series.len())).max(430) as u32;
     let root = SVGBackend::new(path, (plot_width + LEGEND, 440)).into_drawing_area();

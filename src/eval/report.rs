@@ -352,7 +352,7 @@ pub fn write(dir: &Path, header: &Header<'_>, runs: &[Run]) -> anyhow::Result<St
             writeln!(md, "![ROC {cat}](roc-{cat}.svg) ![PR {cat}](pr-{cat}.svg)")?;
         }
     }
-    let series: Vec<(String, Vec<Option<(f64, f64)>>)> = ks
+    let series: Vec<plot::BarSeries> = ks
         .iter()
         .map(|&k| {
             let v = cats
