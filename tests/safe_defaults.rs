@@ -500,3 +500,53 @@ fn regions_are_in_picture_pixels_and_overlap_the_drawn_defect() {
     ];
     assert!(ax < 512 && ay < 256);
 }
+
+/// Observed: no examples in any `--help`, exit codes undocumented, one flag
+/// spelled two ways, `--threads` on commands that run no model.
+#[test]
+fn every_help_has_examples_and_flags_are_spelled_one_way() {
+    let top = run(&["--help"]);
+    assert!(
+        text(&top).contains("Exit status:") && text(&top).contains("Examples:"),
+        "{}",
+        text(&top)
+    );
+    for cmd in [
+        "demo",
+        "run",
+        "check-config",
+        "bank",
+        "inspect",
+        "synth",
+        "eval",
+        "bench",
+    ] {
+        let o = run(&[cmd, "--help"]);
+        assert!(o.status.success(), "{cmd}: {}", text(&o));
+        assert!(
+            text(&o).contains("Examples:"),
+            "{cmd} --help has no examples: {}",
+            text(&o)
+        );
+    }
+    for (cmd, writes) in [
+        ("bank", true),
+        ("synth", true),
+        ("eval", true),
+        ("inspect", false),
+    ] {
+        let help = text(&run(&[cmd, "--help"]));
+        assert_eq!(help.contains("-o, --out"), writes, "{cmd}: {help}");
+    }
+    for cmd in ["synth", "check-config", "run"] {
+        assert!(
+            !text(&run(&[cmd, "--help"])).contains("--threads"),
+            "{cmd} offers --threads"
+        );
+    }
+    for cmd in ["eval", "bench"] {
+        let help = text(&run(&[cmd, "--help"]));
+        assert!(help.contains("--k <K>"), "{cmd}: shot counts are --k: {help}");
+    }
+    assert!(text(&run(&["inspect", "--help"])).contains("3 at least one picture could not be inspected"));
+}

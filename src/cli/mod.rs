@@ -238,7 +238,13 @@ pub struct EvalArgs {
     #[arg(long, value_delimiter = ',')]
     pub categories: Vec<String>,
     /// K, the shot counts to evaluate (0 = zero-shot).
-    #[arg(long = "k", alias = "shots", value_delimiter = ',', default_value = "0,1,2,4")]
+    #[arg(
+        long = "k",
+        value_name = "K",
+        alias = "shots",
+        value_delimiter = ',',
+        default_value = "0,1,2,4"
+    )]
     pub shots: Vec<usize>,
     /// Seeds (reference draws) per K > 0.
     #[arg(long, default_value_t = 5)]
@@ -266,7 +272,13 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     pub images: usize,
     /// K, the WinCLIP+ shot counts to time (0 = zero-shot only).
-    #[arg(long = "k", alias = "shots", value_delimiter = ',', default_value = "1,4")]
+    #[arg(
+        long = "k",
+        value_name = "K",
+        alias = "shots",
+        value_delimiter = ',',
+        default_value = "1,4"
+    )]
     pub shots: Vec<usize>,
     /// Also write the numbers as JSON.
     #[arg(long)]
