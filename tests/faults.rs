@@ -543,7 +543,8 @@ fn hostile_pictures_are_refused_before_they_cost_memory() {
         }
     }
     let peak = peak_rss(&st);
-    assert!(peak < 400 << 20, "peak resident memory {} MB", peak >> 20);
+    // (Under qemu-user the emulator counts too; before the fix: ≈ 1 GB and 1.5 GB.)
+    assert!(peak < 600 << 20, "peak resident memory {} MB", peak >> 20);
 }
 
 /// A tmpfs mounted for a test (root only, as CI runs); unmounted on drop.
