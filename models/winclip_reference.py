@@ -185,7 +185,7 @@ def main(argv=None) -> int:
             with open(args.compare_json) as fh:
                 for line in fh:
                     d = json.loads(line)
-                    rust[os.path.basename(d["image"])] = d
+                    rust[os.path.basename(d.get("file") or d["image"])] = d  # record schema 1: "file"
         for i, path in enumerate(args.images):
             o = results[(k, i)]
             name = os.path.basename(path)
@@ -203,6 +203,10 @@ def main(argv=None) -> int:
                     worst_r = min(worst_r, pearson(gm, o["grid"].numpy()))
         print(f"compare K={k} on {len(args.images)} images: max |score diff| {worst_score:.3e}, "
               f"max |map diff| {worst_map:.3e}, max |grid diff| {worst_grid:.3e}, min Pearson r {worst_r:.6f}")
+        # The engine's tolerances (README, "Tested how"): scores and maps within 1e-4, r >= 0.999.
+        ok = worst_score <= 1e-4 and max(worst_map, worst_grid) <= 1e-4 and worst_r >= 0.999
+        print("PASS" if ok else "FAIL: beyond 1e-4 or r < 0.999")
+        return 0 if ok else 1
     return 0
 
 

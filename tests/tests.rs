@@ -5,6 +5,7 @@ mod util;
 
 mod bench;
 mod daemon;
+mod device;
 mod engine;
 mod eval;
 mod faults;

@@ -131,6 +131,14 @@ pub(crate) fn run(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
                 m.id,
                 m.name
             );
+            let backend = i.vision().backend();
+            match (c.model.device, backend) {
+                (crate::model::Device::Auto, crate::model::Backend::Cpu) => println!(
+                    "device        cpu (device = \"auto\"; {})",
+                    crate::model::cuda_unavailable().unwrap_or_default()
+                ),
+                _ => println!("device        {backend}"),
+            }
             println!(
                 "bank          {} (id {}, {:?}, {} shots, threshold {})",
                 c.model.bank.display(),

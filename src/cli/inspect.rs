@@ -28,6 +28,7 @@ pub(crate) struct Args {
     pub threshold: Option<f32>,
     pub early_exit: bool,
     pub precision: crate::model::Precision,
+    pub device: crate::model::Device,
 }
 
 /// Load a bank file with a message naming it.
@@ -40,7 +41,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let pack = ModelPack::open(&args.model)
         .with_context(|| format!("opening model pack {}", args.model.display()))?;
     let bank = load_bank(&args.bank)?;
-    let vision = VisionModel::load_with(&pack, args.precision)?;
+    let vision = VisionModel::load_on(&pack, args.precision, args.device.resolve()?)?;
     let mut inspector =
         Inspector::new(&pack, vision, bank).with_context(|| format!("using bank {}", args.bank.display()))?;
     if let Some(t) = args.threshold {

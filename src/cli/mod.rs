@@ -221,6 +221,10 @@ pub struct InspectArgs {
     /// Token encoder precision (f16: native on ARMv8.2+, emulated and slow elsewhere).
     #[arg(long, value_enum, default_value_t = crate::model::Precision::F32)]
     pub precision: crate::model::Precision,
+    /// Where the token encoder runs: cpu, cuda (a build with `--features cuda`
+    /// and an NVIDIA GPU) or auto (CUDA when it can be used, else the CPU).
+    #[arg(long, value_enum, default_value_t = crate::model::Device::Cpu)]
+    pub device: crate::model::Device,
     #[command(flatten)]
     pub threads: Threads,
 }
@@ -295,6 +299,10 @@ pub struct BenchArgs {
     /// pictures are measured too.
     #[arg(long, value_enum, default_value_t = crate::model::Precision::F32)]
     pub precision: crate::model::Precision,
+    /// Where the token encoder runs: cpu, cuda (a build with `--features cuda`
+    /// and an NVIDIA GPU) or auto (CUDA when it can be used, else the CPU).
+    #[arg(long, value_enum, default_value_t = crate::model::Device::Cpu)]
+    pub device: crate::model::Device,
     #[command(flatten)]
     pub threads: Threads,
 }
@@ -364,6 +372,10 @@ pub enum ModelCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Where the token encoder runs: cpu, cuda (a build with `--features cuda`
+        /// and an NVIDIA GPU) or auto (CUDA when it can be used, else the CPU).
+        #[arg(long, value_enum, default_value_t = crate::model::Device::Cpu)]
+        device: crate::model::Device,
         #[command(flatten)]
         threads: Threads,
     },
@@ -459,6 +471,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 threshold: a.threshold,
                 early_exit: a.early_exit,
                 precision: a.precision,
+                device: a.device,
             })
         }
         Command::Synth(a) => synth::run(&a),
@@ -471,6 +484,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             stream: a.stream,
             calibration: a.calibration,
             precision: a.precision,
+            device: a.device,
         }),
         Command::Eval(a) => {
             threads(a.threads);
@@ -502,10 +516,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Model(ModelCommand::Verify {
             model,
             json,
+            device,
             threads: t,
         }) => {
             threads(t);
-            verify::run(&model, json)
+            verify::run(&model, json, device)
         }
         Command::Model(ModelCommand::Features {
             model,

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::model::reference::{self, Comparison, ParityReport};
-use crate::model::ModelPack;
+use crate::model::{Device, ModelPack};
 
 /// Model outputs must agree to 1e-4 (scaled up for references larger than 1)…
 const MAX_ABS: f32 = 1e-4;
@@ -16,14 +16,21 @@ const MIN_COSINE: f64 = 0.99999;
 /// Preprocessing: torchvision and this crate accumulate in different orders.
 const MAX_ABS_PIXELS: f32 = 1e-4;
 
-pub(crate) fn run(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(dir: &Path, json: bool, device: Device) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
     let pack = ModelPack::open(dir).with_context(|| format!("opening model pack {}", dir.display()))?;
-    let report = reference::verify(&pack).with_context(|| format!("verifying {}", dir.display()))?;
+    let backend = device.resolve()?;
+    let on = backend.to_string();
+    let report =
+        reference::verify_on(&pack, backend).with_context(|| format!("verifying {}", dir.display()))?;
     let ok = passes(&report);
     if json {
-        println!("{}", serde_json::json!({ "ok": ok, "report": report }));
+        println!(
+            "{}",
+            serde_json::json!({ "ok": ok, "device": on, "report": report })
+        );
     } else {
+        println!("token encoder on {on}");
         print_group("preprocess (Rust vs torchvision)", &report.preprocess);
         print_group("vision (reference pixels)", &report.vision);
         print_group(

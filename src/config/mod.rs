@@ -140,6 +140,8 @@ pub struct Model {
     pub early_exit: bool,
     /// Token encoder precision.
     pub precision: crate::model::Precision,
+    /// Where the token encoder runs.
+    pub device: crate::model::Device,
     /// Resident memory (bytes) a model pack change may reach: the new model
     /// is loaded beside the running one only when both fit.
     pub memory_budget: u64,
@@ -154,6 +156,7 @@ impl Model {
             threshold: None,
             early_exit: false,
             precision: crate::model::Precision::default(),
+            device: crate::model::Device::default(),
             memory_budget: DEFAULT_MEMORY_BUDGET_MB * 1_000_000,
         }
     }
@@ -626,6 +629,7 @@ fn check_model(m: Option<RawModel>, base: &Path, r: &mut Report) -> Model {
         threshold: m.threshold,
         early_exit: m.early_exit.unwrap_or(false),
         precision: m.precision.unwrap_or_default(),
+        device: m.device.unwrap_or_default(),
         memory_budget: budget_mb.saturating_mul(1_000_000),
     }
 }
@@ -1030,6 +1034,7 @@ impl From<&Config> for RawConfig {
                 threshold: c.model.threshold,
                 early_exit: Some(c.model.early_exit),
                 precision: Some(c.model.precision),
+                device: Some(c.model.device),
                 memory_budget_mb: Some(c.model.memory_budget / 1_000_000),
             }),
             mqtt: RawMqtt {

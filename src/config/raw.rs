@@ -53,6 +53,8 @@ pub(super) struct RawModel {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precision: Option<crate::model::Precision>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<crate::model::Device>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_budget_mb: Option<u64>,
 }
 

@@ -32,6 +32,8 @@ pub enum Change {
     Pack,
     /// `model.precision`: the vision model is loaded again.
     Precision,
+    /// `model.device`: the vision model is loaded again.
+    Device,
     /// `model.bank`: read again, the loaded model is kept.
     Bank,
     /// `model.threshold`.
@@ -85,6 +87,7 @@ impl std::fmt::Display for Change {
             Change::EmbeddedBroker => f.write_str("the embedded broker (mqtt.host / mqtt.embedded_listen)"),
             Change::Pack => f.write_str("model.pack"),
             Change::Precision => f.write_str("model.precision"),
+            Change::Device => f.write_str("model.device"),
             Change::Bank => f.write_str("model.bank"),
             Change::Threshold => f.write_str("model.threshold"),
             Change::EarlyExit => f.write_str("model.early_exit"),
@@ -155,6 +158,7 @@ impl ReloadPlan {
         let (om, nm) = (&old.model, &new.model);
         note(om.pack != nm.pack, Change::Pack);
         note(om.precision != nm.precision, Change::Precision);
+        note(om.device != nm.device, Change::Device);
         note(om.bank != nm.bank, Change::Bank);
         note(om.threshold != nm.threshold, Change::Threshold);
         note(om.early_exit != nm.early_exit, Change::EarlyExit);
@@ -222,7 +226,7 @@ impl ReloadPlan {
         self.changes
             .iter()
             .map(|c| match c {
-                Change::Pack | Change::Precision => EngineChange::Model,
+                Change::Pack | Change::Precision | Change::Device => EngineChange::Model,
                 Change::Bank => EngineChange::Bank,
                 Change::Threshold | Change::EarlyExit => EngineChange::Settings,
                 _ => EngineChange::None,
@@ -314,6 +318,8 @@ path = "/srv/drop"
         let p = plan(|s| s.replace("a.bank", "b.bank").replace("/m/tiny", "/m/full"));
         assert_eq!(p.engine(), EngineChange::Model);
         let p = plan(|s| s.replace("[model]", "[model]\nprecision = \"f16\""));
+        assert_eq!(p.engine(), EngineChange::Model);
+        let p = plan(|s| s.replace("[model]", "[model]\ndevice = \"auto\""));
         assert_eq!(p.engine(), EngineChange::Model);
     }
 

@@ -4,7 +4,7 @@
 //!   settings (the model and the bank are shared, nothing is read);
 //! - bank: the bank file is read and checked against the running model's
 //!   pack identity (the pack is neither hashed nor loaded again);
-//! - pack or precision: the new pack is verified and the bank checked
+//! - pack, precision or device: the new pack is verified and the bank checked
 //!   against it first; then the new model is loaded beside the running one
 //!   when both fit `model.memory_budget_mb`, otherwise the running model is
 //!   unloaded first (inspections wait meanwhile) and loaded again if the new
@@ -87,7 +87,11 @@ pub fn load(model: &config::Model) -> anyhow::Result<Loaded> {
 }
 
 fn load_checked(pack: &ModelPack, bank: Bank, model: &config::Model) -> anyhow::Result<Loaded> {
-    let vision = VisionModel::load_with(pack, model.precision)?;
+    // `device = "cuda"` that cannot be used fails here, before any source
+    // starts: a configuration error (exit status 2), with the reason.
+    let backend = model.device.resolve()?;
+    let vision = VisionModel::load_on(pack, model.precision, backend)?;
+    log::info!("token encoder on {}", vision.backend());
     let mut inspector =
         Inspector::new(pack, vision, bank).with_context(|| format!("bank {}", model.bank.display()))?;
     configure(&mut inspector, model)?;

@@ -9,6 +9,7 @@
 
 mod contraction_split;
 mod dense;
+mod device;
 #[cfg(test)]
 mod graph_testing;
 mod manifest;
@@ -28,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+pub use device::{cuda_unavailable, gpu_memory_used, Backend, Device, Gpu};
 pub use manifest::{Architecture, FileEntry, Manifest, FORMAT_VERSION};
 pub use preprocess::Preprocessor;
 pub(crate) use runtime::release_freed_memory;
@@ -102,6 +104,14 @@ pub enum Error {
         /// Its role in the pack.
         role: &'static str,
         /// What was expected and what came out.
+        message: String,
+    },
+    /// The device asked for (`[model] device`, `--device`) cannot be used.
+    #[error("device = \"{device}\": {message}")]
+    Device {
+        /// What was asked for.
+        device: Device,
+        /// Why it cannot be used.
         message: String,
     },
     /// The tokenizer could not be loaded or failed on a prompt.

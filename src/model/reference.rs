@@ -69,6 +69,11 @@ fn bad(path: &Path, message: impl Into<String>) -> Error {
 
 /// Recompute the pack's reference outputs and compare.
 pub fn verify(pack: &ModelPack) -> Result<ParityReport, Error> {
+    verify_on(pack, super::Backend::Cpu)
+}
+
+/// [`verify`] with the token encoder on `backend`.
+pub fn verify_on(pack: &ModelPack, backend: super::Backend) -> Result<ParityReport, Error> {
     let reference = pack.manifest().reference.clone().ok_or_else(|| {
         bad(
             &pack.dir().join("manifest.toml"),
@@ -83,7 +88,7 @@ pub fn verify(pack: &ModelPack) -> Result<ParityReport, Error> {
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(&tensors_path, e.to_string()))?;
     let get = |name: &str| load_f32(&st, name, &tensors_path);
 
-    let vision = VisionModel::load(pack)?;
+    let vision = VisionModel::load_on(pack, super::Precision::F32, backend)?;
     let grid = pack.architecture().grid;
     let sets = [WindowSet::new(grid, 2, 1), WindowSet::new(grid, 3, 1)];
     let mut report = ParityReport {

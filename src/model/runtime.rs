@@ -13,6 +13,7 @@ use tract_onnx::prelude::*;
 
 use super::contraction_split::{split_long_contractions, MAX_CONTRACTION};
 use super::dense::{dense_products, use_dense_products};
+use super::device::Backend;
 use super::needed_rows::use_needed_rows;
 use super::shared_weights::SharedWeights;
 use super::short_attention::use_short_attention;
@@ -130,6 +131,7 @@ pub(crate) struct ShapedGraph {
     role: &'static str,
     path: PathBuf,
     precision: Precision,
+    backend: Backend,
     plans: Mutex<Vec<Plan>>,
     /// Held while a plan is built on first use.
     planning: Mutex<()>,
@@ -179,11 +181,13 @@ impl ShapedGraph {
         path: &Path,
         plans: &[(Vec<usize>, Outputs)],
         precision: Precision,
+        backend: Backend,
     ) -> Result<Self, Error> {
         let graph = Self {
             role,
             path: path.to_owned(),
             precision,
+            backend,
             plans: Mutex::new(Vec::new()),
             planning: Mutex::new(()),
             weights: Arc::default(),
@@ -219,6 +223,11 @@ impl ShapedGraph {
                 .and_then(|m| m.into_decluttered())
                 .map_err(|e| self.error(e))?,
         };
+        if self.backend != Backend::Cpu {
+            // The rewrites below are for tract's CPU kernels; its CUDA
+            // transform wants the products as tract declares them.
+            return Ok(model);
+        }
         // f32 products with constant matrices go to `gemm`; what stays with
         // tract's kernels (f16) gets its long contractions split.
         let dense = use_dense_products(&mut model).map_err(|e| self.error(e))?;
@@ -283,7 +292,12 @@ impl ShapedGraph {
                     m.select_output_outlets(&[first])?;
                 }
                 m.declutter()?;
-                narrowed = use_needed_rows(&mut m)?;
+                if needed_rows_enabled() {
+                    narrowed = use_needed_rows(&mut m)?;
+                }
+                if self.backend != Backend::Cpu {
+                    return Ok(m);
+                }
                 let short = use_short_attention(&mut m)?;
                 log::debug!(
                     "{} plan for {shape:?}: {short} short-sequence attention nodes",
@@ -293,6 +307,9 @@ impl ShapedGraph {
                 Ok(m)
             })
             .map_err(|e| self.error(e))?;
+        if let Backend::Cuda(_) = self.backend {
+            return self.add_gpu_plan(optimised, shape, outputs, narrowed);
+        }
         let (packed, shared) = self.weights.share_plan(plan, &mut optimised);
         self.weights.prune();
         let summary = PlanSummary {
@@ -313,6 +330,48 @@ impl ShapedGraph {
                 summary,
             });
         Ok(runnable)
+    }
+
+    /// Hand a decluttered plan to tract's CUDA runtime and store it. Each
+    /// plan holds its own copy of the weights on the GPU.
+    #[cfg(feature = "cuda")]
+    fn add_gpu_plan(
+        &self,
+        model: TypedModel,
+        shape: &[usize],
+        outputs: Outputs,
+        narrowed: usize,
+    ) -> Result<Arc<TypedRunnableModel>, Error> {
+        let runnable = super::device::prepare(model).map_err(|e| self.error(e))?;
+        let summary = PlanSummary {
+            shape: shape.to_vec(),
+            outputs,
+            narrowed,
+            dense: 0,
+            packed: 0,
+            shared: 0,
+        };
+        log::debug!("{} CUDA plan: {summary:?}", self.role);
+        self.plans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Plan {
+                runnable: runnable.clone(),
+                summary,
+            });
+        Ok(runnable)
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn add_gpu_plan(
+        &self,
+        _: TypedModel,
+        _: &[usize],
+        _: Outputs,
+        _: usize,
+    ) -> Result<Arc<TypedRunnableModel>, Error> {
+        // A `Backend::Cuda` exists only where the feature opened CUDA.
+        unreachable!("a CUDA backend in a build without the cuda feature")
     }
 
     /// The plan for `shape` and `outputs`, built now if it was not planned at load time.
@@ -371,6 +430,14 @@ impl ShapedGraph {
     fn error(&self, e: TractError) -> Error {
         graph_error(self.role, &self.path, e)
     }
+}
+
+/// Whether plans compute only the rows their outputs read
+/// ([`super::needed_rows`]); `WINCLIP_NEEDED_ROWS=off` turns it off, to
+/// measure what it saves (on the CPU or the GPU).
+fn needed_rows_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("WINCLIP_NEEDED_ROWS").map_or(true, |v| v != "off"))
 }
 
 /// Give memory freed while loading (the ONNX protobuf, the unpacked weights)
@@ -511,7 +578,14 @@ mod tests {
     #[test]
     fn f32_plans_share_their_dense_matrices_and_match_the_symbolic_graph() {
         let path = tiny_encoder_path();
-        let shaped = ShapedGraph::load("encoder", &path, &all(&THREE_SHAPES), Precision::F32).unwrap();
+        let shaped = ShapedGraph::load(
+            "encoder",
+            &path,
+            &all(&THREE_SHAPES),
+            Precision::F32,
+            Backend::Cpu,
+        )
+        .unwrap();
         let plans = shaped.plans();
         assert_eq!(plans.len(), 3);
         // 2 blocks × (query, key, value, attention out, MLP in, MLP out) and
@@ -546,6 +620,7 @@ mod tests {
             &tiny_encoder_path(),
             &all(&THREE_SHAPES),
             Precision::F16,
+            Backend::Cpu,
         )
         .unwrap();
         let plans = shaped.plans();
@@ -559,8 +634,22 @@ mod tests {
     #[test]
     fn an_f16_plan_takes_and_gives_f32_close_to_the_f32_plan() {
         let shapes = all(&[[3, 17, 64]]);
-        let full = ShapedGraph::load("encoder", &tiny_encoder_path(), &shapes, Precision::F32).unwrap();
-        let half = ShapedGraph::load("encoder", &tiny_encoder_path(), &shapes, Precision::F16).unwrap();
+        let full = ShapedGraph::load(
+            "encoder",
+            &tiny_encoder_path(),
+            &shapes,
+            Precision::F32,
+            Backend::Cpu,
+        )
+        .unwrap();
+        let half = ShapedGraph::load(
+            "encoder",
+            &tiny_encoder_path(),
+            &shapes,
+            Precision::F16,
+            Backend::Cpu,
+        )
+        .unwrap();
         let want = full.run(tokens(3, 17), Outputs::All).unwrap();
         let got = half.run(tokens(3, 17), Outputs::All).unwrap();
         for (w, g) in want.iter().zip(&got) {
@@ -576,7 +665,8 @@ mod tests {
     #[test]
     fn a_plan_of_the_first_output_gives_what_the_whole_plan_gives_first() {
         for precision in [Precision::F32, Precision::F16] {
-            let shaped = ShapedGraph::load("encoder", &tiny_encoder_path(), &[], precision).unwrap();
+            let shaped =
+                ShapedGraph::load("encoder", &tiny_encoder_path(), &[], precision, Backend::Cpu).unwrap();
             let whole = shaped.run(tokens(7, 5), Outputs::All).unwrap();
             let first = shaped.run(tokens(7, 5), Outputs::First).unwrap();
             assert_eq!((whole.len(), first.len()), (2, 1));
@@ -595,7 +685,8 @@ mod tests {
 
     #[test]
     fn a_new_shape_met_by_concurrent_runs_is_planned_once() {
-        let shaped = ShapedGraph::load("encoder", &tiny_encoder_path(), &[], Precision::F32).unwrap();
+        let shaped =
+            ShapedGraph::load("encoder", &tiny_encoder_path(), &[], Precision::F32, Backend::Cpu).unwrap();
         let outputs = concurrently(3, &[0, 1, 2], |_| shaped.run(tokens(2, 5), Outputs::All).unwrap());
         assert_eq!(outputs.len(), 3);
         assert_eq!(outputs[0], outputs[2]);
@@ -626,7 +717,8 @@ mod tests {
 
     #[test]
     fn a_shape_that_cannot_fit_is_a_clear_error() {
-        let shaped = ShapedGraph::load("encoder", &tiny_encoder_path(), &[], Precision::F32).unwrap();
+        let shaped =
+            ShapedGraph::load("encoder", &tiny_encoder_path(), &[], Precision::F32, Backend::Cpu).unwrap();
         let err = shaped
             .run(tensor(ndarray::Array2::<f32>::zeros((5, 64))), Outputs::All)
             .unwrap_err();

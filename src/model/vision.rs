@@ -6,7 +6,7 @@ use image::RgbImage;
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
 
 use super::runtime::{concurrently, tensor, workers, Graph, Outputs, PlanSummary, Precision, ShapedGraph};
-use super::{Architecture, Error, ModelPack, Preprocessor};
+use super::{Architecture, Backend, Error, ModelPack, Preprocessor};
 use crate::winclip::WindowSet;
 
 /// The vision encoder of a pack: loaded once, used for every image.
@@ -16,6 +16,7 @@ pub struct VisionModel {
     preprocessor: Preprocessor,
     embed: Graph,
     encoder: Arc<ShapedGraph>,
+    backend: Backend,
 }
 
 /// How many token rows one window pass may hold so that its plan packs the
@@ -33,6 +34,18 @@ fn window_rows_limit(tokens: usize, width: usize) -> usize {
         width - 1
     } else {
         usize::MAX
+    }
+}
+
+/// How window batches are split into passes: (rows per pass at most,
+/// passes run at once). On the CPU, as [`window_rows_limit`] and the
+/// executor's threads say; on a GPU, one pass per window scale: a GPU plan
+/// holds its own copy of the weights (one plan per pass shape), and large
+/// batches are what keep a GPU busy.
+fn pass_layout(backend: &Backend, arch: &Architecture) -> (usize, usize) {
+    match backend {
+        Backend::Cpu => (window_rows_limit(arch.tokens, arch.vision_width), workers()),
+        Backend::Cuda(_) => (usize::MAX, 1),
     }
 }
 
@@ -79,19 +92,25 @@ impl VisionModel {
     /// [`VisionModel::load`] with the token encoder in `precision` (the
     /// image embedding stays f32: it is 1 % of the work).
     pub fn load_with(pack: &ModelPack, precision: Precision) -> Result<Self, Error> {
+        Self::load_on(pack, precision, Backend::Cpu)
+    }
+
+    /// [`VisionModel::load_with`] with the token encoder on `backend`
+    /// ([`super::Device::resolve`] gives it).
+    pub fn load_on(pack: &ModelPack, precision: Precision, backend: Backend) -> Result<Self, Error> {
         let files = &pack.manifest().files;
         let arch = pack.architecture().clone();
         // One plan per window pass shape of the default scales, computing
         // the class embedding only, then the full image; all share one copy
         // of each weight (f16 plans: where they pack it alike, see
         // `window_rows_limit`).
-        let max_rows = window_rows_limit(arch.tokens, arch.vision_width);
+        let (max_rows, workers) = pass_layout(&backend, &arch);
         let mut plans: Vec<(Vec<usize>, Outputs)> = Vec::new();
         for set in crate::winclip::DEFAULT_SCALES
             .iter()
             .filter_map(|&k| WindowSet::new(arch.grid, k, 1))
         {
-            for count in pass_sizes(set.len(), set.seq_len(), max_rows, workers()) {
+            for count in pass_sizes(set.len(), set.seq_len(), max_rows, workers) {
                 let plan = (vec![count, set.seq_len(), arch.vision_width], Outputs::First);
                 if !plans.contains(&plan) {
                     plans.push(plan);
@@ -107,8 +126,10 @@ impl VisionModel {
                 &pack.path_of(&files.encoder),
                 &plans,
                 precision,
+                backend.clone(),
             )?),
             arch,
+            backend,
         };
         Ok(model)
     }
@@ -117,6 +138,11 @@ impl VisionModel {
     /// and how it holds its weights.
     pub fn encoder_plans(&self) -> Vec<PlanSummary> {
         self.encoder.plans()
+    }
+
+    /// Where the token encoder runs.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// The network's shapes.
@@ -224,8 +250,8 @@ impl VisionModel {
                 ),
             });
         }
-        let max_rows = window_rows_limit(self.arch.tokens, self.arch.vision_width);
-        self.window_passes(token_map, windows, max_rows, workers())
+        let (max_rows, workers) = pass_layout(&self.backend, &self.arch);
+        self.window_passes(token_map, windows, max_rows, workers)
     }
 
     /// The window batch as passes of at most `max_rows` token rows each, run

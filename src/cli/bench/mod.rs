@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::bench::{self, median};
 use crate::inspector::{self, ms};
-use crate::model::{ModelPack, Outputs, PlanSummary, Precision, TextModel, VisionModel};
+use crate::model::{Backend, Device, ModelPack, Outputs, PlanSummary, Precision, TextModel, VisionModel};
 use crate::synth::{Defect, Generator, Scene};
 use crate::winclip::{self, upsample, Config, Outcome, References, Scorer, TemplateSet, TextPrototypes};
 
@@ -36,6 +36,8 @@ pub(crate) struct Args {
     pub calibration: usize,
     /// Token encoder precision.
     pub precision: Precision,
+    /// Where the token encoder runs.
+    pub device: Device,
 }
 
 /// One timed stage.
@@ -72,6 +74,10 @@ struct Report {
     stages: Vec<Stage>,
     modes: Vec<Mode>,
     precision: Precision,
+    /// Where the token encoder ran.
+    device: Backend,
+    /// GPU memory in use (every process) after inspecting, bytes.
+    gpu_memory_used_bytes: Option<u64>,
     precision_check: Option<precision::PrecisionReport>,
     stream: Option<stream::StreamReport>,
 }
@@ -112,8 +118,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::model::release_freed_memory();
     let peak_reset = bench::reset_peak();
 
+    // CUDA is opened (and NVRTC compiles its kernels) before the clock starts:
+    // reported on its own as the first-use time.
+    let backend = args.device.resolve()?;
     let t = Instant::now();
-    let vision = VisionModel::load_with(&pack, args.precision)?;
+    let vision = VisionModel::load_on(&pack, args.precision, backend.clone())?;
     let load_ms = ms(t);
     let loaded = bench::memory();
     let load_peak = loaded.map(|m| m.peak).filter(|_| peak_reset);
@@ -165,6 +174,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .max_by_key(|(_, (k, _))| *k)
         .map(|(i, _)| i);
     let mut kept: Vec<Outcome> = Vec::new();
+    let checked = args.precision != Precision::F32 || backend != Backend::Cpu;
     for (i, q) in queries.iter().enumerate() {
         eprintln!("image {}/{}", i + 1, queries.len());
         let (f, timings) = inspector::extract(&vision, sets, q)?;
@@ -186,11 +196,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             let t = Instant::now();
             let o = std::hint::black_box(scorer.score(&f)?);
             s.push(ms(t));
-            if args.precision != Precision::F32 && compared == Some(j) {
+            if checked && compared == Some(j) {
                 kept.push(o);
             }
         }
-        if args.precision != Precision::F32 && compared.is_none() {
+        if checked && compared.is_none() {
             kept.push(o);
         }
     }
@@ -280,14 +290,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
     }
 
-    let precision_check = match args.precision {
-        Precision::F32 => None,
-        p => {
+    let gpu_memory = crate::model::gpu_memory_used();
+    let precision_check = match checked {
+        false => None,
+        true => {
             let shots = compared.map_or(0, |j| few[j].0);
             let shots: Vec<_> = (0..shots as u64).map(|i| gen.sample(i, None).image).collect();
             Some(precision::compare(
                 &pack,
-                p,
+                format!("{} on {}", args.precision, backend.name()),
                 &kept,
                 &config,
                 &prototypes,
@@ -321,6 +332,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         stages,
         modes,
         precision: args.precision,
+        device: backend,
+        gpu_memory_used_bytes: gpu_memory,
         precision_check,
         stream,
     };
@@ -346,9 +359,18 @@ fn gb(bytes: Option<u64>) -> String {
 
 fn print_report(r: &Report) {
     println!(
-        "winclip-edge bench: {} (pack {}), {} encoder, {} thread(s), {} picture(s) after one warm-up, {}",
-        r.model, r.pack_id, r.precision, r.threads, r.images, r.cpu
+        "winclip-edge bench: {} (pack {}), {} encoder on {}, {} thread(s), {} picture(s) after one warm-up, {}",
+        r.model, r.pack_id, r.precision, r.device, r.threads, r.images, r.cpu
     );
+    if let Backend::Cuda(gpu) = &r.device {
+        println!(
+            "CUDA first use (drivers opened, tract's kernels compiled by NVRTC or read from its cache): {:.2} s; \
+             GPU memory in use after inspecting: {} (every process on the GPU); stage times below are \
+             wall-clock, the GPU's work included",
+            gpu.first_use_seconds,
+            gb(r.gpu_memory_used_bytes)
+        );
+    }
     println!(
         "\n{:<40} {:>11} {:>9} {:>9}",
         "stage", "median ms", "GFLOP", "GFLOP/s"
