@@ -87,6 +87,9 @@ if [ ! -f "$CHROOT/.winclip-ready" ]; then
     '
     touch "$CHROOT/.winclip-ready"
 fi
+# Prometheus' client library reads /metrics in tests/http.rs (native Python in the chroot).
+in_chroot '/opt/zig/bin/python -c "import prometheus_client" 2>/dev/null ||
+    /opt/zig/bin/pip install -q --disable-pip-version-check --cert /etc/ssl/certs/ca-certificates.crt prometheus_client==0.26.0'
 
 # The emulated CPU is a Cortex-A76 (ARMv8.2 with fp16, like Orin's A78AE): qemu's
 # default "max" CPU advertises SVE2, which tract then uses and qemu emulates ~10x slower.
@@ -96,6 +99,7 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++ AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 export PKG_CONFIG_ALLOW_CROSS=1 CARGO_PROFILE_DEV_DEBUG=0 CARGO_TERM_COLOR=never
 export WINCLIP_TEST_RUNNER="qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu"
+export WINCLIP_TEST_PYTHON=/opt/zig/bin/python
 cd /src
 cargo --version'
 

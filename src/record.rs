@@ -30,6 +30,17 @@ pub enum Verdict {
     Error,
 }
 
+impl Verdict {
+    /// "pass", "fail" or "error", as in the JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Error => "error",
+        }
+    }
+}
+
 impl From<inspector::Verdict> for Verdict {
     fn from(v: inspector::Verdict) -> Self {
         match v {

@@ -18,6 +18,8 @@ pub struct Station {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub child: Option<Child>,
+    /// Where its HTTP endpoint listens (a free loopback port).
+    pub http_port: u16,
 }
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -64,6 +66,7 @@ impl Station {
             None => format!("embedded_listen = \"127.0.0.1:{}\"", free_port()),
         };
         let config = dir.join("config.toml");
+        let http_port = free_port();
         std::fs::write(
             &config,
             format!(
@@ -79,6 +82,8 @@ bank = "{bank}"
 stats_interval_secs = 1
 reconnect_min_ms = 100
 reconnect_max_ms = 1000
+[http]
+listen = "127.0.0.1:{http_port}"
 [[source]]
 type = "directory"
 name = "cam"
@@ -97,6 +102,7 @@ path = "{incoming}"
             dir: dir.to_owned(),
             config,
             child: None,
+            http_port,
         }
     }
 

@@ -9,5 +9,6 @@ mod device;
 mod engine;
 mod eval;
 mod faults;
+mod http;
 mod model_pack;
 mod safe_defaults;

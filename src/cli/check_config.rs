@@ -84,6 +84,25 @@ pub(crate) fn run(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
         "outbox        {} results / {} bytes at most",
         c.outbox.max_entries, c.outbox.max_bytes
     );
+    println!(
+        "http          {}",
+        match (&c.http.enabled, &c.http.token) {
+            (false, _) => "off".to_string(),
+            (true, None) => format!(
+                "http://{}/metrics and /api/ (no token: loopback only)",
+                c.http.listen
+            ),
+            (true, Some(config::Secret::File(p))) => format!(
+                "http://{}/metrics and /api/, bearer token from {}",
+                c.http.listen,
+                p.display()
+            ),
+            (true, Some(config::Secret::Credential(n))) => format!(
+                "http://{}/metrics and /api/, bearer token from systemd credential {n:?}",
+                c.http.listen
+            ),
+        }
+    );
     for s in &c.sources {
         match s {
             Source::Directory(DirectorySource { name, path, pattern, after, .. }) => {

@@ -149,6 +149,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .build()?;
     rt.block_on(async move {
         let config_path_shown = config_path.clone();
+        let http = config.http.listen;
         let daemon = Daemon::start(Options {
             config_path,
             config,
@@ -162,6 +163,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             incoming.display()
         );
         println!("             (watch it live: mosquitto_sub -p {port} -t 'winclip/#' -v)");
+        println!(
+            "             (metrics for Prometheus: http://{http}/metrics; state: http://{http}/api/state)"
+        );
         println!(
             "config       {}: start your own station from this file (winclip-edge run --config ...)",
             config_path_shown.display()

@@ -16,7 +16,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use raw::{
-    RawAfter, RawConfig, RawHeatmap, RawModel, RawMqtt, RawOutbox, RawSource, RawSourceType, RawStation,
+    RawAfter, RawConfig, RawHeatmap, RawHttp, RawModel, RawMqtt, RawOutbox, RawSource, RawSourceType,
+    RawStation,
 };
 pub use reload::{Applies, Change, EngineChange, ReloadPlan};
 
@@ -108,6 +109,8 @@ pub struct Config {
     pub heatmap: Heatmap,
     /// Durable outbox bounds.
     pub outbox: Outbox,
+    /// The HTTP endpoint (metrics, JSON API).
+    pub http: Http,
     /// Image sources.
     pub sources: Vec<Source>,
 }
@@ -242,6 +245,30 @@ impl Mqtt {
 
 fn default_client_id(station: &str) -> String {
     format!("winclip-edge-{station}")
+}
+
+/// Where the HTTP endpoint listens by default: loopback only.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+
+/// The station's HTTP endpoint (`[http]`): Prometheus metrics and the JSON API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Http {
+    /// Serve at all.
+    pub enabled: bool,
+    /// Address and port.
+    pub listen: std::net::SocketAddr,
+    /// The bearer token every request must carry (required beyond loopback).
+    pub token: Option<Secret>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: DEFAULT_HTTP_LISTEN.parse().expect("a valid default address"),
+            token: None,
+        }
+    }
 }
 
 /// A secret's source.
@@ -439,6 +466,7 @@ impl Config {
             ),
             heatmap: Heatmap::default(),
             outbox: Outbox::default(),
+            http: Http::default(),
             sources,
         }
     }
@@ -568,6 +596,7 @@ fn check(raw: RawConfig, base: &Path, r: &mut Report) -> Config {
         ));
     }
     let outbox = check_outbox(raw.outbox, r);
+    let http = check_http(raw.http, base, r);
     let sources = check_sources(raw.sources, base, &station.state_dir, r);
     Config {
         station,
@@ -575,6 +604,7 @@ fn check(raw: RawConfig, base: &Path, r: &mut Report) -> Config {
         mqtt,
         heatmap,
         outbox,
+        http,
         sources,
     }
 }
@@ -850,6 +880,53 @@ fn check_outbox(o: RawOutbox, r: &mut Report) -> Outbox {
     outbox
 }
 
+fn check_http(h: RawHttp, base: &Path, r: &mut Report) -> Http {
+    let d = Http::default();
+    let listen = match h.listen.as_deref().map(str::parse::<std::net::SocketAddr>) {
+        None => d.listen,
+        Some(Ok(a)) => a,
+        Some(Err(_)) => {
+            r.problem(format!(
+                "http.listen = {:?}: give an address and port, e.g. \"{DEFAULT_HTTP_LISTEN}\"",
+                h.listen.unwrap_or_default()
+            ));
+            d.listen
+        }
+    };
+    let token = match (h.token_file, h.token_credential) {
+        (Some(_), Some(_)) => {
+            r.problem("http.token_file and http.token_credential are both set: choose one");
+            None
+        }
+        (Some(f), None) if f.as_os_str().is_empty() => {
+            r.problem("http.token_file is empty: give the file that holds the token");
+            None
+        }
+        (Some(f), None) => Some(Secret::File(resolve(base, f))),
+        (None, Some(c)) if c.is_empty() || c.contains('/') => {
+            r.problem(format!(
+                "http.token_credential = {c:?}: give the name of a systemd credential (LoadCredential=NAME:...)"
+            ));
+            None
+        }
+        (None, Some(c)) => Some(Secret::Credential(c)),
+        (None, None) => None,
+    };
+    let enabled = h.enabled.unwrap_or(d.enabled);
+    if enabled && token.is_none() && !listen.ip().is_loopback() {
+        r.problem(format!(
+            "http.listen = \"{listen}\" reaches beyond this machine, and nothing says who may ask: \
+             set http.token_file (every request must then carry \"Authorization: Bearer <token>\"), \
+             or listen on 127.0.0.1 behind a reverse proxy that authenticates (README: \"HTTP and metrics\")"
+        ));
+    }
+    Http {
+        enabled,
+        listen,
+        token,
+    }
+}
+
 fn check_sources(raw: Vec<RawSource>, base: &Path, state_dir: &Path, r: &mut Report) -> Vec<Source> {
     if raw.is_empty() {
         r.problem("no [[source]]: add a directory or gpio source");
@@ -1064,6 +1141,18 @@ impl From<&Config> for RawConfig {
                 enabled: Some(c.heatmap.enabled),
                 side: Some(c.heatmap.side),
                 quality: Some(c.heatmap.quality),
+            },
+            http: RawHttp {
+                enabled: Some(c.http.enabled),
+                listen: Some(c.http.listen.to_string()),
+                token_file: match &c.http.token {
+                    Some(Secret::File(f)) => Some(f.clone()),
+                    _ => None,
+                },
+                token_credential: match &c.http.token {
+                    Some(Secret::Credential(n)) => Some(n.clone()),
+                    _ => None,
+                },
             },
             outbox: RawOutbox {
                 max_entries: Some(c.outbox.max_entries),

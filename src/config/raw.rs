@@ -20,6 +20,8 @@ pub(super) struct RawConfig {
     pub heatmap: RawHeatmap,
     #[serde(default)]
     pub outbox: RawOutbox,
+    #[serde(default)]
+    pub http: RawHttp,
     #[serde(default, rename = "source")]
     pub sources: Vec<RawSource>,
 }
@@ -126,6 +128,19 @@ pub(super) struct RawOutbox {
     pub max_entries: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_credential: Option<String>,
 }
 
 /// `after = "move" | "delete" | "keep"`.

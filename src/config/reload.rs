@@ -26,6 +26,8 @@ pub enum Change {
     QueueCapacity,
     /// `[outbox]` bounds.
     OutboxBounds,
+    /// `[http]` (the listener is bound once).
+    Http,
     /// The embedded broker: switching it on or off, or `mqtt.embedded_listen`.
     EmbeddedBroker,
     /// `model.pack`: the vision model is loaded again.
@@ -70,6 +72,7 @@ impl Change {
             | Change::Threads
             | Change::QueueCapacity
             | Change::OutboxBounds
+            | Change::Http
             | Change::EmbeddedBroker => Applies::Restart,
             _ => Applies::Live,
         }
@@ -84,6 +87,7 @@ impl std::fmt::Display for Change {
             Change::Threads => f.write_str("station.threads"),
             Change::QueueCapacity => f.write_str("station.queue_capacity"),
             Change::OutboxBounds => f.write_str("[outbox]"),
+            Change::Http => f.write_str("[http]"),
             Change::EmbeddedBroker => f.write_str("the embedded broker (mqtt.host / mqtt.embedded_listen)"),
             Change::Pack => f.write_str("model.pack"),
             Change::Precision => f.write_str("model.precision"),
@@ -143,6 +147,7 @@ impl ReloadPlan {
         note(os.queue_capacity != ns.queue_capacity, Change::QueueCapacity);
         note(os.limits != ns.limits, Change::ImageLimits);
         note(old.outbox != new.outbox, Change::OutboxBounds);
+        note(old.http != new.http, Change::Http);
         // The embedded broker is configured once, at start: its address,
         // whether it admits anonymous clients, the credentials it requires.
         let embedded = |c: &Config| match &c.mqtt.broker {

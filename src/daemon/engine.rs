@@ -26,6 +26,8 @@ pub struct Loaded {
     pub inspector: Inspector,
     /// Bytes of the pack's vision weights (its `embed` and `encoder` files).
     pub weights: u64,
+    /// Seconds loading the vision model took.
+    pub seconds: f64,
 }
 
 /// The vision weights of `pack`: what loading its model keeps resident
@@ -89,6 +91,7 @@ pub fn load(model: &config::Model) -> anyhow::Result<Loaded> {
 fn load_checked(pack: &ModelPack, bank: Bank, model: &config::Model) -> anyhow::Result<Loaded> {
     // `device = "cuda"` that cannot be used fails here, before any source
     // starts: a configuration error (exit status 2), with the reason.
+    let t0 = std::time::Instant::now();
     let backend = model.device.resolve()?;
     let vision = VisionModel::load_on(pack, model.precision, backend)?;
     log::info!("token encoder on {}", vision.backend());
@@ -98,6 +101,7 @@ fn load_checked(pack: &ModelPack, bank: Bank, model: &config::Model) -> anyhow::
     Ok(Loaded {
         inspector,
         weights: weight_bytes(pack, model.precision),
+        seconds: t0.elapsed().as_secs_f64(),
     })
 }
 

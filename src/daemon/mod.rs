@@ -10,6 +10,8 @@
 //!   stores the result through [`sink`] into the [`outbox`];
 //! - [`mqtt`]: publishes the outbox, with the pure [`delivery`] state;
 //!   topic names come from [`topics`];
+//! - [`http`]: serves [`metrics`] (OpenMetrics text of [`stats`]) and the
+//!   JSON API, read-only;
 //! - [`engine`]: loads the inspector and swaps it on reload;
 //! - [`record`], [`stats`], [`notify`], [`broker`]: the result format,
 //!   counters, systemd, the embedded broker.
@@ -24,7 +26,9 @@ pub mod delivery;
 pub mod dirwatch;
 pub mod engine;
 pub mod gpio;
+pub mod http;
 pub mod job;
+pub mod metrics;
 pub mod mqtt;
 pub mod notify;
 pub mod outbox;
@@ -155,6 +159,12 @@ pub struct Options {
     pub lines: Arc<dyn gpio::Lines>,
 }
 
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.http_stop.cancel();
+    }
+}
+
 /// A running daemon.
 pub struct Daemon {
     /// Held for the daemon's life: one daemon per state directory.
@@ -177,6 +187,8 @@ pub struct Daemon {
     sources_shutdown: CancellationToken,
     mqtt: mpsc::Sender<mqtt::Control>,
     mqtt_task: JoinHandle<()>,
+    /// Stops the HTTP endpoint.
+    http_stop: CancellationToken,
     worker_stop: CancellationToken,
     worker: Option<std::thread::JoinHandle<()>>,
     status_task: JoinHandle<()>,
@@ -214,6 +226,9 @@ impl Daemon {
             );
         }
         let stats = Arc::new(stats::Stats::default());
+        stats
+            .model_load_seconds
+            .store(o.loaded.seconds.to_bits(), Ordering::Relaxed);
         stats
             .outbox_pending
             .store(outbox.index().len(), Ordering::Relaxed);
@@ -258,6 +273,7 @@ impl Daemon {
             sources_shutdown: CancellationToken::new(),
             mqtt: mqtt_tx,
             mqtt_task: tokio::spawn(async {}),
+            http_stop: CancellationToken::new(),
             worker_stop: CancellationToken::new(),
             worker: None,
             status_task: tokio::spawn(async {}),
@@ -291,6 +307,7 @@ impl Daemon {
             stats: Arc::clone(&stats),
         };
         daemon.mqtt_task = tokio::spawn(publisher.run(control_rx));
+        daemon.start_http(&stats).await?;
         daemon.status_task = {
             let notifier = Arc::clone(&daemon.notifier);
             tokio::spawn(async move {
@@ -543,6 +560,57 @@ impl Daemon {
     }
 
     /// Finish the current image, flush, publish `offline`, stop.
+    /// Serve `[http]`, if enabled. A port that cannot be bound costs the
+    /// endpoint, never the inspection: logged, and reported in `/stats` and
+    /// the systemd status.
+    async fn start_http(&mut self, stats: &Arc<stats::Stats>) -> Result<(), Error> {
+        let http = &self.config.http;
+        if !http.enabled {
+            return Ok(());
+        }
+        let token = match &http.token {
+            None => None,
+            Some(secret) => {
+                let t = secret
+                    .read()
+                    .context("the token [http] requires")
+                    .map_err(Error::Config)?;
+                if t.is_empty() {
+                    return Err(Error::Config(anyhow::anyhow!(
+                        "the token [http] requires is empty"
+                    )));
+                }
+                Some(Arc::from(t))
+            }
+        };
+        match tokio::net::TcpListener::bind(http.listen).await {
+            Ok(listener) => {
+                log::info!(
+                    "http: /metrics and /api/ on http://{}{}",
+                    http.listen,
+                    if token.is_some() {
+                        " (bearer token required)"
+                    } else {
+                        ""
+                    }
+                );
+                let shared = http::Shared {
+                    station: self.config.station.name.clone(),
+                    stats: Arc::clone(stats),
+                    settings: self.settings.subscribe(),
+                    token,
+                };
+                tokio::spawn(http::serve(listener, shared, self.http_stop.clone()));
+            }
+            Err(e) => {
+                let problem = format!("cannot listen on {} ({e}); inspecting without it", http.listen);
+                log::error!("http: {problem}");
+                stats.set_http_problem(Some(problem));
+            }
+        }
+        Ok(())
+    }
+
     pub async fn shutdown(mut self) {
         self.notifier.stopping();
         log::info!("shutting down: finishing the current image");
@@ -559,6 +627,7 @@ impl Daemon {
         }
         self.mqtt_task.abort();
         self.status_task.abort();
+        self.http_stop.cancel();
         log::info!("stopped");
     }
 }
@@ -586,6 +655,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 1,
         };
+        c.http.enabled = false;
         c
     }
 

@@ -221,6 +221,7 @@ impl Publisher {
             max_packet: config.max_packet_bytes,
         };
         let end = self.connected(&mut conn, config, control, connected_at).await;
+        self.stats.mqtt_connected.store(false, Ordering::Relaxed);
         poller.abort();
         end
     }
@@ -255,6 +256,7 @@ impl Publisher {
         *connected_at = Some(tokio::time::Instant::now());
         conn.delivery.reset();
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.stats.mqtt_connected.store(true, Ordering::Relaxed);
         log::info!("MQTT connected; publishing under {}", conn.topics.base());
         if let Err(e) = conn
             .publish(&conn.topics.status(), QoS::AtLeastOnce, true, b"online".to_vec())

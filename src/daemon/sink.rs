@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 use crate::daemon::outbox::Outbox;
 use crate::daemon::stats::Stats;
-use crate::record::{timestamp, Identity, Record, Verdict};
+use crate::record::{timestamp, Identity, Record};
 
 /// Stores results; cheap to clone.
 #[derive(Clone)]
@@ -90,11 +90,8 @@ impl ResultSink {
             .heatmaps_dropped
             .store(ob.dropped_heatmaps(), Ordering::Relaxed);
         drop(ob);
-        match record.verdict {
-            Verdict::Pass => self.stats.passed.fetch_add(1, Ordering::Relaxed),
-            Verdict::Fail => self.stats.failed.fetch_add(1, Ordering::Relaxed),
-            Verdict::Error => self.stats.errors.fetch_add(1, Ordering::Relaxed),
-        };
+        self.stats
+            .record_verdict(record.source.as_deref().unwrap_or_default(), record.verdict);
         self.wake.notify_one();
         Ok(())
     }

@@ -1,11 +1,18 @@
-//! Counters and latency percentiles for `<prefix>/<station>/stats`.
+//! Counters and latency percentiles for `<prefix>/<station>/stats`, and the
+//! per-source series that [`super::metrics`] exposes to Prometheus.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use serde_json::json;
+
+use crate::record::Verdict;
 
 /// Latency samples kept for percentiles.
 const WINDOW: usize = 1000;
@@ -48,8 +55,20 @@ pub struct Stats {
     /// Files whose after-action (move, delete) failed: left in place, recorded,
     /// not inspected again.
     pub after_errors: AtomicU64,
+    /// Whether the broker connection is up.
+    pub mqtt_connected: AtomicBool,
+    /// Seconds the running model took to load (f64 bits).
+    pub model_load_seconds: AtomicU64,
+    /// Inspections by source and verdict.
+    pub inspections: Family<SourceVerdict, Counter>,
+    /// Compute time per inspection (decode to scores and heatmap), by source.
+    pub inspection_seconds: Family<SourceLabel, Histogram, fn() -> Histogram>,
+    /// Detection (file seen, trigger edge) to stored result, by source.
+    pub latency_seconds: Family<SourceLabel, Histogram, fn() -> Histogram>,
     /// Why results cannot be stored now, while that lasts.
     store_problem: Mutex<Option<String>>,
+    /// Why the HTTP endpoint is not serving, if it is not.
+    http_problem: Mutex<Option<String>>,
     /// What each source is doing, where it is not simply at work.
     sources: Mutex<BTreeMap<String, String>>,
     inspect_ms: Mutex<VecDeque<f64>>,
@@ -75,12 +94,42 @@ impl Default for Stats {
             heatmaps_dropped: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
             after_errors: AtomicU64::new(0),
+            mqtt_connected: AtomicBool::new(false),
+            model_load_seconds: AtomicU64::new(0),
+            inspections: Family::default(),
+            inspection_seconds: Family::new_with_constructor(seconds_histogram),
+            latency_seconds: Family::new_with_constructor(seconds_histogram),
             store_problem: Mutex::new(None),
+            http_problem: Mutex::new(None),
             sources: Mutex::new(BTreeMap::new()),
             inspect_ms: Mutex::new(VecDeque::new()),
             latency_ms: Mutex::new(VecDeque::new()),
         }
     }
+}
+
+/// The labels of a per-source series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// The source's name.
+    pub source: String,
+}
+
+/// The labels of the inspection counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceVerdict {
+    /// The source's name.
+    pub source: String,
+    /// "pass", "fail" or "error".
+    pub verdict: String,
+}
+
+/// Buckets from 5 ms to ≈ 41 s (×2): the tiny pack's few milliseconds to a
+/// full-size pack's seconds on a small board.
+fn seconds_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.005, 2.0, 14,
+    ))
 }
 
 fn push(q: &Mutex<VecDeque<f64>>, v: f64) {
@@ -108,14 +157,46 @@ fn percentiles(q: &Mutex<VecDeque<f64>>) -> serde_json::Value {
 
 impl Stats {
     /// Record one inspection's compute time and detection-to-result latency.
-    pub fn record_latency(&self, inspect_ms: f64, latency_ms: f64) {
+    pub fn record_latency(&self, source: &str, inspect_ms: f64, latency_ms: f64) {
         push(&self.inspect_ms, inspect_ms);
         push(&self.latency_ms, latency_ms);
+        let label = SourceLabel {
+            source: source.to_string(),
+        };
+        self.inspection_seconds
+            .get_or_create(&label)
+            .observe(inspect_ms / 1e3);
+        self.latency_seconds
+            .get_or_create(&label)
+            .observe(latency_ms / 1e3);
+    }
+
+    /// Count one stored result.
+    pub fn record_verdict(&self, source: &str, verdict: Verdict) {
+        let counter = match verdict {
+            Verdict::Pass => &self.passed,
+            Verdict::Fail => &self.failed,
+            Verdict::Error => &self.errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.inspections
+            .get_or_create(&SourceVerdict {
+                source: source.to_string(),
+                verdict: verdict.as_str().to_string(),
+            })
+            .inc();
     }
 
     /// Results can (`None`) or cannot be stored, and why.
     pub fn set_store_problem(&self, problem: Option<String>) {
         if let Ok(mut p) = self.store_problem.lock() {
+            *p = problem;
+        }
+    }
+
+    /// The HTTP endpoint serves (`None`) or not, and why.
+    pub fn set_http_problem(&self, problem: Option<String>) {
+        if let Ok(mut p) = self.http_problem.lock() {
             *p = problem;
         }
     }
@@ -139,6 +220,9 @@ impl Stats {
         }
         if let Ok(s) = self.sources.lock() {
             out.extend(s.iter().map(|(n, p)| format!("source {n}: {p}")));
+        }
+        if let Some(p) = self.http_problem.lock().ok().and_then(|p| p.clone()) {
+            out.push(format!("http: {p}"));
         }
         (!out.is_empty()).then(|| out.join("; "))
     }
@@ -166,6 +250,7 @@ impl Stats {
             "after_errors": g(&self.after_errors),
             "state_dir": self.store_problem.lock().ok().and_then(|p| p.clone()).unwrap_or_else(|| "ok".into()),
             "sources": self.sources.lock().map(|s| json!(*s)).unwrap_or_default(),
+            "http": self.http_problem.lock().ok().and_then(|p| p.clone()).unwrap_or_else(|| "ok".into()),
             "inspect_ms": percentiles(&self.inspect_ms),
             "latency_ms": percentiles(&self.latency_ms),
         })
@@ -180,7 +265,7 @@ mod tests {
     fn percentiles_use_nearest_rank() {
         let s = Stats::default();
         for i in 1..=100 {
-            s.record_latency(f64::from(i), f64::from(i) * 2.0);
+            s.record_latency("cam", f64::from(i), f64::from(i) * 2.0);
         }
         let snap = s.snapshot("x");
         assert_eq!(snap["inspect_ms"]["p50"], 50.0);

@@ -203,7 +203,7 @@ impl Worker {
         rec.latency_ms = Some(round(latency_ms));
         rec.heatmap = info;
         self.sink.stats().inspected.fetch_add(1, Ordering::Relaxed);
-        self.sink.stats().record_latency(total, latency_ms);
+        self.sink.stats().record_latency(&job.source, total, latency_ms);
         log::info!(
             "{} {}: {}, {total:.0} ms",
             job.source,
