@@ -100,4 +100,7 @@ fn bench_precision_f16_measures_the_difference_to_f32() {
     // Half precision changes the numbers a little, never a lot.
     assert!(map > 0.0 && map < 0.05 * p["map_range"].as_f64().unwrap(), "{p}");
     assert!(p["max_score_diff"].as_f64().unwrap() < 1e-2, "{p}");
+    assert_eq!(p["measured"], "f16 on cpu");
+    assert!(p["map_pearson_r"].as_f64().unwrap() > 0.99, "{p}");
+    assert_eq!(r["device"]["kind"], "cpu");
 }
