@@ -437,6 +437,10 @@ impl Daemon {
                                 mem.peak / 1_000_000
                             );
                         }
+                        self.sink
+                            .stats()
+                            .model_load_seconds
+                            .store(l.seconds.to_bits(), Ordering::Relaxed);
                         Some((Arc::new(l.inspector), l.weights))
                     }
                     Err(e) => {
