@@ -64,55 +64,55 @@ pub fn render(stats: &Stats, model: &ModelInfo) -> String {
         "Results stored and not yet acknowledged by the broker",
         ConstGauge::new(stats.outbox_pending.load(Ordering::Relaxed) as i64),
     );
-    r.register(
-        "outbox_dropped",
-        "Results dropped because the outbox reached a bound",
-        count(&stats.outbox_dropped),
-    );
-    r.register(
-        "heatmaps_dropped",
-        "Heatmaps dropped (outbox bound or MQTT packet limit); their results say so",
-        count(&stats.heatmaps_dropped),
-    );
-    r.register(
-        "outbox_quarantined",
-        "Outbox entries that could not be read, moved aside",
-        count(&stats.outbox_quarantined),
-    );
-    r.register(
-        "store_errors",
-        "Results that could not be stored (state directory full or unwritable); retried",
-        count(&stats.store_errors),
-    );
-    r.register(
-        "after_errors",
-        "Files whose after-action (move, delete) failed",
-        count(&stats.after_errors),
-    );
-    r.register(
-        "results_published",
-        "Results acknowledged by the broker",
-        count(&stats.published),
-    );
+    for (name, help, value) in [
+        (
+            "outbox_dropped",
+            "Results dropped because the outbox reached a bound",
+            &stats.outbox_dropped,
+        ),
+        (
+            "heatmaps_dropped",
+            "Heatmaps dropped (outbox bound or MQTT packet limit); their results say so",
+            &stats.heatmaps_dropped,
+        ),
+        (
+            "outbox_quarantined",
+            "Outbox entries that could not be read, moved aside",
+            &stats.outbox_quarantined,
+        ),
+        (
+            "store_errors",
+            "Results that could not be stored (state directory full or unwritable); retried",
+            &stats.store_errors,
+        ),
+        (
+            "after_errors",
+            "Files whose after-action (move, delete) failed",
+            &stats.after_errors,
+        ),
+        (
+            "results_published",
+            "Results acknowledged by the broker",
+            &stats.published,
+        ),
+        ("mqtt_connections", "Broker connections made", &stats.connections),
+        (
+            "mqtt_takeovers",
+            "Runs of connections the broker closed at once (another client with this client id)",
+            &stats.mqtt_takeovers,
+        ),
+        (
+            "busy_triggers",
+            "GPIO triggers that found the station busy",
+            &stats.busy_triggers,
+        ),
+    ] {
+        r.register(name, help, count(value));
+    }
     r.register(
         "mqtt_connected",
         "1 while the broker connection is up",
         ConstGauge::new(i64::from(stats.mqtt_connected.load(Ordering::Relaxed))),
-    );
-    r.register(
-        "mqtt_connections",
-        "Broker connections made",
-        count(&stats.connections),
-    );
-    r.register(
-        "mqtt_takeovers",
-        "Runs of connections the broker closed at once (another client with this client id)",
-        count(&stats.mqtt_takeovers),
-    );
-    r.register(
-        "busy_triggers",
-        "GPIO triggers that found the station busy",
-        count(&stats.busy_triggers),
     );
     r.register_with_unit(
         "model_load",

@@ -322,6 +322,11 @@ impl ShapedGraph {
         };
         log::debug!("{} plan: {summary:?}", self.role);
         let runnable = optimised.into_runnable().map_err(|e| self.error(e))?;
+        Ok(self.keep(runnable, summary))
+    }
+
+    /// Store a built plan beside the others; return it.
+    fn keep(&self, runnable: Arc<TypedRunnableModel>, summary: PlanSummary) -> Arc<TypedRunnableModel> {
         self.plans
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -329,7 +334,7 @@ impl ShapedGraph {
                 runnable: runnable.clone(),
                 summary,
             });
-        Ok(runnable)
+        runnable
     }
 
     /// Hand a decluttered plan to tract's CUDA runtime and store it. Each
@@ -352,14 +357,7 @@ impl ShapedGraph {
             shared: 0,
         };
         log::debug!("{} CUDA plan: {summary:?}", self.role);
-        self.plans
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Plan {
-                runnable: runnable.clone(),
-                summary,
-            });
-        Ok(runnable)
+        Ok(self.keep(runnable, summary))
     }
 
     #[cfg(not(feature = "cuda"))]
