@@ -87,9 +87,10 @@ if [ ! -f "$CHROOT/.winclip-ready" ]; then
     '
     touch "$CHROOT/.winclip-ready"
 fi
-# Prometheus' client library reads /metrics in tests/http.rs (native Python in the chroot).
-in_chroot '/opt/zig/bin/python -c "import prometheus_client" 2>/dev/null ||
-    /opt/zig/bin/pip install -q --disable-pip-version-check --cert /etc/ssl/certs/ca-certificates.crt prometheus_client==0.26.0'
+# Prometheus' client library reads /metrics, jsonschema checks the Home Assistant discovery
+# configurations in tests/http.rs (native Python in the chroot).
+in_chroot '/opt/zig/bin/python -c "import prometheus_client, jsonschema" 2>/dev/null ||
+    /opt/zig/bin/pip install -q --disable-pip-version-check --cert /etc/ssl/certs/ca-certificates.crt prometheus_client==0.26.0 jsonschema==4.23.0'
 
 # The emulated CPU is a Cortex-A76 (ARMv8.2 with fp16, like Orin's A78AE): qemu's
 # default "max" CPU advertises SVE2, which tract then uses and qemu emulates ~10x slower.

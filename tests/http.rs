@@ -12,47 +12,51 @@ use crate::station::{fixture, Station};
 use crate::util::{bin, text, wait_for, Mosquitto, Subscriber};
 
 /// A response: status, the header block (lower-cased), the body.
-struct Response {
-    status: u16,
-    head: String,
-    body: String,
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+    pub bytes: Vec<u8>,
 }
 
 /// Send `request` as is; `None` when the server closed the connection without an answer.
-fn send(port: u16, request: &[u8]) -> Option<Response> {
+pub fn send(port: u16, request: &[u8]) -> Option<Response> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
     s.write_all(request).ok()?;
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let bytes = raw[split + 4..].to_vec();
     let status = head.split(' ').nth(1)?.parse().ok()?;
     Some(Response {
         status,
         head: head.to_ascii_lowercase(),
-        body: body.to_string(),
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+        bytes,
     })
 }
 
-fn get(port: u16, path: &str, headers: &str) -> Option<Response> {
+pub fn get(port: u16, path: &str, headers: &str) -> Option<Response> {
     send(
         port,
         format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}\r\n").as_bytes(),
     )
 }
 
-/// The Python that has `prometheus_client` (tests/run makes one in target/pyclients).
+/// The Python that has `prometheus_client` and `jsonschema` (tests/run makes
+/// one in target/pyclients).
 fn python() -> String {
     let py = std::env::var("WINCLIP_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let ok = Command::new(&py)
-        .args(["-c", "import prometheus_client"])
+        .args(["-c", "import prometheus_client, jsonschema"])
         .status()
         .is_ok_and(|s| s.success());
     assert!(
         ok,
-        "{py} has no prometheus_client: tests/run installs it in target/pyclients; or \
-         `pip install prometheus_client` and set WINCLIP_TEST_PYTHON to that python"
+        "{py} has no prometheus_client or jsonschema: tests/run installs them in target/pyclients; \
+         or `pip install prometheus_client jsonschema` and set WINCLIP_TEST_PYTHON to that python"
     );
     py
 }
@@ -258,7 +262,47 @@ fn the_endpoint_refuses_strangers_paths_and_floods_and_a_busy_port_costs_only_it
         .as_bytes(),
     )
     .unwrap();
-    assert_eq!(r.status, 405);
+    assert_eq!(r.status, 413, "nothing takes a body: {}", r.body);
+    // Control requests: nothing to control while commands are off, and never
+    // anything without the token.
+    let control = |headers: &str| {
+        send(
+            port,
+            format!("POST /api/threshold HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n")
+                .as_bytes(),
+        )
+        .unwrap()
+    };
+    assert_eq!(control("").status, 401);
+    assert_eq!(control(auth).status, 405);
+    let huge_body = format!(
+        "GET /api/state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n{}",
+        4 << 20,
+        "x".repeat(4 << 20)
+    );
+    if let Some(r) = send(port, huge_body.as_bytes()) {
+        assert_eq!(r.status, 413);
+    }
+    for path in [
+        "/api/results/..%2f..%2fconfig.toml",
+        "/api/results/..%2F..%2F..%2Fetc%2Fpasswd/image.jpg",
+        "/api/results/%2e%2e/heatmap.jpg",
+        "/api/results/../../history/000000000001.json",
+    ] {
+        let r = get(port, path, auth).unwrap();
+        assert!(r.status == 404 || r.status == 400, "{path}: {}", r.status);
+        assert!(
+            !r.body.contains("root:") && !r.body.contains("[station]"),
+            "{path}: {}",
+            r.body
+        );
+    }
+    // The page's event stream and pictures take the token in the query.
+    assert_eq!(
+        get(port, "/api/results?token=s3cret-token", "").unwrap().status,
+        200
+    );
+    assert_eq!(get(port, "/api/results?token=wrong", "").unwrap().status, 401);
     // A megabyte of header: answered with an error or the connection closed,
     // and the endpoint serves the next request as before.
     let flood = format!(
@@ -298,5 +342,322 @@ fn the_endpoint_refuses_strangers_paths_and_floods_and_a_busy_port_costs_only_it
         "{stats}"
     );
     drop(squatter);
+    assert!(st.terminate().success());
+}
+
+/// Read server-sent events from `stream` until `n` of kind `event` came; their data.
+fn read_events(stream: &mut TcpStream, event: &str, n: usize) -> Vec<serde_json::Value> {
+    let mut text = String::new();
+    let mut buf = [0u8; 65536];
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let found: Vec<serde_json::Value> = text
+            .split("\n\n")
+            .filter_map(|block| {
+                let mut kind = None;
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(k) = line.strip_prefix("event: ").or(line.strip_prefix("event:")) {
+                        kind = Some(k.trim().to_string());
+                    } else if let Some(d) = line.strip_prefix("data: ").or(line.strip_prefix("data:")) {
+                        data.push_str(d);
+                    }
+                }
+                (kind.as_deref() == Some(event)).then(|| serde_json::from_str(&data).unwrap())
+            })
+            .collect();
+        if found.len() >= n {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} {event} events did not come: {text}"
+        );
+        match stream.read(&mut buf) {
+            Ok(0) => panic!("the event stream ended: {text}"),
+            Ok(k) => text.push_str(&String::from_utf8_lossy(&buf[..k])),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+            }
+            Err(e) => panic!("reading the event stream: {e}"),
+        }
+    }
+}
+
+fn json_of(r: &Response) -> serde_json::Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
+}
+
+#[test]
+fn the_page_and_the_results_api_show_what_the_station_kept_live_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = Station::new(dir.path(), None, "");
+    st.set_threshold(0.29);
+    st.start();
+    let port = st.http_port;
+    wait_for(60, "the HTTP endpoint", || {
+        get(port, "/api/state", "").filter(|r| r.status == 200)
+    });
+
+    let page = get(port, "/", "").unwrap();
+    assert_eq!(page.status, 200);
+    assert!(page.head.contains("content-type: text/html"), "{}", page.head);
+    assert!(
+        page.body.contains("app.js") && page.body.contains("app.css"),
+        "{}",
+        page.body
+    );
+    assert!(page.head.contains("script-src 'self'"), "{}", page.head);
+    assert!(has_security_headers(&page), "{}", page.head);
+    for (path, kind) in [("/app.js", "text/javascript"), ("/app.css", "text/css")] {
+        let r = get(port, path, "").unwrap();
+        assert_eq!(r.status, 200, "{path}");
+        assert!(
+            r.head.contains(&format!("content-type: {kind}")),
+            "{path}: {}",
+            r.head
+        );
+    }
+    assert_eq!(
+        json_of(&get(port, "/api/results", "").unwrap())["results"],
+        serde_json::json!([])
+    );
+
+    // Live: the event stream sends each result as it is stored.
+    let mut events = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    events.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    events
+        .write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .unwrap();
+    st.drop_file(&fixture("queries/good.png"), "good.png");
+    st.drop_file(&fixture("queries/hole.png"), "hole.png");
+    let live = read_events(&mut events, "result", 2);
+    let verdicts: Vec<_> = live.iter().map(|r| r["verdict"].as_str().unwrap()).collect();
+    assert_eq!(
+        verdicts,
+        ["pass", "fail"],
+        "threshold 0.29 separates the two fixtures"
+    );
+
+    let list = json_of(&get(port, "/api/results?limit=10", "").unwrap());
+    let ids: Vec<_> = list["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].clone())
+        .collect();
+    assert_eq!(
+        ids,
+        [live[1]["id"].clone(), live[0]["id"].clone()],
+        "newest first"
+    );
+    let fails = json_of(&get(port, "/api/results?verdict=fail", "").unwrap());
+    assert_eq!(fails["results"].as_array().unwrap().len(), 1);
+    assert_eq!(fails["results"][0]["verdict"], "fail");
+    assert_eq!(get(port, "/api/results?verdict=maybe", "").unwrap().status, 400);
+    assert_eq!(
+        json_of(&get(port, "/api/results?limit=1", "").unwrap())["results"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let failed = &live[1];
+    let id = failed["id"].as_str().unwrap();
+    let one = json_of(&get(port, &format!("/api/results/{id}"), "").unwrap());
+    assert_eq!(one["score"], failed["score"]);
+    assert_eq!(one["links"]["heatmap"], format!("/api/results/{id}/heatmap.jpg"));
+    let heat = get(port, &format!("/api/results/{id}/heatmap.jpg"), "").unwrap();
+    assert_eq!(heat.status, 200);
+    assert!(heat.head.contains("content-type: image/jpeg"), "{}", heat.head);
+    assert!(heat.bytes.starts_with(&[0xFF, 0xD8]), "a JPEG");
+    assert_eq!(
+        heat.bytes.len() as u64,
+        failed["heatmap"]["bytes"].as_u64().unwrap()
+    );
+    // The picture was a PNG: served as JPEG, the size it was.
+    let pic = get(port, &format!("/api/results/{id}/image.jpg"), "").unwrap();
+    assert_eq!(pic.status, 200);
+    let decoded = image::load_from_memory_with_format(&pic.bytes, image::ImageFormat::Jpeg).unwrap();
+    let original = image::open(fixture("queries/hole.png")).unwrap();
+    assert_eq!(
+        (decoded.width(), decoded.height()),
+        (original.width(), original.height())
+    );
+    assert_eq!(
+        get(port, "/api/results/0123abcd/heatmap.jpg", "").unwrap().status,
+        404
+    );
+    let state = json_of(&get(port, "/api/state", "").unwrap());
+    assert_eq!(state["history"], 2);
+    assert!(st.terminate().success());
+
+    // Kept across a restart.
+    st.start();
+    let after = wait_for(60, "the endpoint again", || {
+        get(port, "/api/results", "").filter(|r| r.status == 200)
+    });
+    let ids_after: Vec<_> = json_of(&after)["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].clone())
+        .collect();
+    assert_eq!(ids_after, ids);
+    assert!(
+        get(port, &format!("/api/results/{id}/heatmap.jpg"), "")
+            .unwrap()
+            .bytes
+            == heat.bytes
+    );
+    // A stopping station ends its event streams (they do not hold the stop up).
+    let mut events = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    events
+        .write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(st.terminate().success());
+}
+
+/// Retained messages on `topic` now (a fresh client, `--retained-only`).
+fn retained(port: u16, topic: &str) -> Vec<(String, Vec<u8>)> {
+    let o = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            topic,
+            "--retained-only",
+            "-W",
+            "2",
+        ])
+        .args(["-F", "%t %x"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (t, x) = l.split_once(' ').unwrap_or((l, ""));
+            Some((t.to_string(), hex::decode(x).ok()?))
+        })
+        .collect()
+}
+
+/// Check each discovery configuration against what Home Assistant documents
+/// (tests/fixtures/homeassistant/discovery.schema.json), with jsonschema.
+fn validate_discovery(configs: &[(String, serde_json::Value)]) {
+    let script = "import sys, json, jsonschema\n\
+        schema = json.load(open(sys.argv[1]))\n\
+        defs = schema['$defs']\n\
+        bad = []\n\
+        for component, config in json.load(sys.stdin):\n\
+        \x20   s = dict(defs[component])\n\
+        \x20   s['properties'] = {**defs['common'], **s['properties']}\n\
+        \x20   s['additionalProperties'] = False\n\
+        \x20   s['$defs'] = defs\n\
+        \x20   for e in jsonschema.Draft202012Validator(s).iter_errors(config):\n\
+        \x20       bad.append(f'{component} {config.get(\"unique_id\")}: {e.message}')\n\
+        print('\\n'.join(bad))\n\
+        sys.exit(1 if bad else 0)\n";
+    let input: Vec<(String, serde_json::Value)> = configs
+        .iter()
+        .map(|(topic, c)| (topic.split('/').nth(1).unwrap().to_string(), c.clone()))
+        .collect();
+    let mut child = Command::new(python())
+        .args(["-c", script])
+        .arg(crate::util::root().join("tests/fixtures/homeassistant/discovery.schema.json"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(&input).unwrap())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "discovery configurations refused:\n{}",
+        text_of(&o)
+    );
+}
+
+#[test]
+fn home_assistant_discovery_validates_follows_the_station_and_is_removed_when_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    st.set_threshold(0.29);
+    let plain = std::fs::read_to_string(&st.config).unwrap();
+    let on = plain.replace(
+        "stats_interval_secs = 1\n",
+        "stats_interval_secs = 1\nhomeassistant = true\n",
+    );
+    assert_ne!(on, plain);
+    std::fs::write(&st.config, &on).unwrap();
+    st.start();
+    let configs = wait_for(60, "the discovery configurations", || {
+        let c = retained(broker.port, "homeassistant/+/+/+/config");
+        (c.len() >= 8).then_some(c)
+    });
+    let configs: Vec<(String, serde_json::Value)> = configs
+        .into_iter()
+        .map(|(t, p)| (t, serde_json::from_slice(&p).unwrap()))
+        .collect();
+    validate_discovery(&configs);
+    let by_object = |object: &str| {
+        configs
+            .iter()
+            .find(|(t, _)| t.ends_with(&format!("/{object}/config")))
+            .map(|(_, c)| c.clone())
+            .unwrap_or_else(|| panic!("no {object}: {configs:?}"))
+    };
+    let station = crate::station::STATION;
+    let defect = by_object("defect");
+    assert_eq!(defect["device_class"], "problem");
+    assert_eq!(defect["availability_topic"], format!("winclip/{station}/status"));
+    let image = by_object("heatmap");
+    let image_topic = image["image_topic"].as_str().unwrap().to_string();
+    assert_eq!(image_topic, format!("winclip/{station}/heatmap/latest"));
+    let devices: std::collections::BTreeSet<String> = configs
+        .iter()
+        .map(|(_, c)| c["device"]["identifiers"][0].to_string())
+        .collect();
+    assert_eq!(devices.len(), 1, "one device per station");
+
+    // A defective part: the entities' topics follow it, retained.
+    st.drop_file(&fixture("queries/hole.png"), "hole.png");
+    let latest = wait_for(120, "the retained latest result", || {
+        retained(broker.port, defect["state_topic"].as_str().unwrap()).pop()
+    });
+    let latest: serde_json::Value = serde_json::from_slice(&latest.1).unwrap();
+    assert_eq!(latest["verdict"], "fail");
+    assert!(latest["score"].as_f64().unwrap() > latest["threshold"].as_f64().unwrap());
+    let heatmap = retained(broker.port, &image_topic)
+        .pop()
+        .expect("a retained heatmap");
+    assert!(heatmap.1.starts_with(&[0xFF, 0xD8]));
+    let status = retained(broker.port, defect["availability_topic"].as_str().unwrap())
+        .pop()
+        .unwrap();
+    assert_eq!(status.1, defect["payload_available"].as_str().unwrap().as_bytes());
+
+    // Off, live: the entities (and the retained state they read) are removed.
+    let log = st.reload(&plain);
+    assert!(log.contains("mqtt.homeassistant"), "{log}");
+    wait_for(30, "the discovery configurations to go", || {
+        retained(broker.port, "homeassistant/#").is_empty().then_some(())
+    });
+    assert!(retained(broker.port, &image_topic).is_empty());
+    assert!(
+        !retained(broker.port, &format!("winclip/{station}/status")).is_empty(),
+        "the station's own status stays"
+    );
     assert!(st.terminate().success());
 }

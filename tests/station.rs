@@ -106,6 +106,20 @@ path = "{incoming}"
         }
     }
 
+    /// Judge with `threshold` (a `[model] threshold` override): 0.29 passes
+    /// queries/good.png and fails queries/hole.png with the tiny pack (their
+    /// scores are ≈ 0.280 and ≈ 0.299; the bank's own 0.3 passes both).
+    pub fn set_threshold(&self, threshold: f32) {
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        let line = config
+            .lines()
+            .find(|l| l.starts_with("bank = "))
+            .unwrap()
+            .to_string();
+        let config = config.replacen(&line, &format!("{line}\nthreshold = {threshold}"), 1);
+        std::fs::write(&self.config, config).unwrap();
+    }
+
     pub fn start(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)

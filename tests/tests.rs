@@ -4,11 +4,12 @@ mod station;
 mod util;
 
 mod bench;
+mod browser;
 mod daemon;
 mod device;
 mod engine;
 mod eval;
 mod faults;
-mod http;
+pub mod http;
 mod model_pack;
 mod safe_defaults;

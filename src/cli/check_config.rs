@@ -89,18 +89,46 @@ pub(crate) fn run(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
         match (&c.http.enabled, &c.http.token) {
             (false, _) => "off".to_string(),
             (true, None) => format!(
-                "http://{}/metrics and /api/ (no token: loopback only)",
+                "http://{}/ (the page), /metrics and /api/ (no token: loopback only)",
                 c.http.listen
             ),
             (true, Some(config::Secret::File(p))) => format!(
-                "http://{}/metrics and /api/, bearer token from {}",
+                "http://{}/ (the page), /metrics and /api/, bearer token from {}",
                 c.http.listen,
                 p.display()
             ),
             (true, Some(config::Secret::Credential(n))) => format!(
-                "http://{}/metrics and /api/, bearer token from systemd credential {n:?}",
+                "http://{}/ (the page), /metrics and /api/, bearer token from systemd credential {n:?}",
                 c.http.listen
             ),
+        }
+    );
+    println!(
+        "history       {}",
+        if c.history.results == 0 {
+            "none kept (the page shows only what arrives while it is open)".to_string()
+        } else {
+            format!(
+                "the last {} results{} in {}/history, {} MB at most",
+                c.history.results,
+                if c.history.pictures {
+                    " with their pictures"
+                } else {
+                    " (heatmaps, no pictures)"
+                },
+                c.station.state_dir.display(),
+                c.history.max_bytes >> 20
+            )
+        }
+    );
+    println!(
+        "home assistant {}",
+        match &m.homeassistant {
+            Some(prefix) => format!(
+                "discovery under {prefix}/ (device {})",
+                crate::daemon::homeassistant::node_id(&c.station.name)
+            ),
+            None => "off".into(),
         }
     );
     for s in &c.sources {

@@ -163,9 +163,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             incoming.display()
         );
         println!("             (watch it live: mosquitto_sub -p {port} -t 'winclip/#' -v)");
-        println!(
-            "             (metrics for Prometheus: http://{http}/metrics; state: http://{http}/api/state)"
-        );
+        println!("             (the page: http://{http}/; metrics for Prometheus: http://{http}/metrics)");
         println!(
             "config       {}: start your own station from this file (winclip-edge run --config ...)",
             config_path_shown.display()

@@ -16,8 +16,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use raw::{
-    RawAfter, RawConfig, RawHeatmap, RawHttp, RawModel, RawMqtt, RawOutbox, RawSource, RawSourceType,
-    RawStation,
+    RawAfter, RawConfig, RawHeatmap, RawHistory, RawHttp, RawModel, RawMqtt, RawOutbox, RawSource,
+    RawSourceType, RawStation,
 };
 pub use reload::{Applies, Change, EngineChange, ReloadPlan};
 
@@ -109,8 +109,10 @@ pub struct Config {
     pub heatmap: Heatmap,
     /// Durable outbox bounds.
     pub outbox: Outbox,
-    /// The HTTP endpoint (metrics, JSON API).
+    /// The HTTP endpoint (metrics, JSON API, the page).
     pub http: Http,
+    /// The store of recent results the page shows.
+    pub history: History,
     /// Image sources.
     pub sources: Vec<Source>,
 }
@@ -211,6 +213,8 @@ pub struct Mqtt {
     pub reconnect_min: Duration,
     /// Longest reconnect delay.
     pub reconnect_max: Duration,
+    /// Home Assistant MQTT discovery: the discovery prefix, when on.
+    pub homeassistant: Option<String>,
 }
 
 impl Mqtt {
@@ -228,15 +232,17 @@ impl Mqtt {
             stats_interval: DEFAULT_STATS_INTERVAL,
             reconnect_min: DEFAULT_RECONNECT_MIN,
             reconnect_max: DEFAULT_RECONNECT_MAX,
+            homeassistant: None,
         }
     }
 
     /// Whether `other` differs from `self` in what the connection is made
-    /// with (everything but the prefix and the stats period).
+    /// with (everything but the prefix, the stats period and discovery).
     pub fn connection_differs(&self, other: &Mqtt) -> bool {
         let strip = |m: &Mqtt| Mqtt {
             prefix: String::new(),
             stats_interval: Duration::ZERO,
+            homeassistant: None,
             ..m.clone()
         };
         strip(self) != strip(other)
@@ -267,6 +273,31 @@ impl Default for Http {
             enabled: true,
             listen: DEFAULT_HTTP_LISTEN.parse().expect("a valid default address"),
             token: None,
+        }
+    }
+}
+
+/// Home Assistant's default discovery prefix.
+pub const DEFAULT_HOMEASSISTANT_PREFIX: &str = "homeassistant";
+
+/// The store of recent results (`[history]`, in `<state_dir>/history`): the
+/// page and `/api/results` show them; kept across restarts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct History {
+    /// Results kept (0: none, the page shows only what arrives live).
+    pub results: usize,
+    /// Bytes the store may take (pictures and heatmaps).
+    pub max_bytes: u64,
+    /// Keep each inspected picture too (as read), not only its heatmap.
+    pub pictures: bool,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        Self {
+            results: 100,
+            max_bytes: 256 << 20,
+            pictures: true,
         }
     }
 }
@@ -467,6 +498,7 @@ impl Config {
             heatmap: Heatmap::default(),
             outbox: Outbox::default(),
             http: Http::default(),
+            history: History::default(),
             sources,
         }
     }
@@ -597,6 +629,7 @@ fn check(raw: RawConfig, base: &Path, r: &mut Report) -> Config {
     }
     let outbox = check_outbox(raw.outbox, r);
     let http = check_http(raw.http, base, r);
+    let history = check_history(raw.history, r);
     let sources = check_sources(raw.sources, base, &station.state_dir, r);
     Config {
         station,
@@ -605,8 +638,21 @@ fn check(raw: RawConfig, base: &Path, r: &mut Report) -> Config {
         heatmap,
         outbox,
         http,
+        history,
         sources,
     }
+}
+
+fn check_history(h: RawHistory, r: &mut Report) -> History {
+    let d = History::default();
+    let history = History {
+        results: h.results.unwrap_or(d.results),
+        max_bytes: h.max_mb.map_or(d.max_bytes, |mb| mb << 20),
+        pictures: h.pictures.unwrap_or(d.pictures),
+    };
+    r.range("history.results", history.results, 0, 100_000);
+    r.range("history.max_mb", history.max_bytes >> 20, 1, 1 << 20);
+    history
 }
 
 fn check_station(s: RawStation, base: &Path, r: &mut Report) -> Station {
@@ -802,6 +848,20 @@ fn check_mqtt(m: RawMqtt, station: &str, base: &Path, r: &mut Report) -> (Mqtt, 
         64 * 1024,
         256 * 1024 * 1024,
     );
+    let ha_prefix = m
+        .homeassistant_prefix
+        .unwrap_or_else(|| DEFAULT_HOMEASSISTANT_PREFIX.into());
+    if ha_prefix.is_empty()
+        || ha_prefix.contains(['#', '+'])
+        || ha_prefix.starts_with('/')
+        || ha_prefix.ends_with('/')
+    {
+        r.problem(format!(
+            "mqtt.homeassistant_prefix = {ha_prefix:?}: no wildcards, no leading or trailing '/' \
+             (Home Assistant's default is \"{DEFAULT_HOMEASSISTANT_PREFIX}\")"
+        ));
+    }
+    let homeassistant = m.homeassistant.unwrap_or(false).then_some(ha_prefix);
     let stats = m.stats_interval_secs.unwrap_or(DEFAULT_STATS_INTERVAL.as_secs());
     r.range("mqtt.stats_interval_secs", stats, 1, 86_400);
     let rmin = m
@@ -827,6 +887,7 @@ fn check_mqtt(m: RawMqtt, station: &str, base: &Path, r: &mut Report) -> (Mqtt, 
         stats_interval: Duration::from_secs(stats),
         reconnect_min: Duration::from_millis(rmin),
         reconnect_max: Duration::from_millis(rmax),
+        homeassistant,
     };
     let deprecated = DeprecatedHeatmap {
         enabled: m.heatmap,
@@ -1131,6 +1192,8 @@ impl From<&Config> for RawConfig {
                 stats_interval_secs: Some(m.stats_interval.as_secs()),
                 reconnect_min_ms: Some(m.reconnect_min.as_millis() as u64),
                 reconnect_max_ms: Some(m.reconnect_max.as_millis() as u64),
+                homeassistant: Some(m.homeassistant.is_some()),
+                homeassistant_prefix: m.homeassistant.clone(),
                 embedded_listen,
                 allow_anonymous,
                 heatmap: None,
@@ -1157,6 +1220,11 @@ impl From<&Config> for RawConfig {
             outbox: RawOutbox {
                 max_entries: Some(c.outbox.max_entries),
                 max_bytes: Some(c.outbox.max_bytes),
+            },
+            history: RawHistory {
+                results: Some(c.history.results),
+                max_mb: Some(c.history.max_bytes >> 20),
+                pictures: Some(c.history.pictures),
             },
             sources: c.sources.iter().map(RawSource::from).collect(),
         }

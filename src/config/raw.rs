@@ -22,6 +22,8 @@ pub(super) struct RawConfig {
     pub outbox: RawOutbox,
     #[serde(default)]
     pub http: RawHttp,
+    #[serde(default)]
+    pub history: RawHistory,
     #[serde(default, rename = "source")]
     pub sources: Vec<RawSource>,
 }
@@ -99,6 +101,10 @@ pub(super) struct RawMqtt {
     pub embedded_listen: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_anonymous: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub homeassistant: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub homeassistant_prefix: Option<String>,
     /// Deprecated: `[heatmap] enabled`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heatmap: Option<bool>,
@@ -141,6 +147,17 @@ pub(super) struct RawHttp {
     pub token_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_credential: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHistory {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub results: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_mb: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pictures: Option<bool>,
 }
 
 /// `after = "move" | "delete" | "keep"`.

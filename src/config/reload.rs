@@ -28,6 +28,8 @@ pub enum Change {
     OutboxBounds,
     /// `[http]` (the listener is bound once).
     Http,
+    /// `[history]` (the store is opened once).
+    History,
     /// The embedded broker: switching it on or off, or `mqtt.embedded_listen`.
     EmbeddedBroker,
     /// `model.pack`: the vision model is loaded again.
@@ -51,6 +53,9 @@ pub enum Change {
     MqttPrefix,
     /// `mqtt.stats_interval_secs`.
     StatsInterval,
+    /// `mqtt.homeassistant`, `mqtt.homeassistant_prefix`: discovery is
+    /// published (or removed) at once.
+    HomeAssistant,
     /// `[heatmap]`.
     Heatmap,
     /// `station.max_image_mb`, `station.max_image_megapixels`.
@@ -73,6 +78,7 @@ impl Change {
             | Change::QueueCapacity
             | Change::OutboxBounds
             | Change::Http
+            | Change::History
             | Change::EmbeddedBroker => Applies::Restart,
             _ => Applies::Live,
         }
@@ -88,6 +94,7 @@ impl std::fmt::Display for Change {
             Change::QueueCapacity => f.write_str("station.queue_capacity"),
             Change::OutboxBounds => f.write_str("[outbox]"),
             Change::Http => f.write_str("[http]"),
+            Change::History => f.write_str("[history]"),
             Change::EmbeddedBroker => f.write_str("the embedded broker (mqtt.host / mqtt.embedded_listen)"),
             Change::Pack => f.write_str("model.pack"),
             Change::Precision => f.write_str("model.precision"),
@@ -99,6 +106,7 @@ impl std::fmt::Display for Change {
             Change::MqttConnection => f.write_str("the MQTT connection"),
             Change::MqttPrefix => f.write_str("mqtt.prefix"),
             Change::StatsInterval => f.write_str("mqtt.stats_interval_secs"),
+            Change::HomeAssistant => f.write_str("mqtt.homeassistant"),
             Change::Heatmap => f.write_str("[heatmap]"),
             Change::ImageLimits => f.write_str("station.max_image_mb / max_image_megapixels"),
             Change::SourceAdded(n) => write!(f, "source {n} (new)"),
@@ -148,6 +156,7 @@ impl ReloadPlan {
         note(os.limits != ns.limits, Change::ImageLimits);
         note(old.outbox != new.outbox, Change::OutboxBounds);
         note(old.http != new.http, Change::Http);
+        note(old.history != new.history, Change::History);
         // The embedded broker is configured once, at start: its address,
         // whether it admits anonymous clients, the credentials it requires.
         let embedded = |c: &Config| match &c.mqtt.broker {
@@ -176,6 +185,8 @@ impl ReloadPlan {
         effective.station.threads = os.threads;
         effective.station.queue_capacity = os.queue_capacity;
         effective.outbox = old.outbox.clone();
+        effective.http = old.http.clone();
+        effective.history = old.history.clone();
         if broker_moves {
             effective.mqtt.broker = old.mqtt.broker.clone();
         }
@@ -195,6 +206,7 @@ impl ReloadPlan {
         note(oq.connection_differs(eq), Change::MqttConnection);
         note(oq.prefix != eq.prefix, Change::MqttPrefix);
         note(oq.stats_interval != eq.stats_interval, Change::StatsInterval);
+        note(oq.homeassistant != eq.homeassistant, Change::HomeAssistant);
         note(old.heatmap != effective.heatmap, Change::Heatmap);
         for s in &old.sources {
             match effective.sources.iter().find(|n| n.name() == s.name()) {

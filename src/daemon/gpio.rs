@@ -252,7 +252,7 @@ impl Trigger {
         );
         let mut rec = self.sink.error_record(id, &self.name, detected_at, error);
         rec.trigger = Some(count);
-        if let Err(e) = self.sink.store(&rec, None) {
+        if let Err(e) = self.sink.store(&rec, None, None) {
             log::error!("cannot store trigger error result: {e}");
         }
     }

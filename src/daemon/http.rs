@@ -1,29 +1,50 @@
 //! The station's HTTP endpoint (`[http]`): read-only.
 //!
+//! - `GET /`: the page (plain HTML, CSS and JS compiled into the binary):
+//!   the latest result large, the recent ones, counters and state, updated
+//!   live from `/api/events`;
 //! - `GET /metrics`: every number, OpenMetrics text ([`super::metrics`]);
+//! - `GET /api/results?limit=&verdict=fail`, `/api/results/<id>`,
+//!   `/api/results/<id>/heatmap.jpg`, `/api/results/<id>/image.jpg`: the
+//!   recent results ([`History`]);
+//! - `GET /api/events`: server-sent events, one `result` per new result;
 //! - `GET /api/stats`: what `<prefix>/<station>/stats` publishes;
 //! - `GET /api/state`: the running model, bank, threshold and device, whether
 //!   the station is paused and the broker connected.
 //!
-//! Every response forbids framing and sniffing. With a token configured
-//! (required beyond loopback), a request without `Authorization: Bearer
-//! <token>` gets 401 and nothing else. Nothing is served from the disk.
+//! Every response forbids framing, sniffing and any script or style not
+//! served here. With a token configured (required beyond loopback), a
+//! request without `Authorization: Bearer <token>` (or, for the page's event
+//! stream and pictures, `?token=`) gets 401 and nothing else. A request with
+//! a body gets 413: nothing here takes one. Files are served only from the
+//! history, found by an inspection id in its index, never by a client's path.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
 
+use super::history::History;
 use super::metrics::{self, ModelInfo};
 use super::stats::Stats;
 use super::worker::Settings;
+
+/// The page, compiled in: no build step, nothing read from the disk.
+const INDEX_HTML: &str = include_str!("page/index.html");
+const APP_JS: &str = include_str!("page/app.js");
+const APP_CSS: &str = include_str!("page/app.css");
+
+/// Most results one `/api/results` answer lists.
+const MAX_LIMIT: usize = 1000;
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -34,8 +55,13 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     /// The live inspector (none while paused or reloading).
     pub settings: watch::Receiver<Settings>,
+    /// The recent results.
+    pub history: Arc<History>,
     /// The bearer token requests must carry, if any.
     pub token: Option<Arc<str>>,
+    /// Cancelled at shutdown: ends the event streams (which would otherwise
+    /// hold the graceful shutdown open).
+    pub stop: CancellationToken,
 }
 
 impl Shared {
@@ -56,9 +82,19 @@ impl Shared {
 /// The routes, with authentication and the security headers.
 pub fn router(shared: Shared) -> Router {
     Router::new()
+        .route("/", get(|| page(INDEX_HTML, "text/html; charset=utf-8")))
+        .route("/app.js", get(|| page(APP_JS, "text/javascript; charset=utf-8")))
+        .route("/app.css", get(|| page(APP_CSS, "text/css; charset=utf-8")))
+        // Browsers ask for it; there is none (a 404 would only fill logs).
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/metrics", get(metrics_text))
         .route("/api/stats", get(stats_json))
         .route("/api/state", get(state_json))
+        .route("/api/results", get(results_json))
+        .route("/api/results/{id}", get(result_json))
+        .route("/api/results/{id}/heatmap.jpg", get(result_heatmap))
+        .route("/api/results/{id}/image.jpg", get(result_image))
+        .route("/api/events", get(events))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
         .with_state(shared)
@@ -82,26 +118,56 @@ pub async fn serve(
 async fn guard(State(shared): State<Shared>, request: Request, next: Next) -> Response {
     let allowed = match &shared.token {
         None => true,
-        Some(token) => request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| same(given.as_bytes(), token.as_bytes())),
+        Some(token) => {
+            let bearer = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            // An EventSource or an <img> cannot send headers: the page passes
+            // the token as a query parameter to those (and only those).
+            let query = request
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+            bearer
+                .or(query)
+                .is_some_and(|given| same(given.as_bytes(), token.as_bytes()))
+        }
     };
-    let mut response = if allowed {
-        next.run(request).await
-    } else {
+    let has_body = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|l| l.as_bytes() != b"0")
+        || request.headers().contains_key(header::TRANSFER_ENCODING);
+    let mut response = if !allowed {
         let mut r = (StatusCode::UNAUTHORIZED, "a bearer token is required\n").into_response();
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         r
+    } else if has_body {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "this endpoint is read-only: no request takes a body\n",
+        )
+            .into_response()
+    } else if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "read-only: GET only (commands are not enabled on this station)\n",
+        )
+            .into_response()
+    } else {
+        next.run(request).await
     };
     let h = response.headers_mut();
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+             connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -116,6 +182,10 @@ async fn guard(State(shared): State<Shared>, request: Request, next: Next) -> Re
 /// does not tell how much of a guess was right).
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn page(body: &'static str, content_type: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 async fn metrics_text(State(shared): State<Shared>) -> Response {
@@ -139,10 +209,106 @@ async fn state_json(State(shared): State<Shared>) -> Json<serde_json::Value> {
         "threshold": model.as_ref().and_then(|m| m.threshold),
         "device": model.as_ref().map(|m| &m.device),
         "mqtt_connected": s.mqtt_connected.load(Ordering::Relaxed),
+        "commands_enabled": false,
+        "history": shared.history.len(),
         "queue_depth": s.queue_depth.load(Ordering::Relaxed),
         "outbox_pending": s.outbox_pending.load(Ordering::Relaxed),
         "version": env!("CARGO_PKG_VERSION"),
     }))
+}
+
+/// `/api/results` query.
+#[derive(Debug, serde::Deserialize)]
+struct ResultsQuery {
+    limit: Option<usize>,
+    /// `fail`: failures only.
+    verdict: Option<String>,
+}
+
+async fn results_json(State(shared): State<Shared>, Query(q): Query<ResultsQuery>) -> Response {
+    let failed_only = match q.verdict.as_deref() {
+        None | Some("") => false,
+        Some("fail") => true,
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("verdict={other:?}: only verdict=fail filters\n"),
+            )
+                .into_response()
+        }
+    };
+    let limit = q.limit.unwrap_or(50).min(MAX_LIMIT);
+    let history = Arc::clone(&shared.history);
+    let list = tokio::task::spawn_blocking(move || history.list(limit, failed_only))
+        .await
+        .unwrap_or_default();
+    Json(json!({ "results": list })).into_response()
+}
+
+fn not_kept(id: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        format!("no result {id:?} is kept (see [history] results)\n"),
+    )
+        .into_response()
+}
+
+async fn result_json(State(shared): State<Shared>, Path(id): Path<String>) -> Response {
+    let history = Arc::clone(&shared.history);
+    let key = id.clone();
+    match tokio::task::spawn_blocking(move || history.get(&key)).await {
+        Ok(Some(r)) => Json(r).into_response(),
+        _ => not_kept(&id),
+    }
+}
+
+async fn result_heatmap(State(shared): State<Shared>, Path(id): Path<String>) -> Response {
+    let history = Arc::clone(&shared.history);
+    let key = id.clone();
+    match tokio::task::spawn_blocking(move || history.heatmap(&key)).await {
+        Ok(Some(jpg)) => ([(header::CONTENT_TYPE, "image/jpeg")], jpg).into_response(),
+        _ => not_kept(&id),
+    }
+}
+
+/// The picture as JPEG: as read when it was one, converted otherwise.
+async fn result_image(State(shared): State<Shared>, Path(id): Path<String>) -> Response {
+    let history = Arc::clone(&shared.history);
+    let key = id.clone();
+    let jpeg = tokio::task::spawn_blocking(move || {
+        let p = history.picture(&key)?;
+        if p.format == image::ImageFormat::Jpeg {
+            return Some(p.bytes);
+        }
+        let img = image::load_from_memory_with_format(&p.bytes, p.format).ok()?;
+        crate::heatmap::jpeg(&img.to_rgb8(), 90).ok()
+    })
+    .await;
+    match jpeg {
+        Ok(Some(jpg)) => ([(header::CONTENT_TYPE, "image/jpeg")], jpg).into_response(),
+        _ => not_kept(&id),
+    }
+}
+
+/// Server-sent events: `result` (a new result, as `/api/results/<id>`) and
+/// `lagged` (results were missed: fetch `/api/results` again).
+async fn events(State(shared): State<Shared>) -> Response {
+    let rx = shared.history.subscribe();
+    let stop = shared.stop.clone();
+    let stream = futures_util::stream::unfold((rx, stop), |(mut rx, stop)| async move {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return None,
+            r = rx.recv() => match r {
+                Ok(record) => Event::default().event("result").data(record.to_string()),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    Event::default().event("lagged").data(n.to_string())
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            },
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), (rx, stop)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 
 #[cfg(test)]

@@ -86,6 +86,11 @@ pub fn render(stats: &Stats, model: &ModelInfo) -> String {
             &stats.store_errors,
         ),
         (
+            "history_errors",
+            "Results delivered but not kept for the page (history files could not be written)",
+            &stats.history_errors,
+        ),
+        (
             "after_errors",
             "Files whose after-action (move, delete) failed",
             &stats.after_errors,

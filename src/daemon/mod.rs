@@ -10,8 +10,9 @@
 //!   stores the result through [`sink`] into the [`outbox`];
 //! - [`mqtt`]: publishes the outbox, with the pure [`delivery`] state;
 //!   topic names come from [`topics`];
-//! - [`http`]: serves [`metrics`] (OpenMetrics text of [`stats`]) and the
-//!   JSON API, read-only;
+//! - [`http`]: serves the page, [`metrics`] (OpenMetrics text of
+//!   [`stats`]) and the JSON API, read-only, with the recent results the
+//!   sink keeps in [`history`];
 //! - [`engine`]: loads the inspector and swaps it on reload;
 //! - [`record`], [`stats`], [`notify`], [`broker`]: the result format,
 //!   counters, systemd, the embedded broker.
@@ -26,6 +27,8 @@ pub mod delivery;
 pub mod dirwatch;
 pub mod engine;
 pub mod gpio;
+pub mod history;
+pub mod homeassistant;
 pub mod http;
 pub mod job;
 pub mod metrics;
@@ -237,12 +240,25 @@ impl Daemon {
             .store(outbox.quarantined(), Ordering::Relaxed);
         let outbox = Arc::new(Mutex::new(outbox));
         let wake = Arc::new(tokio::sync::Notify::new());
+        let history_dir = config.station.state_dir.join("history");
+        let history = match history::History::open(&history_dir, config.history.clone()) {
+            Ok(h) => h,
+            Err(e) => {
+                // The page loses its past; inspection and delivery go on.
+                log::error!(
+                    "history: cannot use {} ({e}); recent results are not kept for the page",
+                    history_dir.display()
+                );
+                history::History::in_memory()
+            }
+        };
         let sink = ResultSink::new(
             &station,
             Arc::clone(&outbox),
             Arc::clone(&wake),
             Arc::clone(&stats),
-        );
+        )
+        .with_history(Arc::new(history));
         sink.set_identity(crate::record::Identity::of(&o.loaded.inspector));
         let (jobs_tx, jobs_rx) = flume::bounded(config.station.queue_capacity);
         let ids = (
@@ -590,7 +606,7 @@ impl Daemon {
         match tokio::net::TcpListener::bind(http.listen).await {
             Ok(listener) => {
                 log::info!(
-                    "http: /metrics and /api/ on http://{}{}",
+                    "http: the page, /metrics and /api/ on http://{}/{}",
                     http.listen,
                     if token.is_some() {
                         " (bearer token required)"
@@ -602,7 +618,9 @@ impl Daemon {
                     station: self.config.station.name.clone(),
                     stats: Arc::clone(stats),
                     settings: self.settings.subscribe(),
+                    history: Arc::clone(self.sink.history()),
                     token,
+                    stop: self.http_stop.clone(),
                 };
                 tokio::spawn(http::serve(listener, shared, self.http_stop.clone()));
             }

@@ -219,6 +219,8 @@ impl Publisher {
             delivery,
             topics: &topics,
             max_packet: config.max_packet_bytes,
+            homeassistant: None,
+            station: self.station.clone(),
         };
         let end = self.connected(&mut conn, config, control, connected_at).await;
         self.stats.mqtt_connected.store(false, Ordering::Relaxed);
@@ -264,6 +266,9 @@ impl Publisher {
         {
             return End::Lost(e);
         }
+        if let Err(e) = conn.discovery(config.homeassistant.clone()).await {
+            return End::Lost(e);
+        }
         let mut stats_tick = ticker(config.stats_interval);
         loop {
             if let Err(e) = self.fill(conn).await {
@@ -302,6 +307,11 @@ impl Publisher {
                     }
                     if new.stats_interval != config.stats_interval {
                         stats_tick = ticker(new.stats_interval);
+                    }
+                    if new.homeassistant != config.homeassistant {
+                        if let Err(e) = conn.discovery(new.homeassistant.clone()).await {
+                            return End::Lost(e);
+                        }
                     }
                     *config = new;
                 }
@@ -369,8 +379,21 @@ impl Publisher {
             conn.delivery.send(seq, parts);
             conn.request(&conn.topics.result(), QoS::AtLeastOnce, false, json)
                 .await?;
+            let latest = conn.homeassistant.is_some().then(|| {
+                let result = serde_json::from_slice(&entry.json).unwrap_or_default();
+                (super::homeassistant::latest(&result), entry.heatmap.clone())
+            });
             if let Some(jpg) = entry.heatmap {
                 conn.request(&heatmap_topic, QoS::AtLeastOnce, false, jpg).await?;
+            }
+            // Home Assistant reads the newest result from fixed, retained topics.
+            if let Some((short, heatmap)) = latest {
+                conn.publish(&conn.topics.latest(), QoS::AtLeastOnce, true, short)
+                    .await?;
+                if let Some(jpg) = heatmap {
+                    let topic = conn.topics.heatmap_latest();
+                    conn.publish(&topic, QoS::AtLeastOnce, true, jpg).await?;
+                }
             }
         }
         Ok(())
@@ -496,6 +519,10 @@ struct Connection<'a> {
     topics: &'a Topics,
     /// The largest packet the client may send.
     max_packet: usize,
+    /// Home Assistant's discovery prefix, while discovery is on.
+    homeassistant: Option<String>,
+    /// The station's name.
+    station: String,
 }
 
 /// The size of an MQTT 3.1.1 publish packet: fixed header (1 byte and up to
@@ -509,6 +536,40 @@ impl Connection<'_> {
     async fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: Vec<u8>) -> Result<(), String> {
         self.delivery.send_other();
         self.request(topic, qos, retain, payload).await
+    }
+
+    /// Home Assistant discovery becomes `wanted`: publish its configurations
+    /// (retained), or remove those published under the previous prefix
+    /// (empty retained messages), with the retained state they read.
+    async fn discovery(&mut self, wanted: Option<String>) -> Result<(), String> {
+        let station = self.station.clone();
+        let station = station.as_str();
+        if let Some(old) = self.homeassistant.take() {
+            if wanted.as_ref() == Some(&old) {
+                self.homeassistant = Some(old);
+                return Ok(());
+            }
+            log::info!("Home Assistant discovery under {old}/: removing the station's entities");
+            for topic in super::homeassistant::config_topics(&old, self.topics, station) {
+                self.publish(&topic, QoS::AtLeastOnce, true, Vec::new()).await?;
+            }
+            if wanted.is_none() {
+                for topic in [self.topics.latest(), self.topics.heatmap_latest()] {
+                    self.publish(&topic, QoS::AtLeastOnce, true, Vec::new()).await?;
+                }
+            }
+        }
+        if let Some(prefix) = &wanted {
+            log::info!(
+                "Home Assistant discovery under {prefix}/: device {}",
+                super::homeassistant::node_id(station)
+            );
+            for (topic, config) in super::homeassistant::configs(prefix, self.topics, station) {
+                self.publish(&topic, QoS::AtLeastOnce, true, config).await?;
+            }
+        }
+        self.homeassistant = wanted;
+        Ok(())
     }
 
     /// Hand a publish to the client (its tag is already with [`Delivery`]).

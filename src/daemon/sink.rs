@@ -1,5 +1,6 @@
 //! The one way results enter the outbox: stored durably, counted, and the
-//! publisher woken. The worker and the sources (GPIO error results) share it.
+//! publisher woken; then kept in the [`History`] for the page. The worker and
+//! the sources (GPIO error results) share it.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
@@ -7,6 +8,7 @@ use std::time::SystemTime;
 
 use tokio::sync::Notify;
 
+use crate::daemon::history::History;
 use crate::daemon::outbox::Outbox;
 use crate::daemon::stats::Stats;
 use crate::record::{timestamp, Identity, Record};
@@ -20,6 +22,8 @@ pub struct ResultSink {
     stats: Arc<Stats>,
     /// The inspector's identity, for error results made without it.
     identity: Arc<RwLock<Identity>>,
+    /// Recent results, for the page.
+    history: Arc<History>,
 }
 
 impl ResultSink {
@@ -31,7 +35,19 @@ impl ResultSink {
             wake,
             stats,
             identity: Arc::default(),
+            history: Arc::new(History::in_memory()),
         }
+    }
+
+    /// Keep results in `history` too (by default only live events are sent).
+    pub fn with_history(mut self, history: Arc<History>) -> Self {
+        self.history = history;
+        self
+    }
+
+    /// The recent results.
+    pub fn history(&self) -> &Arc<History> {
+        &self.history
     }
 
     /// The inspector in use changed: error results name this one.
@@ -51,11 +67,18 @@ impl ResultSink {
         &self.stats
     }
 
-    /// Store a result (and its heatmap) durably, count it, wake the publisher.
-    /// A failure (state directory full) is counted and reported until a
-    /// result is stored again.
-    pub fn store(&self, record: &Record, heatmap: Option<&[u8]>) -> std::io::Result<()> {
-        let stored = self.push(record, heatmap);
+    /// Store a result (and its heatmap) durably, count it, wake the publisher;
+    /// then keep it with its picture in the history (where a failure costs
+    /// only its place there: logged and counted). A failure to store it
+    /// (state directory full) is counted and reported until a result is
+    /// stored again.
+    pub fn store(
+        &self,
+        record: &Record,
+        heatmap: Option<&[u8]>,
+        picture: Option<&[u8]>,
+    ) -> std::io::Result<()> {
+        let stored = self.push(record, heatmap, picture);
         match &stored {
             Ok(()) => self.stats.set_store_problem(None),
             Err(e) => {
@@ -71,7 +94,7 @@ impl ResultSink {
         stored
     }
 
-    fn push(&self, record: &Record, heatmap: Option<&[u8]>) -> std::io::Result<()> {
+    fn push(&self, record: &Record, heatmap: Option<&[u8]>, picture: Option<&[u8]>) -> std::io::Result<()> {
         let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         let id = record.id.as_deref().unwrap_or_default();
         let mut ob = self
@@ -93,6 +116,10 @@ impl ResultSink {
         self.stats
             .record_verdict(record.source.as_deref().unwrap_or_default(), record.verdict);
         self.wake.notify_one();
+        if let Err(e) = self.history.push(&json, heatmap, picture) {
+            self.stats.history_errors.fetch_add(1, Ordering::Relaxed);
+            log::warn!("history: result {id} is not kept for the page: {e}");
+        }
         Ok(())
     }
 

@@ -52,6 +52,9 @@ pub struct Stats {
     /// Results that could not be stored (state directory full or unwritable);
     /// their pictures stay and are retried.
     pub store_errors: AtomicU64,
+    /// Results stored and delivered but not kept in the history (its files
+    /// could not be written).
+    pub history_errors: AtomicU64,
     /// Files whose after-action (move, delete) failed: left in place, recorded,
     /// not inspected again.
     pub after_errors: AtomicU64,
@@ -93,6 +96,7 @@ impl Default for Stats {
             outbox_quarantined: AtomicU64::new(0),
             heatmaps_dropped: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
+            history_errors: AtomicU64::new(0),
             after_errors: AtomicU64::new(0),
             mqtt_connected: AtomicBool::new(false),
             model_load_seconds: AtomicU64::new(0),
@@ -247,6 +251,7 @@ impl Stats {
             "outbox_quarantined": g(&self.outbox_quarantined),
             "heatmaps_dropped": g(&self.heatmaps_dropped),
             "store_errors": g(&self.store_errors),
+            "history_errors": g(&self.history_errors),
             "after_errors": g(&self.after_errors),
             "state_dir": self.store_problem.lock().ok().and_then(|p| p.clone()).unwrap_or_else(|| "ok".into()),
             "sources": self.sources.lock().map(|s| json!(*s)).unwrap_or_default(),

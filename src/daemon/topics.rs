@@ -34,6 +34,18 @@ impl Topics {
         format!("{}/heatmap/{id}", self.base)
     }
 
+    /// `…/heatmap/latest`: the newest heatmap, retained (Home Assistant's
+    /// image entity; published with discovery on).
+    pub fn heatmap_latest(&self) -> String {
+        format!("{}/heatmap/latest", self.base)
+    }
+
+    /// `…/latest`: the newest result in short, retained (Home Assistant's
+    /// entities; published with discovery on).
+    pub fn latest(&self) -> String {
+        format!("{}/latest", self.base)
+    }
+
     /// `…/stats`: periodic counters.
     pub fn stats(&self) -> String {
         format!("{}/stats", self.base)

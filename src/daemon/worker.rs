@@ -120,7 +120,7 @@ impl Worker {
             Err(e) => {
                 let id = inspection_id(station, &job.source, &name, name.as_bytes());
                 let rec = self.file_error(job, id, format!("cannot read {}: {e}", path.display()));
-                return self.store(&rec, None, Outcome::Rejected);
+                return self.store(&rec, None, None, Outcome::Rejected);
             }
         };
         // Identified by name and size where the content is not read.
@@ -132,7 +132,7 @@ impl Worker {
             }
             Err(e) => {
                 let rec = self.file_error(job, unread_id(), e.to_string());
-                return self.store(&rec, None, Outcome::Rejected);
+                return self.store(&rec, None, None, Outcome::Rejected);
             }
         };
         let stamp = |m: &std::fs::Metadata| (m.len(), m.modified().ok());
@@ -147,7 +147,7 @@ impl Worker {
                     path.display()
                 ),
             );
-            return self.store(&rec, None, Outcome::Rejected);
+            return self.store(&rec, None, None, Outcome::Rejected);
         }
         let id = inspection_id(station, &job.source, &name, &bytes);
         let captured_at = before.modified().ok().map(timestamp);
@@ -156,7 +156,7 @@ impl Worker {
             Ok(img) => img,
             Err(e) => {
                 let rec = self.file_error(job, id, e.to_string());
-                return self.store(&rec, None, Outcome::Rejected);
+                return self.store(&rec, None, None, Outcome::Rejected);
             }
         };
         let decode_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -164,7 +164,7 @@ impl Worker {
             Ok(i) => i,
             Err(e) => {
                 let rec = self.file_error(job, id, format!("inspection failed: {e}"));
-                return self.store(&rec, None, Outcome::Rejected);
+                return self.store(&rec, None, None, Outcome::Rejected);
             }
         };
         let mut rec = Record::inspected(inspector, &ins, img.width(), img.height());
@@ -210,7 +210,7 @@ impl Worker {
             path.display(),
             rec.summary()
         );
-        self.store(&rec, heat.as_deref(), Outcome::Judged)
+        self.store(&rec, heat.as_deref(), Some(&bytes), Outcome::Judged)
     }
 
     fn file_error(&self, job: &Job, id: String, error: String) -> Record {
@@ -224,8 +224,14 @@ impl Worker {
     }
 
     /// Store `rec`; `outcome` when stored, [`Outcome::NotStored`] otherwise.
-    fn store(&self, rec: &Record, heatmap: Option<&[u8]>, outcome: Outcome) -> Outcome {
-        match self.sink.store(rec, heatmap) {
+    fn store(
+        &self,
+        rec: &Record,
+        heatmap: Option<&[u8]>,
+        picture: Option<&[u8]>,
+        outcome: Outcome,
+    ) -> Outcome {
+        match self.sink.store(rec, heatmap, picture) {
             Ok(()) => outcome,
             Err(e) => {
                 log::error!(
