@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::http::get;
 use crate::station::{fixture, Station};
-use crate::util::{free_port, wait_for};
+use crate::util::{free_port, optional_peer, wait_for};
 
 struct Driver(Child);
 
@@ -24,26 +24,6 @@ impl Drop for Driver {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn chromedriver() -> Option<String> {
-    let required = std::env::var("WINCLIP_TEST_BROWSER").is_ok_and(|v| v == "required");
-    let found = ["chromedriver", "/usr/bin/chromedriver"].into_iter().find(|c| {
-        Command::new(c)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    match found {
-        Some(c) => Some(c.to_string()),
-        None if required => panic!(
-            "WINCLIP_TEST_BROWSER=required but chromedriver cannot be run: apt-get install chromium chromium-driver"
-        ),
-        None => {
-            eprintln!("SKIPPED: no chromedriver here (apt-get install chromium chromium-driver; tests/run does)");
-            None
-        }
     }
 }
 
@@ -70,7 +50,10 @@ async fn until(c: &Client, what: &str) {
 
 #[test]
 fn the_page_shows_results_live_in_a_real_browser() {
-    let Some(driver) = chromedriver() else { return };
+    let Some(driver) = optional_peer("chromedriver", "WINCLIP_TEST_BROWSER", "chromium chromium-driver")
+    else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut st = Station::new(dir.path(), None, "");
     st.set_threshold(0.29);

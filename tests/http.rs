@@ -303,6 +303,13 @@ fn the_endpoint_refuses_strangers_paths_and_floods_and_a_busy_port_costs_only_it
         200
     );
     assert_eq!(get(port, "/api/results?token=wrong", "").unwrap().status, 401);
+    // Percent-encoded as the page's encodeURIComponent may send it.
+    assert_eq!(
+        get(port, "/api/results?limit=5&token=s3cret%2Dtoken", "")
+            .unwrap()
+            .status,
+        200
+    );
     // A megabyte of header: answered with an error or the connection closed,
     // and the endpoint serves the next request as before.
     let flood = format!(
@@ -659,5 +666,89 @@ fn home_assistant_discovery_validates_follows_the_station_and_is_removed_when_tu
         !retained(broker.port, &format!("winclip/{station}/status")).is_empty(),
         "the station's own status stays"
     );
+    assert!(st.terminate().success());
+}
+
+/// `q` URL-encoded for a query string.
+fn encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_real_prometheus_server_scrapes_the_station() {
+    let Some(prometheus) = crate::util::optional_peer("prometheus", "WINCLIP_TEST_PROMETHEUS", "prometheus")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = Station::new(dir.path(), None, "");
+    st.set_threshold(0.29);
+    st.start();
+    let port = st.http_port;
+    wait_for(60, "the HTTP endpoint", || {
+        get(port, "/api/state", "").filter(|r| r.status == 200)
+    });
+    st.drop_file(&fixture("queries/good.png"), "good.png");
+    st.drop_file(&fixture("queries/hole.png"), "hole.png");
+    wait_for(120, "two results", || {
+        get(port, "/api/results", "").filter(|r| r.body.matches("\"verdict\"").count() == 2)
+    });
+
+    // A real server scraping it every second (OpenMetrics, which it asks for
+    // first; promtool's `check metrics` reads only the older text format).
+    let prom_port = crate::util::free_port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: winclip\n    \
+             static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+        ),
+    )
+    .unwrap();
+    let mut server = Command::new(&prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let query = |q: &str| -> Option<Vec<serde_json::Value>> {
+        let r = get(prom_port, &format!("/api/v1/query?query={}", encode(q)), "")?;
+        let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        v["data"]["result"].as_array().cloned()
+    };
+    let value = |s: &serde_json::Value| s["value"][1].as_str().unwrap_or_default().to_string();
+    let up = wait_for(60, "Prometheus to scrape the station", || {
+        query("up{job=\"winclip\"}").filter(|r| r.first().is_some_and(|s| value(s) == "1"))
+    });
+    assert_eq!(up.len(), 1);
+    let inspections = wait_for(30, "the inspection counters in Prometheus", || {
+        query("winclip_inspections_total").filter(|r| r.len() == 2)
+    });
+    for verdict in ["pass", "fail"] {
+        let s = inspections
+            .iter()
+            .find(|s| s["metric"]["verdict"] == verdict)
+            .unwrap_or_else(|| panic!("no {verdict}: {inspections:?}"));
+        assert_eq!(s["metric"]["source"], "cam");
+        assert_eq!(value(s), "1", "{s}");
+    }
+    let latency = query("winclip_end_to_end_latency_seconds_count").unwrap();
+    assert_eq!(latency.first().map(value).as_deref(), Some("2"), "{latency:?}");
+    let p99 = query("histogram_quantile(0.99, winclip_inspection_duration_seconds_bucket)").unwrap();
+    let p99: f64 = value(&p99[0]).parse().unwrap();
+    assert!(p99 > 0.0 && p99.is_finite(), "{p99}");
+    let _ = server.kill();
+    let _ = server.wait();
     assert!(st.terminate().success());
 }

@@ -116,6 +116,29 @@ fn require(program: &str) -> PathBuf {
         .unwrap()
 }
 
+/// A peer program only some runs have (a browser, a Prometheus server): its
+/// path, or `None` with a loud "SKIPPED" line. `tests/run` installs them and
+/// sets `var=required`, under which a missing one fails the test instead.
+/// (The aarch64 run under qemu has none: what they check does not depend on
+/// the architecture.)
+pub fn optional_peer(program: &str, var: &str, install: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|d| d.join(program))
+        .find(|p| p.is_file());
+    match found {
+        Some(p) => Some(p),
+        None if std::env::var(var).is_ok_and(|v| v == "required") => {
+            panic!("{var}=required but {program} is not installed: apt-get install {install}")
+        }
+        None => {
+            eprintln!("SKIPPED: {program} is not installed (apt-get install {install}; tests/run does)");
+            None
+        }
+    }
+}
+
 /// A real mosquitto broker on a private port, with persistence so a restart
 /// keeps the subscriber's session. Killed on drop.
 pub struct Mosquitto {

@@ -115,6 +115,12 @@ pub async fn serve(
     }
 }
 
+/// The token in a query string (`?token=`, percent-decoded).
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
 async fn guard(State(shared): State<Shared>, request: Request, next: Next) -> Response {
     let allowed = match &shared.token {
         None => true,
@@ -126,12 +132,11 @@ async fn guard(State(shared): State<Shared>, request: Request, next: Next) -> Re
                 .and_then(|v| v.strip_prefix("Bearer "));
             // An EventSource or an <img> cannot send headers: the page passes
             // the token as a query parameter to those (and only those).
-            let query = request
-                .uri()
-                .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+            let query = Query::<TokenQuery>::try_from_uri(request.uri())
+                .ok()
+                .and_then(|q| q.0.token);
             bearer
-                .or(query)
+                .or(query.as_deref())
                 .is_some_and(|given| same(given.as_bytes(), token.as_bytes()))
         }
     };
