@@ -5,6 +5,7 @@ mod util;
 
 mod bench;
 mod browser;
+mod commands;
 mod daemon;
 mod device;
 mod engine;

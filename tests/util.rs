@@ -102,7 +102,7 @@ fn which(program: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn require(program: &str) -> PathBuf {
+pub fn require(program: &str) -> PathBuf {
     assert!(
         which(program),
         "{program} is not installed: the daemon tests need a real MQTT broker and client. \
@@ -241,6 +241,44 @@ impl Mosquitto {
         };
         m.restart();
         (m, dir.join("ca.pem"))
+    }
+
+    /// A plain-TCP broker that admits only `users` (name, password), each
+    /// allowed what `acl` (mosquitto's acl_file syntax) says.
+    pub fn start_with_acl(dir: &Path, users: &[(&str, &str)], acl: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let pw = dir.join("passwords");
+        for (i, (user, password)) in users.iter().enumerate() {
+            let o = Command::new(require("mosquitto_passwd"))
+                .args(if i == 0 {
+                    ["-b", "-c"].as_slice()
+                } else {
+                    ["-b"].as_slice()
+                })
+                .arg(&pw)
+                .args([user, password])
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "mosquitto_passwd: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        std::fs::write(dir.join("acl"), acl).unwrap();
+        let extra = format!(
+            "password_file {}\nacl_file {}\n",
+            pw.display(),
+            dir.join("acl").display()
+        );
+        let mut m = Self {
+            port: free_port(),
+            dir: dir.to_owned(),
+            extra,
+            child: None,
+        };
+        m.restart();
+        m
     }
 
     /// (Re)start on the same port.

@@ -122,6 +122,17 @@ pub(crate) fn run(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
         }
     );
     println!(
+        "commands      {}",
+        if c.commands.enabled {
+            format!(
+                "on: {}/{}/cmd (restrict it with the broker's ACLs), replies on .../cmd/reply",
+                m.prefix, c.station.name
+            )
+        } else {
+            "off".into()
+        }
+    );
+    println!(
         "home assistant {}",
         match &m.homeassistant {
             Some(prefix) => format!(

@@ -153,6 +153,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         let daemon = Daemon::start(Options {
             config_path,
             config,
+            operator: crate::daemon::operator::Operator::default(),
             loaded,
             notifier: Arc::new(notify::Noop),
             lines: Arc::new(gpio::Gpiocdev),

@@ -16,8 +16,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use raw::{
-    RawAfter, RawConfig, RawHeatmap, RawHistory, RawHttp, RawModel, RawMqtt, RawOutbox, RawSource,
-    RawSourceType, RawStation,
+    RawAfter, RawCommands, RawConfig, RawHeatmap, RawHistory, RawHttp, RawModel, RawMqtt, RawOutbox,
+    RawSource, RawSourceType, RawStation,
 };
 pub use reload::{Applies, Change, EngineChange, ReloadPlan};
 
@@ -113,6 +113,8 @@ pub struct Config {
     pub http: Http,
     /// The store of recent results the page shows.
     pub history: History,
+    /// Commands over MQTT.
+    pub commands: Commands,
     /// Image sources.
     pub sources: Vec<Source>,
 }
@@ -275,6 +277,13 @@ impl Default for Http {
             token: None,
         }
     }
+}
+
+/// Commands over MQTT (`[commands]`): off unless asked for.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Commands {
+    /// Subscribe to `<prefix>/<station>/cmd` and act on what arrives.
+    pub enabled: bool,
 }
 
 /// Home Assistant's default discovery prefix.
@@ -499,6 +508,7 @@ impl Config {
             outbox: Outbox::default(),
             http: Http::default(),
             history: History::default(),
+            commands: Commands::default(),
             sources,
         }
     }
@@ -630,6 +640,9 @@ fn check(raw: RawConfig, base: &Path, r: &mut Report) -> Config {
     let outbox = check_outbox(raw.outbox, r);
     let http = check_http(raw.http, base, r);
     let history = check_history(raw.history, r);
+    let commands = Commands {
+        enabled: raw.commands.enabled.unwrap_or(false),
+    };
     let sources = check_sources(raw.sources, base, &station.state_dir, r);
     Config {
         station,
@@ -639,6 +652,7 @@ fn check(raw: RawConfig, base: &Path, r: &mut Report) -> Config {
         outbox,
         http,
         history,
+        commands,
         sources,
     }
 }
@@ -1220,6 +1234,9 @@ impl From<&Config> for RawConfig {
             outbox: RawOutbox {
                 max_entries: Some(c.outbox.max_entries),
                 max_bytes: Some(c.outbox.max_bytes),
+            },
+            commands: RawCommands {
+                enabled: Some(c.commands.enabled),
             },
             history: RawHistory {
                 results: Some(c.history.results),

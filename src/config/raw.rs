@@ -24,6 +24,8 @@ pub(super) struct RawConfig {
     pub http: RawHttp,
     #[serde(default)]
     pub history: RawHistory,
+    #[serde(default)]
+    pub commands: RawCommands,
     #[serde(default, rename = "source")]
     pub sources: Vec<RawSource>,
 }
@@ -158,6 +160,13 @@ pub(super) struct RawHistory {
     pub max_mb: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pictures: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCommands {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
 }
 
 /// `after = "move" | "delete" | "keep"`.

@@ -30,6 +30,8 @@ pub enum Change {
     Http,
     /// `[history]` (the store is opened once).
     History,
+    /// `[commands]` (the subscription is made once).
+    Commands,
     /// The embedded broker: switching it on or off, or `mqtt.embedded_listen`.
     EmbeddedBroker,
     /// `model.pack`: the vision model is loaded again.
@@ -79,6 +81,7 @@ impl Change {
             | Change::OutboxBounds
             | Change::Http
             | Change::History
+            | Change::Commands
             | Change::EmbeddedBroker => Applies::Restart,
             _ => Applies::Live,
         }
@@ -95,6 +98,7 @@ impl std::fmt::Display for Change {
             Change::OutboxBounds => f.write_str("[outbox]"),
             Change::Http => f.write_str("[http]"),
             Change::History => f.write_str("[history]"),
+            Change::Commands => f.write_str("[commands]"),
             Change::EmbeddedBroker => f.write_str("the embedded broker (mqtt.host / mqtt.embedded_listen)"),
             Change::Pack => f.write_str("model.pack"),
             Change::Precision => f.write_str("model.precision"),
@@ -157,6 +161,7 @@ impl ReloadPlan {
         note(old.outbox != new.outbox, Change::OutboxBounds);
         note(old.http != new.http, Change::Http);
         note(old.history != new.history, Change::History);
+        note(old.commands != new.commands, Change::Commands);
         // The embedded broker is configured once, at start: its address,
         // whether it admits anonymous clients, the credentials it requires.
         let embedded = |c: &Config| match &c.mqtt.broker {
@@ -187,6 +192,7 @@ impl ReloadPlan {
         effective.outbox = old.outbox.clone();
         effective.http = old.http.clone();
         effective.history = old.history.clone();
+        effective.commands = old.commands.clone();
         if broker_moves {
             effective.mqtt.broker = old.mqtt.broker.clone();
         }

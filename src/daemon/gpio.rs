@@ -192,6 +192,18 @@ impl Trigger {
             last = Some(at);
             count += 1;
             let detected_at = SystemTime::now();
+            if this.sink.paused() {
+                log::warn!(
+                    "source {}: trigger #{count} while the station is paused",
+                    this.name
+                );
+                this.report(
+                    count,
+                    detected_at,
+                    format!("trigger #{count} not inspected: the station is paused (command \"resume\")"),
+                );
+                continue;
+            }
             if busy.swap(true, Ordering::AcqRel) {
                 this.sink.stats().busy_triggers.fetch_add(1, Ordering::Relaxed);
                 log::warn!("source {}: trigger #{count} arrived while busy", this.name);
@@ -496,6 +508,31 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         results(rig)
+    }
+
+    #[tokio::test]
+    async fn a_trigger_while_paused_is_answered_with_an_error_result_and_captures_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let rig = rig(dir.path());
+        rig.sink.set_paused(true);
+        let cmd = vec![
+            "sh".into(),
+            "-c".into(),
+            "printf x > \"$0\"".into(),
+            "{output}".into(),
+        ];
+        let t = trigger(dir.path(), &rig, cmd, Duration::ZERO);
+        let (etx, erx) = mpsc::channel(8);
+        let (jtx, jrx) = flume::bounded(8);
+        let task = tokio::spawn(t.run(Box::new(ChannelLine(erx)), jtx, CancellationToken::new()));
+        etx.send(Instant::now()).await.unwrap();
+        drop(etx);
+        task.await.unwrap();
+        let res = wait_results(&rig, 1).await;
+        assert_eq!(res.len(), 1);
+        assert_eq!(res[0]["verdict"], "error");
+        assert!(res[0]["error"].as_str().unwrap().contains("paused"), "{}", res[0]);
+        assert!(jrx.try_recv().is_err(), "no job: nothing was captured");
     }
 
     #[tokio::test]

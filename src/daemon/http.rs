@@ -59,6 +59,8 @@ pub struct Shared {
     pub history: Arc<History>,
     /// The bearer token requests must carry, if any.
     pub token: Option<Arc<str>>,
+    /// Whether the station takes commands (over MQTT).
+    pub commands_enabled: bool,
     /// Cancelled at shutdown: ends the event streams (which would otherwise
     /// hold the graceful shutdown open).
     pub stop: CancellationToken,
@@ -204,17 +206,18 @@ async fn stats_json(State(shared): State<Shared>) -> Json<serde_json::Value> {
 
 async fn state_json(State(shared): State<Shared>) -> Json<serde_json::Value> {
     let model = shared.model();
+    let paused = shared.settings.borrow().paused;
     let s = &shared.stats;
     Json(json!({
         "station": shared.station,
-        "paused": model.is_none(),
+        "paused": paused || model.is_none(),
         "model": model.as_ref().map(|m| &m.model),
         "bank": model.as_ref().map(|m| &m.bank),
         "object": model.as_ref().map(|m| &m.object),
         "threshold": model.as_ref().and_then(|m| m.threshold),
         "device": model.as_ref().map(|m| &m.device),
         "mqtt_connected": s.mqtt_connected.load(Ordering::Relaxed),
-        "commands_enabled": false,
+        "commands_enabled": shared.commands_enabled,
         "history": shared.history.len(),
         "queue_depth": s.queue_depth.load(Ordering::Relaxed),
         "outbox_pending": s.outbox_pending.load(Ordering::Relaxed),

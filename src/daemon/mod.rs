@@ -23,6 +23,7 @@
 //! keeping everything as it runs when any part of the new one fails.
 
 pub mod broker;
+pub mod commands;
 pub mod delivery;
 pub mod dirwatch;
 pub mod engine;
@@ -34,6 +35,7 @@ pub mod job;
 pub mod metrics;
 pub mod mqtt;
 pub mod notify;
+pub mod operator;
 pub mod outbox;
 pub mod sink;
 pub mod source;
@@ -92,7 +94,11 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
     }
     let config = checked.config;
     crate::model::set_threads(config.station.threads);
-    let loaded = engine::load(&config.model).map_err(Error::Config)?;
+    // What commands set is laid over the file, also for the first load.
+    let operator = operator::Operator::load(&config.station.state_dir)
+        .with_context(|| "the settings commands made".to_string())
+        .map_err(Error::Config)?;
+    let loaded = engine::load(&operator.over(&config).model).map_err(Error::Config)?;
     let notifier: Arc<dyn Notifier> = match notify::Systemd::from_env() {
         Some(n) => Arc::new(n),
         None => Arc::new(notify::Noop),
@@ -107,20 +113,42 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         let mut daemon = Daemon::start(Options {
             config_path: config_path.to_owned(),
             config,
+            operator,
             loaded,
             notifier,
             lines: Arc::new(gpio::Gpiocdev),
         })
         .await?;
-        while let Some(sig) = signals.recv().await {
-            match sig {
-                Signal::Reload => daemon.reload().await,
-                Signal::Shutdown => break,
+        let mut commands = daemon.take_commands();
+        // Signals and commands are handled here, one at a time: a reload and
+        // a command never change the station at once.
+        loop {
+            tokio::select! {
+                sig = signals.recv() => match sig {
+                    Some(Signal::Reload) => daemon.reload().await,
+                    Some(Signal::Shutdown) | None => break,
+                },
+                Some(payload) = next_command(&mut commands) => daemon.command(&payload).await,
             }
         }
         daemon.shutdown().await;
         Ok(())
     })
+}
+
+/// `x` as JSON the way it prints (0.3, not 0.30000001192092896).
+fn short(x: f32) -> serde_json::Value {
+    x.to_string()
+        .parse::<f64>()
+        .map_or(serde_json::Value::Null, serde_json::Value::from)
+}
+
+/// The next command, or never when commands are off.
+async fn next_command(rx: &mut Option<mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Turn SIGTERM/SIGINT/SIGHUP into [`Signal`]s.
@@ -152,9 +180,11 @@ const UNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Options {
     /// The file reloads read.
     pub config_path: PathBuf,
-    /// The checked configuration.
+    /// The checked configuration, as the file says.
     pub config: Config,
-    /// The inspector, loaded from `config.model`.
+    /// What commands set, laid over `config` (`<state_dir>/operator.json`).
+    pub operator: operator::Operator,
+    /// The inspector, loaded from `config.model` with `operator` over it.
     pub loaded: engine::Loaded,
     /// The service manager.
     pub notifier: Arc<dyn Notifier>,
@@ -173,8 +203,17 @@ pub struct Daemon {
     /// Held for the daemon's life: one daemon per state directory.
     _state_lock: state_lock::StateLock,
     config_path: PathBuf,
-    /// What runs (a reload's effective configuration).
+    /// What runs (a reload's effective configuration, with the operator's
+    /// settings over it).
     config: Config,
+    /// What commands set.
+    operator: operator::Operator,
+    /// The file's own `model.threshold` (a cleared override returns to it).
+    file_threshold: Option<f32>,
+    /// Commands from the broker, until the main loop takes them.
+    commands: Option<mpsc::Receiver<Vec<u8>>>,
+    /// The state published retained on `…/state`.
+    state: watch::Sender<Vec<u8>>,
     notifier: Arc<dyn Notifier>,
     sink: ResultSink,
     settings: watch::Sender<Settings>,
@@ -200,7 +239,8 @@ pub struct Daemon {
 impl Daemon {
     /// Start the broker (if embedded), the sources, the worker and the publisher.
     pub async fn start(o: Options) -> Result<Self, Error> {
-        let config = o.config;
+        let file_threshold = o.config.model.threshold;
+        let config = o.operator.over(&o.config);
         let station = config.station.name.clone();
         let state_lock =
             state_lock::StateLock::acquire(&config.station.state_dir).map_err(|e| Error::Config(e.into()))?;
@@ -265,17 +305,32 @@ impl Daemon {
             o.loaded.inspector.model_id().to_string(),
             o.loaded.inspector.bank_id().to_string(),
         );
+        if o.operator.paused {
+            log::warn!(
+                "the station is PAUSED by command ({}): it takes no pictures until the command \"resume\"",
+                operator::Operator::path(&config.station.state_dir).display()
+            );
+        }
+        sink.set_paused(o.operator.paused);
         let (settings, settings_rx) = watch::channel(Settings {
             inspector: Some(Arc::new(o.loaded.inspector)),
             heatmap: config.heatmap,
             limits: config.station.limits,
+            paused: o.operator.paused,
         });
+        let (commands_tx, commands_rx) = mpsc::channel(16);
+        let commands_on = config.commands.enabled;
+        let (state, state_rx) = watch::channel(Vec::new());
         let (mqtt_settings, mqtt_rx) = watch::channel(config.mqtt.clone());
         let (mqtt_tx, control_rx) = mpsc::channel(4);
 
         let mut daemon = Self {
             _state_lock: state_lock,
             config_path: o.config_path,
+            operator: o.operator,
+            file_threshold,
+            commands: commands_on.then_some(commands_rx),
+            state,
             notifier: o.notifier,
             sink: sink.clone(),
             settings,
@@ -321,7 +376,10 @@ impl Daemon {
             outbox,
             wake,
             stats: Arc::clone(&stats),
+            commands: commands_on.then_some(commands_tx),
+            state: state_rx,
         };
+        daemon.publish_state();
         daemon.mqtt_task = tokio::spawn(publisher.run(control_rx));
         daemon.start_http(&stats).await?;
         daemon.status_task = {
@@ -355,6 +413,107 @@ impl Daemon {
         &self.config
     }
 
+    /// The commands from the broker (once; `None` with `[commands]` off).
+    pub fn take_commands(&mut self) -> Option<mpsc::Receiver<Vec<u8>>> {
+        self.commands.take()
+    }
+
+    /// The station's state: what `…/state` and command replies carry.
+    pub fn state(&self) -> serde_json::Value {
+        let inspector = self.inspector();
+        serde_json::json!({
+            "station": self.config.station.name,
+            "paused": self.operator.paused,
+            "threshold": inspector.as_ref().map(|i| short(i.threshold())),
+            "threshold_override": self.operator.threshold.map(short),
+            "model": inspector.as_ref().map(|i| i.model_id().to_string()),
+            "bank": inspector.as_ref().map(|i| i.bank_id().to_string()),
+            "object": inspector.as_ref().map(|i| i.bank().meta.object.clone()),
+            "commands_enabled": self.config.commands.enabled,
+            "version": env!("CARGO_PKG_VERSION"),
+        })
+    }
+
+    fn publish_state(&self) {
+        self.state.send_replace(self.state().to_string().into_bytes());
+    }
+
+    /// Carry out one command from `…/cmd` and answer it on `…/cmd/reply`.
+    pub async fn command(&mut self, payload: &[u8]) {
+        let (id, outcome) = match commands::parse(payload) {
+            Ok(r) => {
+                log::info!("command: {:?} (request {})", r.command, r.request_id);
+                let outcome = self.carry_out(r.command).await;
+                if let Err(e) = &outcome {
+                    log::warn!("command refused: {e}");
+                }
+                (r.request_id, outcome)
+            }
+            Err(refused) => {
+                log::warn!("command refused: {}", refused.error);
+                (refused.request_id, Err(refused.error))
+            }
+        };
+        self.publish_state();
+        let reply = commands::reply(&id, outcome, &self.state());
+        if self.mqtt.send(mqtt::Control::Reply(reply)).await.is_err() {
+            log::warn!("commands: the publisher is gone, the reply is lost");
+        }
+    }
+
+    async fn carry_out(&mut self, command: commands::Command) -> Result<(), String> {
+        use commands::Command;
+        let state_dir = self.config.station.state_dir.clone();
+        let mut next = self.operator.clone();
+        match command {
+            Command::Status => return Ok(()),
+            Command::Pause | Command::Resume => {
+                next.paused = command == Command::Pause;
+                next.save(&state_dir)
+                    .map_err(|e| format!("cannot keep the setting ({e}); nothing changed"))?;
+                self.operator = next;
+                let paused = self.operator.paused;
+                self.sink.set_paused(paused);
+                self.settings.send_modify(|s| s.paused = paused);
+                log::info!(
+                    "{}",
+                    if paused {
+                        "paused by command"
+                    } else {
+                        "resumed by command"
+                    }
+                );
+                self.notifier
+                    .status(if paused { "paused by command" } else { "inspecting" });
+            }
+            Command::Threshold(t) => {
+                next.threshold = t;
+                let mut new = self.config.clone();
+                new.model.threshold = t.or(self.file_threshold);
+                // Kept first: a crash right after must not undo what was answered.
+                next.save(&state_dir)
+                    .map_err(|e| format!("cannot keep the setting ({e}); nothing changed"))?;
+                let plan = new.reload_plan(&self.config);
+                if let Err(e) = self.apply(&plan).await {
+                    if let Err(undo) = self.operator.save(&state_dir) {
+                        log::error!(
+                            "commands: cannot restore {}: {undo}",
+                            operator::Operator::path(&state_dir).display()
+                        );
+                    }
+                    return Err(format!("{e:#}"));
+                }
+                self.config = plan.effective;
+                self.operator = next;
+                log::info!(
+                    "threshold {} by command",
+                    self.inspector().map_or("?".into(), |i| i.threshold().to_string())
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The inspector in use (`None` while a model is being swapped).
     pub fn inspector(&self) -> Option<Arc<Inspector>> {
         self.settings.borrow().inspector.clone()
@@ -385,7 +544,16 @@ impl Daemon {
         for w in &checked.warnings {
             log::warn!("{}: {w}", self.config_path.display());
         }
-        let plan = checked.config.reload_plan(&self.config);
+        if let Some(t) = self.operator.threshold {
+            if checked.config.model.threshold != self.file_threshold {
+                log::warn!(
+                    "model.threshold changed in the file, but the threshold {t} set by command stays \
+                     (send the command threshold with value null to use the file's)"
+                );
+            }
+        }
+        let file_threshold = checked.config.model.threshold;
+        let plan = self.operator.over(&checked.config).reload_plan(&self.config);
         for c in plan.needs_restart() {
             log::warn!(
                 "{c} changed: that needs a restart (systemctl restart winclip-edge); the running value stays"
@@ -394,6 +562,8 @@ impl Daemon {
         match self.apply(&plan).await {
             Ok(()) => {
                 self.config = plan.effective.clone();
+                self.file_threshold = file_threshold;
+                self.publish_state();
                 let summary = plan.summary();
                 log::info!("reloaded: {summary}");
                 self.notifier.ready();
@@ -489,6 +659,7 @@ impl Daemon {
             inspector,
             heatmap: new.heatmap,
             limits: new.station.limits,
+            paused: self.operator.paused,
         });
         self.mqtt_settings.send_if_modified(|m| {
             let changed = *m != new.mqtt;
@@ -620,6 +791,7 @@ impl Daemon {
                     settings: self.settings.subscribe(),
                     history: Arc::clone(self.sink.history()),
                     token,
+                    commands_enabled: self.config.commands.enabled,
                     stop: self.http_stop.clone(),
                 };
                 tokio::spawn(http::serve(listener, shared, self.http_stop.clone()));
@@ -711,6 +883,7 @@ mod tests {
         Daemon::start(Options {
             config_path: path,
             config: c,
+            operator: operator::Operator::default(),
             loaded,
             notifier: Arc::new(notify::Noop),
             lines: Arc::clone(chip) as Arc<dyn gpio::Lines>,

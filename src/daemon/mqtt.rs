@@ -42,6 +42,9 @@ const TAKEOVER_SESSIONS: u32 = 3;
 pub enum Control {
     /// Flush, publish `offline`, disconnect, then answer.
     Shutdown(tokio::sync::oneshot::Sender<()>),
+    /// Publish this answer to a command on `…/cmd/reply` (dropped while
+    /// disconnected: the requester's own timeout tells it).
+    Reply(Vec<u8>),
 }
 
 /// Why a connection ended.
@@ -64,6 +67,10 @@ pub struct Publisher {
     pub wake: Arc<Notify>,
     /// Counters.
     pub stats: Arc<Stats>,
+    /// Where commands arriving on `…/cmd` go (`[commands] enabled`).
+    pub commands: Option<mpsc::Sender<Vec<u8>>>,
+    /// The station's state, published retained on `…/state` (empty: none yet).
+    pub state: watch::Receiver<Vec<u8>>,
 }
 
 /// Build rumqttc options from the configuration (reads secrets and TLS files).
@@ -172,6 +179,7 @@ impl Publisher {
                                 let _ = done.send(());
                                 return;
                             }
+                            Some(Control::Reply(_)) => log::warn!("a command's reply is dropped: not connected"),
                             None => return,
                         },
                         Ok(()) = self.settings.changed() => {
@@ -246,6 +254,7 @@ impl Publisher {
                 },
                 c = control.recv() => match c {
                     Some(Control::Shutdown(done)) => return End::Shutdown(done),
+                    Some(Control::Reply(_)) => log::warn!("a command's reply is dropped: not connected yet"),
                     None => return End::Lost("control channel closed".into()),
                 },
                 Ok(()) = self.settings.changed() => {
@@ -269,6 +278,21 @@ impl Publisher {
         if let Err(e) = conn.discovery(config.homeassistant.clone()).await {
             return End::Lost(e);
         }
+        if self.commands.is_some() {
+            if let Err(e) = conn.client.subscribe(conn.topics.cmd(), QoS::AtLeastOnce).await {
+                return End::Lost(e.to_string());
+            }
+            log::info!("commands: listening on {}", conn.topics.cmd());
+        }
+        let state = self.state.borrow_and_update().clone();
+        if !state.is_empty() {
+            if let Err(e) = conn
+                .publish(&conn.topics.state(), QoS::AtLeastOnce, true, state)
+                .await
+            {
+                return End::Lost(e);
+            }
+        }
         let mut stats_tick = ticker(config.stats_interval);
         loop {
             if let Err(e) = self.fill(conn).await {
@@ -277,10 +301,16 @@ impl Publisher {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 ev = conn.events.recv() => match ev {
-                    Some(Ok(ev)) => self.on_event(ev, conn.delivery),
+                    Some(Ok(ev)) => self.on_event(ev, conn.delivery, conn.topics),
                     Some(Err(e)) => return End::Lost(e),
                     None => return End::Lost("event loop ended".into()),
                 },
+                Ok(()) = self.state.changed() => {
+                    let state = self.state.borrow_and_update().clone();
+                    if let Err(e) = conn.publish(&conn.topics.state(), QoS::AtLeastOnce, true, state).await {
+                        return End::Lost(e);
+                    }
+                }
                 _ = stats_tick.tick() => {
                     let snap = self.stats.snapshot(&self.station).to_string().into_bytes();
                     if let Err(e) = conn.publish(&conn.topics.stats(), QoS::AtMostOnce, false, snap).await {
@@ -291,6 +321,11 @@ impl Publisher {
                     Some(Control::Shutdown(done)) => {
                         self.flush(conn).await;
                         return End::Shutdown(done);
+                    }
+                    Some(Control::Reply(reply)) => {
+                        if let Err(e) = conn.publish(&conn.topics.cmd_reply(), QoS::AtLeastOnce, false, reply).await {
+                            return End::Lost(e);
+                        }
                     }
                     None => return End::Lost("control channel closed".into()),
                 },
@@ -436,8 +471,16 @@ impl Publisher {
         }
     }
 
-    fn on_event(&self, ev: Event, delivery: &mut Delivery) {
+    fn on_event(&self, ev: Event, delivery: &mut Delivery, topics: &Topics) {
         match ev {
+            Event::Incoming(Packet::Publish(p)) if p.topic == topics.cmd() => match &self.commands {
+                Some(tx) => {
+                    if tx.try_send(p.payload.to_vec()).is_err() {
+                        log::warn!("commands: one dropped, they arrive faster than they are carried out");
+                    }
+                }
+                None => log::warn!("commands: one arrived on {} but [commands] is off", p.topic),
+            },
             Event::Outgoing(Outgoing::Publish(pkid)) => delivery.on_outgoing(pkid),
             Event::Incoming(Packet::PubAck(ack)) => {
                 if let Some(seq) = delivery.on_ack(ack.pkid) {
@@ -469,7 +512,7 @@ impl Publisher {
             }
             tokio::select! {
                 ev = conn.events.recv() => match ev {
-                    Some(Ok(ev)) => self.on_event(ev, conn.delivery),
+                    Some(Ok(ev)) => self.on_event(ev, conn.delivery, conn.topics),
                     _ => return,
                 },
                 _ = tokio::time::sleep_until(deadline) => {

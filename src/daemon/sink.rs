@@ -24,6 +24,8 @@ pub struct ResultSink {
     identity: Arc<RwLock<Identity>>,
     /// Recent results, for the page.
     history: Arc<History>,
+    /// Paused by command: trigger sources answer with error results.
+    paused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ResultSink {
@@ -36,7 +38,18 @@ impl ResultSink {
             stats,
             identity: Arc::default(),
             history: Arc::new(History::in_memory()),
+            paused: Arc::default(),
         }
+    }
+
+    /// Paused by command (or not).
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// Whether the station is paused by command.
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
     }
 
     /// Keep results in `history` too (by default only live events are sent).

@@ -46,6 +46,21 @@ impl Topics {
         format!("{}/latest", self.base)
     }
 
+    /// `…/cmd`: commands the station takes (with `[commands] enabled`).
+    pub fn cmd(&self) -> String {
+        format!("{}/cmd", self.base)
+    }
+
+    /// `…/cmd/reply`: one answer per command, naming its `request_id`.
+    pub fn cmd_reply(&self) -> String {
+        format!("{}/cmd/reply", self.base)
+    }
+
+    /// `…/state`: the station's live state (paused, threshold, bank), retained.
+    pub fn state(&self) -> String {
+        format!("{}/state", self.base)
+    }
+
     /// `…/stats`: periodic counters.
     pub fn stats(&self) -> String {
         format!("{}/stats", self.base)

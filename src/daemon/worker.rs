@@ -36,6 +36,15 @@ pub struct Settings {
     pub heatmap: Heatmap,
     /// What a picture may cost.
     pub limits: Limits,
+    /// Paused by command: jobs wait, as while a model is swapped.
+    pub paused: bool,
+}
+
+impl Settings {
+    /// The inspector to take jobs with now (none while paused or swapping).
+    pub fn active(&self) -> Option<&Arc<Inspector>> {
+        self.inspector.as_ref().filter(|_| !self.paused)
+    }
 }
 
 /// The worker's state.
@@ -62,7 +71,7 @@ impl Worker {
             .min(Duration::from_secs(1));
         while !self.stop.is_cancelled() {
             self.notifier.watchdog();
-            if self.settings.borrow_and_update().inspector.is_none() {
+            if self.settings.borrow_and_update().active().is_none() {
                 self.wait_for_settings(tick);
                 continue;
             }
@@ -91,13 +100,13 @@ impl Worker {
         // swapped waits for it (pinging the watchdog meanwhile).
         let settings = loop {
             let s = self.settings.borrow_and_update().clone();
-            if s.inspector.is_some() || self.stop.is_cancelled() {
+            if s.active().is_some() || self.stop.is_cancelled() {
                 break s;
             }
             self.notifier.watchdog();
             self.wait_for_settings(tick);
         };
-        let Some(inspector) = settings.inspector.clone() else {
+        let Some(inspector) = settings.active().cloned() else {
             return; // stopping: the job is dropped, its picture stays
         };
         let outcome = self.inspect_file(&inspector, &settings, &job);
@@ -346,6 +355,7 @@ mod tests {
                 Arc::new(Stats::default()),
             );
             let (settings, rx) = watch::channel(Settings {
+                paused: false,
                 inspector: (!paused).then(|| Arc::clone(&inspector)),
                 heatmap: Heatmap::default(),
                 limits: Limits::DEFAULT,
@@ -462,6 +472,7 @@ mod tests {
         let mut strict = (*rig.inspector).clone();
         strict.configure(Some(0.0), false).unwrap();
         rig.settings.send_replace(Settings {
+            paused: false,
             inspector: Some(Arc::new(strict)),
             heatmap: Heatmap {
                 enabled: true,

@@ -1,0 +1,259 @@
+//! Commands over MQTT (`[commands] enabled`, issue #17): against Debian's
+//! mosquitto, with mosquitto_pub as the PLC. Each command is answered on
+//! `…/cmd/reply` with its request id; what it sets survives a restart; a
+//! malformed or unknown one changes nothing; with commands off, or from a
+//! client the broker's ACL denies, nothing happens at all.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::station::{fixture, Station, STATION};
+use crate::util::{require, wait_for, Mosquitto, Subscriber};
+
+const ON: &str = "\n[commands]\nenabled = true\n";
+
+/// Publish `payload` on the station's command topic (QoS 1).
+fn send(port: u16, payload: &str, login: &[&str]) {
+    let o = Command::new(require("mosquitto_pub"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", &format!("winclip/{STATION}/cmd"), "-m", payload])
+        .args(login)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "mosquitto_pub: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The reply to `request_id`.
+fn reply(sub: &Subscriber, request_id: &Value) -> Value {
+    wait_for(60, &format!("the reply to {request_id}"), || {
+        sub.messages()
+            .iter()
+            .filter(|m| m.topic.ends_with("/cmd/reply"))
+            .map(|m| m.json())
+            .find(|r| r["request_id"] == *request_id)
+    })
+}
+
+/// The `n`-th result (1-based) once it is there.
+fn result(sub: &Subscriber, n: usize) -> Value {
+    wait_for(120, &format!("result {n}"), || sub.results().get(n - 1).cloned())
+}
+
+/// Wait for the `n`-th start's command subscription (the log is appended to).
+fn listening(st: &Station, n: usize) {
+    wait_for(60, "the command subscription", || {
+        (st.log().matches("commands: listening on").count() >= n).then_some(())
+    });
+}
+
+#[test]
+fn commands_set_the_threshold_pause_and_resume_survive_a_restart_and_refuse_what_they_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let sub = Subscriber::start(&dir.path().join("sub"), broker.port, "winclip/#");
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    let config = std::fs::read_to_string(&st.config).unwrap() + ON;
+    std::fs::write(&st.config, &config).unwrap();
+    st.start();
+    listening(&st, 1);
+    let p = broker.port;
+
+    send(p, r#"{"command": "status", "request_id": "s1"}"#, &[]);
+    let r = reply(&sub, &json!("s1"));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["state"]["threshold"], 0.3);
+    assert_eq!(r["state"]["paused"], false);
+    assert_eq!(r["state"]["commands_enabled"], true);
+
+    // The bank's 0.3 passes the defective fixture; 0.29 fails it.
+    st.drop_file(&fixture("queries/hole.png"), "hole1.png");
+    assert_eq!(result(&sub, 1)["verdict"], "pass");
+    send(
+        p,
+        r#"{"command": "threshold", "value": 0.29, "request_id": 2}"#,
+        &[],
+    );
+    let r = reply(&sub, &json!(2));
+    assert_eq!(
+        (r["ok"].clone(), r["state"]["threshold_override"].clone()),
+        (json!(true), json!(0.29)),
+        "{r}"
+    );
+    st.drop_file(&fixture("queries/hole.png"), "hole2.png");
+    let failed = result(&sub, 2);
+    assert_eq!(
+        (failed["verdict"].clone(), failed["threshold"].clone()),
+        (json!("fail"), json!(0.29))
+    );
+    let state = wait_for(30, "the retained state", || {
+        sub.messages()
+            .iter()
+            .rev()
+            .find(|m| m.topic == format!("winclip/{STATION}/state"))
+            .map(|m| m.json())
+            .filter(|s| s["threshold_override"] == 0.29)
+    });
+    assert_eq!(state["threshold"], 0.29);
+
+    // Malformed and unknown commands: an error reply, nothing changes.
+    send(p, "{oops", &[]);
+    let r = reply(&sub, &Value::Null);
+    assert_eq!(r["ok"], false);
+    assert!(r["error"].as_str().unwrap().contains("not JSON"), "{r}");
+    for (cmd, id, needle) in [
+        (
+            r#"{"command": "reboot", "request_id": "u"}"#,
+            "u",
+            "unknown command",
+        ),
+        (
+            r#"{"command": "threshold", "value": "low", "request_id": "v"}"#,
+            "v",
+            "not a number",
+        ),
+    ] {
+        send(p, cmd, &[]);
+        let r = reply(&sub, &json!(id));
+        assert_eq!(r["ok"], false, "{r}");
+        assert!(r["error"].as_str().unwrap().contains(needle), "{r}");
+        assert_eq!(r["state"]["threshold"], 0.29, "unchanged: {r}");
+    }
+
+    // Paused: a dropped picture waits; resumed: it is inspected.
+    send(p, r#"{"command": "pause", "request_id": "p"}"#, &[]);
+    assert_eq!(reply(&sub, &json!("p"))["state"]["paused"], true);
+    st.drop_file(&fixture("queries/good.png"), "waits.png");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(sub.results().len(), 2, "nothing is inspected while paused");
+    assert_eq!(st.pending().len(), 0);
+    assert!(
+        dir.path().join("in/waits.png").exists(),
+        "the picture waits in the drop directory"
+    );
+
+    // What commands set survives a restart: still paused, still 0.29.
+    assert!(st.terminate().success());
+    st.start();
+    listening(&st, 2);
+    assert!(st.log().contains("PAUSED by command"), "{}", st.log());
+    send(p, r#"{"command": "resume", "request_id": "r"}"#, &[]);
+    let r = reply(&sub, &json!("r"));
+    assert_eq!(
+        (r["state"]["paused"].clone(), r["state"]["threshold"].clone()),
+        (json!(false), json!(0.29)),
+        "{r}"
+    );
+    let waited = result(&sub, 3);
+    assert!(
+        waited["file"].as_str().unwrap().ends_with("waits.png"),
+        "{waited}"
+    );
+
+    // A reload keeps the commanded threshold over the file's; null returns to the file's.
+    let bank_line = config.lines().find(|l| l.starts_with("bank = ")).unwrap();
+    let log = st.reload(&config.replacen(bank_line, &format!("{bank_line}\nthreshold = 0.31"), 1));
+    assert!(log.contains("set by command stays"), "{log}");
+    send(p, r#"{"command": "status", "request_id": "after-reload"}"#, &[]);
+    assert_eq!(reply(&sub, &json!("after-reload"))["state"]["threshold"], 0.29);
+    send(
+        p,
+        r#"{"command": "threshold", "value": null, "request_id": "n"}"#,
+        &[],
+    );
+    let r = reply(&sub, &json!("n"));
+    assert_eq!(
+        (r["ok"].clone(), r["state"]["threshold"].clone()),
+        (json!(true), json!(0.31)),
+        "{r}"
+    );
+    assert!(r["state"]["threshold_override"].is_null());
+    assert!(st.terminate().success());
+}
+
+#[test]
+fn with_commands_off_or_from_a_client_the_acl_denies_nothing_happens() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = "user station\ntopic readwrite winclip/#\n\n\
+               user plc\ntopic write winclip/+/cmd\ntopic read winclip/+/cmd/reply\n\n\
+               user viewer\ntopic read winclip/#\n";
+    let broker = Mosquitto::start_with_acl(
+        &dir.path().join("broker"),
+        &[("station", "st-pw"), ("plc", "plc-pw"), ("viewer", "viewer-pw")],
+        acl,
+    );
+    let viewer = ["-u", "viewer", "-P", "viewer-pw"];
+    let plc = ["-u", "plc", "-P", "plc-pw"];
+    let sub = Subscriber::start_with(
+        &dir.path().join("sub"),
+        broker.port,
+        "winclip/#",
+        &["-u", "station", "-P", "st-pw"],
+    );
+    let password = dir.path().join("mqtt-password");
+    std::fs::write(&password, "st-pw\n").unwrap();
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    let login = format!(
+        "username = \"station\"\npassword_file = \"{}\"\n",
+        password.display()
+    );
+    let plain =
+        std::fs::read_to_string(&st.config)
+            .unwrap()
+            .replacen("[mqtt]\n", &format!("[mqtt]\n{login}"), 1);
+    std::fs::write(&st.config, &plain).unwrap();
+    let p = broker.port;
+
+    // Commands off (the default): not even read.
+    st.start();
+    wait_for(60, "online", || {
+        sub.messages()
+            .iter()
+            .any(|m| m.topic.ends_with("/status") && m.payload == b"online")
+            .then_some(())
+    });
+    send(
+        p,
+        r#"{"command": "threshold", "value": 0.29, "request_id": "off"}"#,
+        &plc,
+    );
+    st.drop_file(&fixture("queries/hole.png"), "a.png");
+    assert_eq!(result(&sub, 1)["verdict"], "pass", "the threshold did not move");
+    assert!(
+        !sub.messages().iter().any(|m| m.topic.ends_with("/cmd/reply")),
+        "no reply"
+    );
+    assert!(!st.log().contains("command"), "{}", st.log());
+    assert!(st.terminate().success());
+
+    // On, but from a client the ACL only lets read: the broker drops it.
+    std::fs::write(&st.config, plain.clone() + ON).unwrap();
+    st.start();
+    listening(&st, 1);
+    send(
+        p,
+        r#"{"command": "threshold", "value": 0.29, "request_id": "viewer"}"#,
+        &viewer,
+    );
+    st.drop_file(&fixture("queries/hole.png"), "b.png");
+    assert_eq!(result(&sub, 2)["verdict"], "pass", "the viewer cannot command");
+    assert!(
+        !sub.messages().iter().any(|m| m.topic.ends_with("/cmd/reply")),
+        "no reply"
+    );
+    // The PLC may.
+    send(
+        p,
+        r#"{"command": "threshold", "value": 0.29, "request_id": "plc"}"#,
+        &plc,
+    );
+    assert_eq!(reply(&sub, &json!("plc"))["ok"], true);
+    st.drop_file(&fixture("queries/hole.png"), "c.png");
+    assert_eq!(result(&sub, 3)["verdict"], "fail");
+    assert!(st.terminate().success());
+}
