@@ -160,3 +160,116 @@ fn the_page_shows_results_live_in_a_real_browser() {
     println!("screenshot: {} ({} colours)", out.display(), colours.len());
     assert!(st.terminate().success());
 }
+
+#[test]
+fn the_page_controls_the_station_when_given_its_token() {
+    let Some(driver) = optional_peer("chromedriver", "WINCLIP_TEST_BROWSER", "chromium chromium-driver")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = Station::new(dir.path(), None, "");
+    let token = dir.path().join("http-token");
+    std::fs::write(&token, "page-token\n").unwrap();
+    let listen = format!("listen = \"127.0.0.1:{}\"", st.http_port);
+    let config = std::fs::read_to_string(&st.config).unwrap().replace(
+        &listen,
+        &format!("{listen}\ntoken_file = \"{}\"", token.display()),
+    ) + "\n[commands]\nenabled = true\n";
+    std::fs::write(&st.config, config).unwrap();
+    st.start();
+    let port = st.http_port;
+    let auth = "Authorization: Bearer page-token\r\n";
+    wait_for(60, "the HTTP endpoint", || {
+        get(port, "/api/state", auth).filter(|r| r.status == 200)
+    });
+    let wd_port = free_port();
+    let _driver = Driver(
+        Command::new(driver)
+            .arg(format!("--port={wd_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver"),
+    );
+    wait_for(30, "chromedriver", || {
+        std::net::TcpStream::connect(("127.0.0.1", wd_port)).ok()
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
+        );
+        let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{wd_port}"))
+            .await
+            .expect("a chromium session");
+        // Without the token the page cannot even read the station.
+        c.goto(&format!("http://127.0.0.1:{port}/")).await.unwrap();
+        until(
+            &c,
+            "return document.getElementById('live').textContent.includes('401')",
+        )
+        .await;
+        c.goto(&format!("http://127.0.0.1:{port}/?token=page-token"))
+            .await
+            .unwrap();
+        until(
+            &c,
+            "return !document.getElementById('control').hidden && document.body.dataset.live === '1'",
+        )
+        .await;
+        c.find(Locator::Id("pause")).await.unwrap().click().await.unwrap();
+        until(
+            &c,
+            "return document.getElementById('state').textContent.includes('PAUSED')",
+        )
+        .await;
+        c.find(Locator::Id("threshold-value"))
+            .await
+            .unwrap()
+            .send_keys("0.29")
+            .await
+            .unwrap();
+        c.find(Locator::Id("threshold-set"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until(
+            &c,
+            "return document.getElementById('state').textContent.includes('threshold 0.29')",
+        )
+        .await;
+        c.find(Locator::Id("resume"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until(
+            &c,
+            "return document.getElementById('state').textContent.includes('inspecting')",
+        )
+        .await;
+        c.close().await.unwrap();
+    });
+    // What the page did went the command path: kept like any command.
+    let op: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("state/operator.json")).unwrap()).unwrap();
+    assert_eq!(
+        (
+            op["paused"].clone(),
+            op["threshold"].as_f64().map(|t| (t * 100.0).round())
+        ),
+        (json!(false), Some(29.0))
+    );
+    assert!(st.terminate().success());
+}

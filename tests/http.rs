@@ -225,6 +225,17 @@ fn the_endpoint_refuses_strangers_paths_and_floods_and_a_busy_port_costs_only_it
     );
     assert!(has_security_headers(&denied), "{}", denied.head);
     assert!(!denied.body.contains("winclip_"), "{}", denied.body);
+    // The page's own code loads without the token (it carries no data); what it reads does not.
+    assert_eq!(get(port, "/", "").unwrap().status, 200);
+    assert_eq!(get(port, "/app.js", "").unwrap().status, 200);
+    for path in [
+        "/api/results",
+        "/api/events",
+        "/api/state",
+        "/api/results/x/heatmap.jpg",
+    ] {
+        assert_eq!(get(port, path, "").unwrap().status, 401, "{path}");
+    }
     assert_eq!(
         get(port, "/metrics", "Authorization: Bearer s3cret-token2\r\n")
             .unwrap()
@@ -750,5 +761,95 @@ fn a_real_prometheus_server_scrapes_the_station() {
     assert!(p99 > 0.0 && p99.is_finite(), "{p99}");
     let _ = server.kill();
     let _ = server.wait();
+    assert!(st.terminate().success());
+}
+
+#[test]
+fn control_from_http_needs_commands_on_and_a_token_and_goes_the_command_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = Station::new(dir.path(), None, "");
+    let plain = std::fs::read_to_string(&st.config).unwrap();
+    let token = dir.path().join("http-token");
+    std::fs::write(&token, "ctl-token\n").unwrap();
+    let listen = format!("listen = \"127.0.0.1:{}\"", st.http_port);
+    let with_token = plain.replace(
+        &listen,
+        &format!("{listen}\ntoken_file = \"{}\"", token.display()),
+    );
+    let on = "\n[commands]\nenabled = true\n";
+    let port = st.http_port;
+    let auth = "Authorization: Bearer ctl-token\r\n";
+    let post = |headers: &str, body: &str| {
+        send(
+            port,
+            format!(
+                "POST /api/commands HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    };
+    let up = |st: &Station| {
+        wait_for(60, "the HTTP endpoint", || {
+            get(port, "/api/stats", auth).filter(|r| r.status == 200)
+        });
+        let _ = st;
+    };
+    let threshold = r#"{"command": "threshold", "value": 0.29, "request_id": "h1"}"#;
+
+    // A token but commands off: refused, saying why.
+    std::fs::write(&st.config, &with_token).unwrap();
+    st.start();
+    up(&st);
+    let r = post(auth, threshold);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("commands are off"), "{}", r.body);
+    assert!(st.terminate().success());
+
+    // Commands on but no token (loopback, readable by anyone here): no control.
+    std::fs::write(&st.config, plain.clone() + on).unwrap();
+    st.start();
+    up(&st);
+    let r = post("", threshold);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("needs a token"), "{}", r.body);
+    assert_eq!(json_of(&get(port, "/api/state", "").unwrap())["control"], false);
+    assert!(st.terminate().success());
+
+    // Both: authenticated commands are carried out, others refused.
+    std::fs::write(&st.config, with_token + on).unwrap();
+    st.start();
+    up(&st);
+    assert_eq!(post("", threshold).status, 401);
+    assert_eq!(post("Authorization: Bearer nope\r\n", threshold).status, 401);
+    let r = post(auth, threshold);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let reply = json_of(&r);
+    assert_eq!(
+        (reply["request_id"].clone(), reply["ok"].clone()),
+        (serde_json::json!("h1"), serde_json::json!(true))
+    );
+    assert_eq!(reply["state"]["threshold"], 0.29);
+    let r = post(auth, "{oops");
+    assert_eq!(r.status, 400);
+    assert!(json_of(&r)["error"].as_str().unwrap().contains("not JSON"));
+    let big = format!(r#"{{"command": "status", "request_id": "{}"}}"#, "x".repeat(5000));
+    assert_eq!(post(auth, &big).status, 413);
+    let state = json_of(&get(port, "/api/state", auth).unwrap());
+    assert_eq!(
+        (state["control"].clone(), state["threshold"].clone()),
+        (serde_json::json!(true), serde_json::json!(0.29))
+    );
+    // Still read-only everywhere else.
+    let r = send(
+        port,
+        format!(
+            "POST /api/state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Length: 2\r\n\r\n{{}}"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 413);
     assert!(st.terminate().success());
 }

@@ -10,6 +10,15 @@
 
 use serde_json::{json, Value};
 
+/// A command as it arrives, from the broker or the page, and where its reply goes.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The command's JSON.
+    pub payload: Vec<u8>,
+    /// The HTTP request waiting for the reply; `None`: publish it on `…/cmd/reply`.
+    pub reply: Option<tokio::sync::oneshot::Sender<Vec<u8>>>,
+}
+
 /// The largest command accepted, bytes (a command is a few dozen).
 pub const MAX_BYTES: usize = 4096;
 

@@ -15,8 +15,10 @@
 //! Every response forbids framing, sniffing and any script or style not
 //! served here. With a token configured (required beyond loopback), a
 //! request without `Authorization: Bearer <token>` (or, for the page's event
-//! stream and pictures, `?token=`) gets 401 and nothing else. A request with
-//! a body gets 413: nothing here takes one. Files are served only from the
+//! stream and pictures, `?token=`) gets 401 and nothing else; only the page's
+//! own code (`/`, `/app.js`, `/app.css`) loads without it. A request with
+//! a body gets 413, but a command (`POST /api/commands`, with `[commands]`
+//! on and a token configured; the same commands as `…/cmd`). Files are served only from the
 //! history, found by an inspection id in its index, never by a client's path.
 
 use std::sync::atomic::Ordering;
@@ -61,6 +63,9 @@ pub struct Shared {
     pub token: Option<Arc<str>>,
     /// Whether the station takes commands (over MQTT).
     pub commands_enabled: bool,
+    /// Where `POST /api/commands` sends commands: only with `[commands]` on
+    /// and a token configured (so every control request is authenticated).
+    pub commands: Option<tokio::sync::mpsc::Sender<super::commands::Incoming>>,
     /// Cancelled at shutdown: ends the event streams (which would otherwise
     /// hold the graceful shutdown open).
     pub stop: CancellationToken,
@@ -97,6 +102,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/api/results/{id}/heatmap.jpg", get(result_heatmap))
         .route("/api/results/{id}/image.jpg", get(result_image))
         .route("/api/events", get(events))
+        .route("/api/commands", axum::routing::post(command))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
         .with_state(shared)
@@ -124,8 +130,15 @@ struct TokenQuery {
 }
 
 async fn guard(State(shared): State<Shared>, request: Request, next: Next) -> Response {
+    // The page's own code carries no data: it loads without the token and
+    // then asks for it (everything it reads is behind the token).
+    let public = matches!(
+        request.uri().path(),
+        "/" | "/app.js" | "/app.css" | "/favicon.ico"
+    );
     let allowed = match &shared.token {
         None => true,
+        Some(_) if public => true,
         Some(token) => {
             let bearer = request
                 .headers()
@@ -142,23 +155,31 @@ async fn guard(State(shared): State<Shared>, request: Request, next: Next) -> Re
                 .is_some_and(|given| same(given.as_bytes(), token.as_bytes()))
         }
     };
-    let has_body = request
+    let length = request
         .headers()
         .get(header::CONTENT_LENGTH)
-        .is_some_and(|l| l.as_bytes() != b"0")
-        || request.headers().contains_key(header::TRANSFER_ENCODING);
+        .and_then(|l| l.to_str().ok()?.parse::<usize>().ok());
+    let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
+    let is_command = request.method() == Method::POST && request.uri().path() == "/api/commands";
+    // Only a command has a body, of a known and small length.
+    let has_body = if is_command {
+        chunked || length.is_none_or(|l| l > super::commands::MAX_BYTES)
+    } else {
+        chunked || length.is_some_and(|l| l > 0)
+    };
     let mut response = if !allowed {
         let mut r = (StatusCode::UNAUTHORIZED, "a bearer token is required\n").into_response();
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         r
     } else if has_body {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "this endpoint is read-only: no request takes a body\n",
-        )
-            .into_response()
-    } else if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let why = if is_command {
+            "a command is a JSON body of at most 4096 bytes, with its Content-Length\n"
+        } else {
+            "no request but POST /api/commands takes a body\n"
+        };
+        (StatusCode::PAYLOAD_TOO_LARGE, why).into_response()
+    } else if !is_command && !matches!(*request.method(), Method::GET | Method::HEAD) {
         (
             StatusCode::METHOD_NOT_ALLOWED,
             "read-only: GET only (commands are not enabled on this station)\n",
@@ -218,6 +239,7 @@ async fn state_json(State(shared): State<Shared>) -> Json<serde_json::Value> {
         "device": model.as_ref().map(|m| &m.device),
         "mqtt_connected": s.mqtt_connected.load(Ordering::Relaxed),
         "commands_enabled": shared.commands_enabled,
+        "control": shared.commands.is_some(),
         "history": shared.history.len(),
         "queue_depth": s.queue_depth.load(Ordering::Relaxed),
         "outbox_pending": s.outbox_pending.load(Ordering::Relaxed),
@@ -295,6 +317,40 @@ async fn result_image(State(shared): State<Shared>, Path(id): Path<String>) -> R
     match jpeg {
         Ok(Some(jpg)) => ([(header::CONTENT_TYPE, "image/jpeg")], jpg).into_response(),
         _ => not_kept(&id),
+    }
+}
+
+/// `POST /api/commands`: the body is a command as `…/cmd` takes it; the
+/// answer is the reply `…/cmd/reply` would carry (200 when carried out, 400
+/// when refused). Through the same queue as MQTT commands: one at a time.
+async fn command(State(shared): State<Shared>, body: axum::body::Bytes) -> Response {
+    let Some(tx) = &shared.commands else {
+        let why = if shared.commands_enabled {
+            "control from HTTP needs a token: set [http] token_file (the page then takes ?token=)\n"
+        } else {
+            "commands are off on this station ([commands] enabled = false)\n"
+        };
+        return (StatusCode::FORBIDDEN, why).into_response();
+    };
+    let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+    let incoming = super::commands::Incoming {
+        payload: body.to_vec(),
+        reply: Some(reply_tx),
+    };
+    if tx.send(incoming).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the station is stopping\n").into_response();
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(120), reply_rx).await {
+        Ok(Ok(reply)) => {
+            let ok = serde_json::from_slice::<serde_json::Value>(&reply).is_ok_and(|r| r["ok"] == true);
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            (status, [(header::CONTENT_TYPE, "application/json")], reply).into_response()
+        }
+        _ => (StatusCode::GATEWAY_TIMEOUT, "no answer from the station\n").into_response(),
     }
 }
 

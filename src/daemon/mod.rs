@@ -128,7 +128,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
                     Some(Signal::Reload) => daemon.reload().await,
                     Some(Signal::Shutdown) | None => break,
                 },
-                Some(payload) = next_command(&mut commands) => daemon.command(&payload).await,
+                Some(c) = next_command(&mut commands) => daemon.command(c).await,
             }
         }
         daemon.shutdown().await;
@@ -144,7 +144,7 @@ fn short(x: f32) -> serde_json::Value {
 }
 
 /// The next command, or never when commands are off.
-async fn next_command(rx: &mut Option<mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
+async fn next_command(rx: &mut Option<mpsc::Receiver<commands::Incoming>>) -> Option<commands::Incoming> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -210,8 +210,10 @@ pub struct Daemon {
     operator: operator::Operator,
     /// The file's own `model.threshold` (a cleared override returns to it).
     file_threshold: Option<f32>,
-    /// Commands from the broker, until the main loop takes them.
-    commands: Option<mpsc::Receiver<Vec<u8>>>,
+    /// Commands from the broker and the page, until the main loop takes them.
+    commands: Option<mpsc::Receiver<commands::Incoming>>,
+    /// Where the page sends commands (with `[commands]` on and an `[http]` token).
+    commands_tx: Option<mpsc::Sender<commands::Incoming>>,
     /// The state published retained on `…/state`.
     state: watch::Sender<Vec<u8>>,
     notifier: Arc<dyn Notifier>,
@@ -330,6 +332,7 @@ impl Daemon {
             operator: o.operator,
             file_threshold,
             commands: commands_on.then_some(commands_rx),
+            commands_tx: commands_on.then(|| commands_tx.clone()),
             state,
             notifier: o.notifier,
             sink: sink.clone(),
@@ -413,8 +416,8 @@ impl Daemon {
         &self.config
     }
 
-    /// The commands from the broker (once; `None` with `[commands]` off).
-    pub fn take_commands(&mut self) -> Option<mpsc::Receiver<Vec<u8>>> {
+    /// The commands from the broker and the page (once; `None` with `[commands]` off).
+    pub fn take_commands(&mut self) -> Option<mpsc::Receiver<commands::Incoming>> {
         self.commands.take()
     }
 
@@ -438,9 +441,10 @@ impl Daemon {
         self.state.send_replace(self.state().to_string().into_bytes());
     }
 
-    /// Carry out one command from `…/cmd` and answer it on `…/cmd/reply`.
-    pub async fn command(&mut self, payload: &[u8]) {
-        let (id, outcome) = match commands::parse(payload) {
+    /// Carry out one command and answer it: on `…/cmd/reply`, or to the
+    /// HTTP request that sent it.
+    pub async fn command(&mut self, incoming: commands::Incoming) {
+        let (id, outcome) = match commands::parse(&incoming.payload) {
             Ok(r) => {
                 log::info!("command: {:?} (request {})", r.command, r.request_id);
                 let outcome = self.carry_out(r.command).await;
@@ -456,7 +460,9 @@ impl Daemon {
         };
         self.publish_state();
         let reply = commands::reply(&id, outcome, &self.state());
-        if self.mqtt.send(mqtt::Control::Reply(reply)).await.is_err() {
+        if let Some(to) = incoming.reply {
+            let _ = to.send(reply);
+        } else if self.mqtt.send(mqtt::Control::Reply(reply)).await.is_err() {
             log::warn!("commands: the publisher is gone, the reply is lost");
         }
     }
@@ -790,6 +796,8 @@ impl Daemon {
                     stats: Arc::clone(stats),
                     settings: self.settings.subscribe(),
                     history: Arc::clone(self.sink.history()),
+                    // Control from the page needs commands on and a token to check.
+                    commands: self.commands_tx.clone().filter(|_| token.is_some()),
                     token,
                     commands_enabled: self.config.commands.enabled,
                     stop: self.http_stop.clone(),

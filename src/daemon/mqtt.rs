@@ -68,7 +68,7 @@ pub struct Publisher {
     /// Counters.
     pub stats: Arc<Stats>,
     /// Where commands arriving on `…/cmd` go (`[commands] enabled`).
-    pub commands: Option<mpsc::Sender<Vec<u8>>>,
+    pub commands: Option<mpsc::Sender<super::commands::Incoming>>,
     /// The station's state, published retained on `…/state` (empty: none yet).
     pub state: watch::Receiver<Vec<u8>>,
 }
@@ -475,7 +475,11 @@ impl Publisher {
         match ev {
             Event::Incoming(Packet::Publish(p)) if p.topic == topics.cmd() => match &self.commands {
                 Some(tx) => {
-                    if tx.try_send(p.payload.to_vec()).is_err() {
+                    let incoming = super::commands::Incoming {
+                        payload: p.payload.to_vec(),
+                        reply: None,
+                    };
+                    if tx.try_send(incoming).is_err() {
                         log::warn!("commands: one dropped, they arrive faster than they are carried out");
                     }
                 }

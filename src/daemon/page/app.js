@@ -8,9 +8,13 @@
   const withToken = (url) => (token ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : url);
   const get = (url) =>
     fetch(url, { headers: token ? { Authorization: "Bearer " + token } : {} }).then((r) => {
+      if (r.status === 401) throw new Error("401: this station needs its token: open the page as /?token=…");
       if (!r.ok) throw new Error(url + ": " + r.status);
       return r.json();
     });
+  // A refused token stays on screen (the event stream's errors do not hide it).
+  let denied = false;
+  const problem = (e) => { if (!denied) text($("live"), String(e)); if (String(e).includes("401")) denied = true; };
   const KEEP = 30;
   let results = [];
   let shown = null;
@@ -80,6 +84,21 @@
     for (const [k, v, bad] of items) { const li = make("li", bad ? "bad" : "", v === "" ? k : k + " " + v); ul.append(li); }
   }
 
+  // Control: only where the station takes commands from here (commands on,
+  // a token configured) and this page was given the token.
+  function drawControl(s) {
+    $("control").hidden = !(s.control && token);
+    $("pause").disabled = s.paused; $("resume").disabled = !s.paused;
+  }
+
+  function command(body) {
+    const out = $("control-reply");
+    return fetch("api/commands", { method: "POST", headers: { Authorization: "Bearer " + token, "Content-Type": "application/json" }, body: JSON.stringify(body) })
+      .then((r) => r.json())
+      .then((r) => { out.className = r.ok ? "" : "bad"; text(out, r.ok ? body.command + ": done" : r.error); refresh(); })
+      .catch((e) => { out.className = "bad"; text(out, String(e)); });
+  }
+
   function drawStats(s) {
     const p = (x) => (x ? num(x.p50, 0) + " / " + num(x.p90, 0) + " / " + num(x.p99, 0) + " ms" : "–");
     const rows = [["pass", s.pass], ["fail", s.fail], ["errors", s.errors], ["inspect p50/p90/p99", p(s.inspect_ms)], ["latency p50/p90/p99", p(s.latency_ms)], ["busy triggers", s.busy_triggers], ["published", s.published], ["uptime", s.uptime_s + " s"]];
@@ -87,7 +106,7 @@
     for (const [k, v] of rows) { dl.append(make("dt", "", k), make("dd", "", String(v))); }
   }
 
-  const refresh = () => Promise.all([get("api/state").then(drawState), get("api/stats").then(drawStats)]).catch((e) => text($("live"), String(e)));
+  const refresh = () => Promise.all([get("api/state").then((s) => { drawState(s); drawControl(s); }), get("api/stats").then(drawStats)]).catch(problem);
   const reload = () => get("api/results?limit=" + KEEP).then((j) => { results = j.results; if (results.length) showLatest(results[0]); drawStrip(); });
 
   function follow() {
@@ -95,14 +114,18 @@
     es.addEventListener("open", () => { text($("live"), "live"); document.body.dataset.live = "1"; });
     es.addEventListener("result", (e) => { add(JSON.parse(e.data)); refresh(); });
     es.addEventListener("lagged", reload);
-    es.addEventListener("error", () => { text($("live"), "reconnecting…"); document.body.dataset.live = "0"; });
+    es.addEventListener("error", () => { if (!denied) text($("live"), "reconnecting…"); document.body.dataset.live = "0"; });
   }
 
   const setView = (v) => { view = v; $("show-heatmap").setAttribute("aria-pressed", v === "heatmap"); $("show-image").setAttribute("aria-pressed", v === "image"); if (shown) showLatest(shown); };
   $("show-heatmap").addEventListener("click", () => setView("heatmap"));
   $("show-image").addEventListener("click", () => setView("image"));
   $("fail-only").addEventListener("change", drawStrip);
-  reload().catch((e) => text($("live"), String(e)));
+  $("threshold-set").addEventListener("click", () => { const v = parseFloat($("threshold-value").value); if (Number.isFinite(v)) command({ command: "threshold", value: v }); });
+  $("threshold-clear").addEventListener("click", () => command({ command: "threshold", value: null }));
+  $("pause").addEventListener("click", () => command({ command: "pause" }));
+  $("resume").addEventListener("click", () => command({ command: "resume" }));
+  reload().catch(problem);
   refresh();
   setInterval(refresh, 5000);
   follow();
