@@ -26,6 +26,10 @@ use crate::config;
 /// Results a slow page may fall behind before it is told to catch up.
 const EVENTS: usize = 64;
 
+/// Results waiting for the [`Writer`]: few, since each may hold a camera
+/// picture (the disk is slower than inspection only in bursts).
+const WRITER_QUEUE: usize = 4;
+
 /// One kept result.
 #[derive(Debug, Clone)]
 struct Item {
@@ -142,6 +146,13 @@ impl History {
             .events
             .send(Arc::new(with_links(parsed, heatmap_kept, picture_kept)));
         kept.map(|_| ())
+    }
+
+    /// Tell the live subscribers of a result that is not kept.
+    pub fn announce(&self, record: &[u8]) {
+        if let Ok(parsed) = serde_json::from_slice(record) {
+            let _ = self.events.send(Arc::new(with_links(parsed, false, false)));
+        }
     }
 
     fn write(
@@ -269,6 +280,67 @@ impl History {
         self.inner
             .lock()
             .map_err(|_| io::Error::other("history lock poisoned"))
+    }
+}
+
+/// One result on its way to the disk.
+struct Pending {
+    record: Vec<u8>,
+    heatmap: Option<Vec<u8>>,
+    picture: Option<Vec<u8>>,
+}
+
+/// Writes results into a [`History`] on a thread of its own, so the
+/// inspection path never waits for the disk (an SD card takes ~0.1 s for a
+/// camera picture). When it falls behind, a result is not kept (counted in
+/// `history_errors`; the page still gets its event). Cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    tx: flume::Sender<Pending>,
+    history: Arc<History>,
+    stats: Arc<crate::daemon::stats::Stats>,
+}
+
+impl Writer {
+    /// Start the thread; it ends when the last clone is dropped, after
+    /// writing what is queued.
+    pub fn spawn(history: Arc<History>, stats: Arc<crate::daemon::stats::Stats>) -> io::Result<Self> {
+        let (tx, rx) = flume::bounded::<Pending>(WRITER_QUEUE);
+        let (h, s) = (Arc::clone(&history), Arc::clone(&stats));
+        std::thread::Builder::new()
+            .name("history".into())
+            .spawn(move || {
+                while let Ok(p) = rx.recv() {
+                    if let Err(e) = h.push(&p.record, p.heatmap.as_deref(), p.picture.as_deref()) {
+                        s.history_errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        log::warn!("history: a result is not kept for the page: {e}");
+                    }
+                }
+            })?;
+        Ok(Self { tx, history, stats })
+    }
+
+    /// Queue a result (see [`History::push`]).
+    pub fn push(&self, record: Vec<u8>, heatmap: Option<Vec<u8>>, picture: Option<Vec<u8>>) {
+        let pending = Pending {
+            record,
+            heatmap,
+            picture,
+        };
+        if let Err(e) = self.tx.try_send(pending) {
+            self.stats
+                .history_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            log::warn!("history: the disk is behind, a result is not kept for the page");
+            // The page still hears of it, without anything to fetch.
+            self.history.announce(&e.into_inner().record);
+        }
+    }
+
+    /// The store it writes to.
+    pub fn history(&self) -> &Arc<History> {
+        &self.history
     }
 }
 
@@ -519,6 +591,46 @@ mod tests {
         let event = events.try_recv().unwrap();
         assert_eq!(event["id"], "z");
         assert!(event["links"]["heatmap"].is_null(), "nothing to fetch: not kept");
+    }
+
+    /// Poll `f` for up to 10 s (no timing is asserted).
+    fn eventually(mut f: impl FnMut() -> bool) -> bool {
+        (0..1000).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            f()
+        })
+    }
+
+    #[test]
+    fn the_writer_keeps_results_off_the_caller_and_counts_what_it_could_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("history");
+        let history = Arc::new(History::open(&store, bounds(10, 1 << 20)).unwrap());
+        let stats = Arc::new(crate::daemon::stats::Stats::default());
+        let writer = Writer::spawn(Arc::clone(&history), Arc::clone(&stats)).unwrap();
+        let mut events = history.subscribe();
+        for i in 0..3 {
+            writer.push(
+                record(&format!("w{i}"), "pass"),
+                Some(b"jpeg".to_vec()),
+                Some(png()),
+            );
+        }
+        assert!(eventually(|| history.len() == 3));
+        assert_eq!(history.heatmap("w2").unwrap(), b"jpeg");
+        assert_eq!(events.try_recv().unwrap()["id"], "w0");
+        // The disk refuses: counted, the page still told, nothing else lost.
+        std::fs::remove_dir_all(&store).unwrap();
+        std::fs::write(&store, b"not a directory").unwrap();
+        writer.push(record("lost", "fail"), Some(b"jpeg".to_vec()), None);
+        let hits = |stats: &crate::daemon::stats::Stats| {
+            stats.history_errors.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        assert!(eventually(|| hits(&stats) == 1));
+        let lost = std::iter::from_fn(|| events.try_recv().ok())
+            .find(|e| e["id"] == "lost")
+            .unwrap();
+        assert!(lost["links"]["heatmap"].is_null(), "{lost}");
     }
 
     #[test]

@@ -300,7 +300,8 @@ impl Daemon {
             Arc::clone(&wake),
             Arc::clone(&stats),
         )
-        .with_history(Arc::new(history));
+        .with_history(Arc::new(history))
+        .map_err(|e| Error::Runtime(e.into()))?;
         sink.set_identity(crate::record::Identity::of(&o.loaded.inspector));
         let (jobs_tx, jobs_rx) = flume::bounded(config.station.queue_capacity);
         let ids = (

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use tokio::sync::Notify;
 
-use crate::daemon::history::History;
+use crate::daemon::history::{History, Writer};
 use crate::daemon::outbox::Outbox;
 use crate::daemon::stats::Stats;
 use crate::record::{timestamp, Identity, Record};
@@ -24,6 +24,8 @@ pub struct ResultSink {
     identity: Arc<RwLock<Identity>>,
     /// Recent results, for the page.
     history: Arc<History>,
+    /// Writes them, off the result path (`None`: in line, as tests do).
+    writer: Option<Writer>,
     /// Paused by command: trigger sources answer with error results.
     paused: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -38,6 +40,7 @@ impl ResultSink {
             stats,
             identity: Arc::default(),
             history: Arc::new(History::in_memory()),
+            writer: None,
             paused: Arc::default(),
         }
     }
@@ -52,10 +55,12 @@ impl ResultSink {
         self.paused.load(Ordering::Relaxed)
     }
 
-    /// Keep results in `history` too (by default only live events are sent).
-    pub fn with_history(mut self, history: Arc<History>) -> Self {
+    /// Keep results in `history` too, written on a thread of its own (by
+    /// default only live events are sent).
+    pub fn with_history(mut self, history: Arc<History>) -> std::io::Result<Self> {
+        self.writer = Some(Writer::spawn(Arc::clone(&history), Arc::clone(&self.stats))?);
         self.history = history;
-        self
+        Ok(self)
     }
 
     /// The recent results.
@@ -89,7 +94,7 @@ impl ResultSink {
         &self,
         record: &Record,
         heatmap: Option<&[u8]>,
-        picture: Option<&[u8]>,
+        picture: Option<Vec<u8>>,
     ) -> std::io::Result<()> {
         let stored = self.push(record, heatmap, picture);
         match &stored {
@@ -107,7 +112,7 @@ impl ResultSink {
         stored
     }
 
-    fn push(&self, record: &Record, heatmap: Option<&[u8]>, picture: Option<&[u8]>) -> std::io::Result<()> {
+    fn push(&self, record: &Record, heatmap: Option<&[u8]>, picture: Option<Vec<u8>>) -> std::io::Result<()> {
         let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         let id = record.id.as_deref().unwrap_or_default();
         let mut ob = self
@@ -129,9 +134,14 @@ impl ResultSink {
         self.stats
             .record_verdict(record.source.as_deref().unwrap_or_default(), record.verdict);
         self.wake.notify_one();
-        if let Err(e) = self.history.push(&json, heatmap, picture) {
-            self.stats.history_errors.fetch_add(1, Ordering::Relaxed);
-            log::warn!("history: result {id} is not kept for the page: {e}");
+        match &self.writer {
+            Some(w) => w.push(json, heatmap.map(<[u8]>::to_vec), picture),
+            None => {
+                if let Err(e) = self.history.push(&json, heatmap, picture.as_deref()) {
+                    self.stats.history_errors.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("history: result {id} is not kept for the page: {e}");
+                }
+            }
         }
         Ok(())
     }

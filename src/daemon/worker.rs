@@ -219,7 +219,7 @@ impl Worker {
             path.display(),
             rec.summary()
         );
-        self.store(&rec, heat.as_deref(), Some(&bytes), Outcome::Judged)
+        self.store(&rec, heat.as_deref(), Some(bytes), Outcome::Judged)
     }
 
     fn file_error(&self, job: &Job, id: String, error: String) -> Record {
@@ -237,7 +237,7 @@ impl Worker {
         &self,
         rec: &Record,
         heatmap: Option<&[u8]>,
-        picture: Option<&[u8]>,
+        picture: Option<Vec<u8>>,
         outcome: Outcome,
     ) -> Outcome {
         match self.sink.store(rec, heatmap, picture) {
