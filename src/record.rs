@@ -289,6 +289,12 @@ impl Record {
     }
 }
 
+/// `x` as an f64 that prints as `x` does (0.3, not 0.30000001192092896):
+/// for numbers put in JSON values by hand (typed records print f32 as is).
+pub fn as_printed(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
 /// RFC 3339 with milliseconds, UTC.
 pub fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()

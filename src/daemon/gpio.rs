@@ -510,21 +510,35 @@ mod tests {
         results(rig)
     }
 
-    #[tokio::test]
-    async fn a_trigger_while_paused_is_answered_with_an_error_result_and_captures_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let rig = rig(dir.path());
-        rig.sink.set_paused(true);
+    /// A running trigger whose capture writes a file, fed edges through the
+    /// sender; its jobs come out of the receiver (nobody inspects them).
+    fn capturing_trigger(
+        dir: &std::path::Path,
+        rig: &Rig,
+    ) -> (
+        mpsc::Sender<Instant>,
+        flume::Receiver<Job>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let cmd = vec![
             "sh".into(),
             "-c".into(),
             "printf x > \"$0\"".into(),
             "{output}".into(),
         ];
-        let t = trigger(dir.path(), &rig, cmd, Duration::ZERO);
+        let t = trigger(dir, rig, cmd, Duration::ZERO);
         let (etx, erx) = mpsc::channel(8);
         let (jtx, jrx) = flume::bounded(8);
         let task = tokio::spawn(t.run(Box::new(ChannelLine(erx)), jtx, CancellationToken::new()));
+        (etx, jrx, task)
+    }
+
+    #[tokio::test]
+    async fn a_trigger_while_paused_is_answered_with_an_error_result_and_captures_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let rig = rig(dir.path());
+        rig.sink.set_paused(true);
+        let (etx, jrx, task) = capturing_trigger(dir.path(), &rig);
         etx.send(Instant::now()).await.unwrap();
         drop(etx);
         task.await.unwrap();
@@ -540,16 +554,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rig = rig(dir.path());
         // The capture writes a file; the job stays queued (nobody inspects), so the station stays busy.
-        let cmd = vec![
-            "sh".into(),
-            "-c".into(),
-            "printf x > \"$0\"".into(),
-            "{output}".into(),
-        ];
-        let t = trigger(dir.path(), &rig, cmd, Duration::ZERO);
-        let (etx, erx) = mpsc::channel(8);
-        let (jtx, jrx) = flume::bounded(8);
-        let task = tokio::spawn(t.run(Box::new(ChannelLine(erx)), jtx, CancellationToken::new()));
+        let (etx, jrx, task) = capturing_trigger(dir.path(), &rig);
         etx.send(Instant::now()).await.unwrap();
         let job = tokio::time::timeout(Duration::from_secs(10), jrx.recv_async())
             .await

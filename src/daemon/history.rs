@@ -49,6 +49,16 @@ struct Inner {
     bytes: u64,
 }
 
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            items: VecDeque::new(),
+            next_seq: 1,
+            bytes: 0,
+        }
+    }
+}
+
 /// The store; shared between the result sink (writes) and the HTTP endpoint (reads).
 #[derive(Debug)]
 pub struct History {
@@ -71,11 +81,7 @@ impl History {
     /// Open (or create) the store in `dir`, keeping what a previous run left
     /// within `bounds`. With `results = 0` nothing is kept and `dir` is not made.
     pub fn open(dir: &Path, bounds: config::History) -> io::Result<Self> {
-        let mut inner = Inner {
-            items: VecDeque::new(),
-            next_seq: 1,
-            bytes: 0,
-        };
+        let mut inner = Inner::default();
         if bounds.results > 0 {
             std::fs::create_dir_all(dir)?;
             inner.items = scan(dir)?;
@@ -103,11 +109,7 @@ impl History {
                 results: 0,
                 ..config::History::default()
             },
-            inner: Mutex::new(Inner {
-                items: VecDeque::new(),
-                next_seq: 1,
-                bytes: 0,
-            }),
+            inner: Mutex::default(),
             events: broadcast::channel(EVENTS).0,
         }
     }

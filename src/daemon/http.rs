@@ -80,8 +80,7 @@ impl Shared {
             bank: i.bank_id().to_string(),
             object: i.bank().meta.object.clone(),
             device: i.vision().backend().name().to_string(),
-            // As the f32 prints (0.3, not 0.30000001192092896).
-            threshold: i.threshold().to_string().parse().ok(),
+            threshold: Some(crate::record::as_printed(i.threshold())),
         })
     }
 }

@@ -59,6 +59,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Broker, Config, ReloadPlan, Source};
 use crate::inspector::Inspector;
+use crate::record::as_printed;
 use job::Job;
 use notify::Notifier;
 use sink::ResultSink;
@@ -134,13 +135,6 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         daemon.shutdown().await;
         Ok(())
     })
-}
-
-/// `x` as JSON the way it prints (0.3, not 0.30000001192092896).
-fn short(x: f32) -> serde_json::Value {
-    x.to_string()
-        .parse::<f64>()
-        .map_or(serde_json::Value::Null, serde_json::Value::from)
 }
 
 /// The next command, or never when commands are off.
@@ -428,8 +422,8 @@ impl Daemon {
         serde_json::json!({
             "station": self.config.station.name,
             "paused": self.operator.paused,
-            "threshold": inspector.as_ref().map(|i| short(i.threshold())),
-            "threshold_override": self.operator.threshold.map(short),
+            "threshold": inspector.as_ref().map(|i| as_printed(i.threshold())),
+            "threshold_override": self.operator.threshold.map(as_printed),
             "model": inspector.as_ref().map(|i| i.model_id().to_string()),
             "bank": inspector.as_ref().map(|i| i.bank_id().to_string()),
             "object": inspector.as_ref().map(|i| i.bank().meta.object.clone()),
