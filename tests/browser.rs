@@ -8,22 +8,58 @@
 //! variable, the test says it was skipped (the aarch64 run under qemu has
 //! no browser: the page is the same bytes on every architecture).
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
-use crate::http::get;
-use crate::station::{fixture, Station};
+use crate::http::{get, serving};
+use crate::station::{fixture, Station, COMMANDS_ON};
 use crate::util::{free_port, optional_peer, wait_for};
 
-struct Driver(Child);
+/// chromedriver on a free port, stopped on drop.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start(program: &Path) -> Self {
+        let port = free_port();
+        let child = Command::new(program)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let driver = Self { child, port };
+        wait_for(30, "chromedriver", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        driver
+    }
+
+    /// A headless chromium session, 1280×900.
+    async fn session(&self) -> Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"]}),
+        );
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("a chromium session")
+    }
+}
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -59,41 +95,19 @@ fn the_page_shows_results_live_in_a_real_browser() {
     st.set_threshold(0.29);
     st.start();
     let port = st.http_port;
-    wait_for(60, "the HTTP endpoint", || {
-        get(port, "/api/state", "").filter(|r| r.status == 200)
-    });
+    serving(port, "");
     st.drop_file(&fixture("queries/good.png"), "good.png");
     wait_for(120, "a first result", || {
         get(port, "/api/results", "").filter(|r| r.body.contains("\"verdict\":\"pass\""))
     });
 
-    let wd_port = free_port();
-    let _driver = Driver(
-        Command::new(driver)
-            .arg(format!("--port={wd_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver"),
-    );
-    wait_for(30, "chromedriver", || {
-        std::net::TcpStream::connect(("127.0.0.1", wd_port)).ok()
-    });
+    let driver = Driver::start(&driver);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let shot = rt.block_on(async {
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"]}),
-        );
-        let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&format!("http://127.0.0.1:{wd_port}"))
-            .await
-            .expect("a chromium session");
+        let c = driver.session().await;
         c.goto(&format!("http://127.0.0.1:{port}/")).await.unwrap();
         until(&c, "return document.querySelectorAll('#strip li').length === 1 && document.body.dataset.live === '1'").await;
         assert_eq!(
@@ -169,47 +183,19 @@ fn the_page_controls_the_station_when_given_its_token() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut st = Station::new(dir.path(), None, "");
-    let token = dir.path().join("http-token");
-    std::fs::write(&token, "page-token\n").unwrap();
-    let listen = format!("listen = \"127.0.0.1:{}\"", st.http_port);
-    let config = std::fs::read_to_string(&st.config).unwrap().replace(
-        &listen,
-        &format!("{listen}\ntoken_file = \"{}\"", token.display()),
-    ) + "\n[commands]\nenabled = true\n";
+    let config = st.with_token(&std::fs::read_to_string(&st.config).unwrap(), "page-token") + COMMANDS_ON;
     std::fs::write(&st.config, config).unwrap();
     st.start();
     let port = st.http_port;
     let auth = "Authorization: Bearer page-token\r\n";
-    wait_for(60, "the HTTP endpoint", || {
-        get(port, "/api/state", auth).filter(|r| r.status == 200)
-    });
-    let wd_port = free_port();
-    let _driver = Driver(
-        Command::new(driver)
-            .arg(format!("--port={wd_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver"),
-    );
-    wait_for(30, "chromedriver", || {
-        std::net::TcpStream::connect(("127.0.0.1", wd_port)).ok()
-    });
+    serving(port, auth);
+    let driver = Driver::start(&driver);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
-        );
-        let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&format!("http://127.0.0.1:{wd_port}"))
-            .await
-            .expect("a chromium session");
+        let c = driver.session().await;
         // Without the token the page cannot even read the station.
         c.goto(&format!("http://127.0.0.1:{port}/")).await.unwrap();
         until(

@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::station::{fixture, Station, STATION};
+use crate::station::{fixture, Station, COMMANDS_ON, STATION};
 use crate::util::{require, wait_for, Mosquitto, Subscriber};
-
-const ON: &str = "\n[commands]\nenabled = true\n";
 
 /// Publish `payload` on the station's command topic (QoS 1).
 fn send(port: u16, payload: &str, login: &[&str]) {
@@ -40,6 +38,11 @@ fn reply(sub: &Subscriber, request_id: &Value) -> Value {
     })
 }
 
+/// Whether any reply was seen.
+fn replied(sub: &Subscriber) -> bool {
+    sub.messages().iter().any(|m| m.topic.ends_with("/cmd/reply"))
+}
+
 /// The `n`-th result (1-based) once it is there.
 fn result(sub: &Subscriber, n: usize) -> Value {
     wait_for(120, &format!("result {n}"), || sub.results().get(n - 1).cloned())
@@ -58,7 +61,7 @@ fn commands_set_the_threshold_pause_and_resume_survive_a_restart_and_refuse_what
     let broker = Mosquitto::start(&dir.path().join("broker"));
     let sub = Subscriber::start(&dir.path().join("sub"), broker.port, "winclip/#");
     let mut st = Station::new(dir.path(), Some(broker.port), "");
-    let config = std::fs::read_to_string(&st.config).unwrap() + ON;
+    let config = std::fs::read_to_string(&st.config).unwrap() + COMMANDS_ON;
     std::fs::write(&st.config, &config).unwrap();
     st.start();
     listening(&st, 1);
@@ -224,15 +227,12 @@ fn with_commands_off_or_from_a_client_the_acl_denies_nothing_happens() {
     );
     st.drop_file(&fixture("queries/hole.png"), "a.png");
     assert_eq!(result(&sub, 1)["verdict"], "pass", "the threshold did not move");
-    assert!(
-        !sub.messages().iter().any(|m| m.topic.ends_with("/cmd/reply")),
-        "no reply"
-    );
+    assert!(!replied(&sub), "no reply");
     assert!(!st.log().contains("command"), "{}", st.log());
     assert!(st.terminate().success());
 
     // On, but from a client the ACL only lets read: the broker drops it.
-    std::fs::write(&st.config, plain.clone() + ON).unwrap();
+    std::fs::write(&st.config, plain.clone() + COMMANDS_ON).unwrap();
     st.start();
     listening(&st, 1);
     send(
@@ -242,10 +242,7 @@ fn with_commands_off_or_from_a_client_the_acl_denies_nothing_happens() {
     );
     st.drop_file(&fixture("queries/hole.png"), "b.png");
     assert_eq!(result(&sub, 2)["verdict"], "pass", "the viewer cannot command");
-    assert!(
-        !sub.messages().iter().any(|m| m.topic.ends_with("/cmd/reply")),
-        "no reply"
-    );
+    assert!(!replied(&sub), "no reply");
     // The PLC may.
     send(
         p,

@@ -8,8 +8,8 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::station::{fixture, Station};
-use crate::util::{bin, text, wait_for, Mosquitto, Subscriber};
+use crate::station::{fixture, Station, COMMANDS_ON};
+use crate::util::{bin, retained, text, wait_for, Mosquitto, Subscriber};
 
 /// A response: status, the header block (lower-cased), the body.
 pub struct Response {
@@ -36,6 +36,26 @@ pub fn send(port: u16, request: &[u8]) -> Option<Response> {
         body: String::from_utf8_lossy(&bytes).into_owned(),
         bytes,
     })
+}
+
+/// Wait (up to 60 s) until the endpoint answers `GET /api/state` with 200.
+pub fn serving(port: u16, headers: &str) -> Response {
+    wait_for(60, "the HTTP endpoint", || {
+        get(port, "/api/state", headers).filter(|r| r.status == 200)
+    })
+}
+
+/// Every one of `paths` is answered 404 or 400, with nothing from the disk.
+fn serves_nothing_from_disk(port: u16, auth: &str, paths: &[&str]) {
+    for path in paths {
+        let r = get(port, path, auth).unwrap();
+        assert!(r.status == 404 || r.status == 400, "{path}: {}", r.status);
+        assert!(
+            !r.body.contains("root:") && !r.body.contains("[station]"),
+            "{path}: {}",
+            r.body
+        );
+    }
 }
 
 pub fn get(port: u16, path: &str, headers: &str) -> Option<Response> {
@@ -115,9 +135,7 @@ fn metrics_parse_with_prometheus_own_parser_and_count_what_the_station_did() {
     let mut st = Station::new(dir.path(), Some(broker.port), "");
     st.start();
     let port = st.http_port;
-    let state = wait_for(60, "the HTTP endpoint", || {
-        get(port, "/api/state", "").filter(|r| r.status == 200)
-    });
+    let state = serving(port, "");
     assert!(has_security_headers(&state), "{}", state.head);
     st.drop_file(&fixture("queries/good.png"), "a.png");
     st.drop_file(&fixture("queries/hole.png"), "b.png");
@@ -207,12 +225,7 @@ fn the_endpoint_refuses_strangers_paths_and_floods_and_a_busy_port_costs_only_it
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("http.token_file"), "{}", text(&o));
 
-    let token = dir.path().join("http-token");
-    std::fs::write(&token, "s3cret-token\n").unwrap();
-    let with_token = config.replace(
-        &listen,
-        &format!("{listen}\ntoken_file = \"{}\"", token.display()),
-    );
+    let with_token = st.with_token(&config, "s3cret-token");
     assert!(check(&with_token).status.success());
     st.start();
     let port = st.http_port;
@@ -251,20 +264,16 @@ fn the_endpoint_refuses_strangers_paths_and_floods_and_a_busy_port_costs_only_it
     let auth = "Authorization: Bearer s3cret-token\r\n";
     assert_eq!(get(port, "/metrics", auth).unwrap().status, 200);
 
-    for path in [
-        "/../../../../etc/passwd",
-        "/api/..%2f..%2f..%2fetc%2fpasswd",
-        "/%2e%2e/%2e%2e/etc/passwd",
-        "/api/state/../../config.toml",
-    ] {
-        let r = get(port, path, auth).unwrap();
-        assert!(r.status == 404 || r.status == 400, "{path}: {}", r.status);
-        assert!(
-            !r.body.contains("root:") && !r.body.contains("[station]"),
-            "{path}: {}",
-            r.body
-        );
-    }
+    serves_nothing_from_disk(
+        port,
+        auth,
+        &[
+            "/../../../../etc/passwd",
+            "/api/..%2f..%2f..%2fetc%2fpasswd",
+            "/%2e%2e/%2e%2e/etc/passwd",
+            "/api/state/../../config.toml",
+        ],
+    );
     let r = send(
         port,
         format!(
@@ -294,20 +303,16 @@ fn the_endpoint_refuses_strangers_paths_and_floods_and_a_busy_port_costs_only_it
     if let Some(r) = send(port, huge_body.as_bytes()) {
         assert_eq!(r.status, 413);
     }
-    for path in [
-        "/api/results/..%2f..%2fconfig.toml",
-        "/api/results/..%2F..%2F..%2Fetc%2Fpasswd/image.jpg",
-        "/api/results/%2e%2e/heatmap.jpg",
-        "/api/results/../../history/000000000001.json",
-    ] {
-        let r = get(port, path, auth).unwrap();
-        assert!(r.status == 404 || r.status == 400, "{path}: {}", r.status);
-        assert!(
-            !r.body.contains("root:") && !r.body.contains("[station]"),
-            "{path}: {}",
-            r.body
-        );
-    }
+    serves_nothing_from_disk(
+        port,
+        auth,
+        &[
+            "/api/results/..%2f..%2fconfig.toml",
+            "/api/results/..%2F..%2F..%2Fetc%2Fpasswd/image.jpg",
+            "/api/results/%2e%2e/heatmap.jpg",
+            "/api/results/../../history/000000000001.json",
+        ],
+    );
     // The page's event stream and pictures take the token in the query.
     assert_eq!(
         get(port, "/api/results?token=s3cret-token", "").unwrap().status,
@@ -413,9 +418,7 @@ fn the_page_and_the_results_api_show_what_the_station_kept_live_and_after_a_rest
     st.set_threshold(0.29);
     st.start();
     let port = st.http_port;
-    wait_for(60, "the HTTP endpoint", || {
-        get(port, "/api/state", "").filter(|r| r.status == 200)
-    });
+    serving(port, "");
 
     let page = get(port, "/", "").unwrap();
     assert_eq!(page.status, 200);
@@ -538,32 +541,6 @@ fn the_page_and_the_results_api_show_what_the_station_kept_live_and_after_a_rest
     assert!(st.terminate().success());
 }
 
-/// Retained messages on `topic` now (a fresh client, `--retained-only`).
-fn retained(port: u16, topic: &str) -> Vec<(String, Vec<u8>)> {
-    let o = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            topic,
-            "--retained-only",
-            "-W",
-            "2",
-        ])
-        .args(["-F", "%t %x"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (t, x) = l.split_once(' ').unwrap_or((l, ""));
-            Some((t.to_string(), hex::decode(x).ok()?))
-        })
-        .collect()
-}
-
 /// Check each discovery configuration against what Home Assistant documents
 /// (tests/fixtures/homeassistant/discovery.schema.json), with jsonschema.
 fn validate_discovery(configs: &[(String, serde_json::Value)]) {
@@ -626,7 +603,7 @@ fn home_assistant_discovery_validates_follows_the_station_and_is_removed_when_tu
     });
     let configs: Vec<(String, serde_json::Value)> = configs
         .into_iter()
-        .map(|(t, p)| (t, serde_json::from_slice(&p).unwrap()))
+        .map(|m| (m.topic, serde_json::from_slice(&m.payload).unwrap()))
         .collect();
     validate_discovery(&configs);
     let by_object = |object: &str| {
@@ -654,17 +631,20 @@ fn home_assistant_discovery_validates_follows_the_station_and_is_removed_when_tu
     let latest = wait_for(120, "the retained latest result", || {
         retained(broker.port, defect["state_topic"].as_str().unwrap()).pop()
     });
-    let latest: serde_json::Value = serde_json::from_slice(&latest.1).unwrap();
+    let latest: serde_json::Value = serde_json::from_slice(&latest.payload).unwrap();
     assert_eq!(latest["verdict"], "fail");
     assert!(latest["score"].as_f64().unwrap() > latest["threshold"].as_f64().unwrap());
     let heatmap = retained(broker.port, &image_topic)
         .pop()
         .expect("a retained heatmap");
-    assert!(heatmap.1.starts_with(&[0xFF, 0xD8]));
+    assert!(heatmap.payload.starts_with(&[0xFF, 0xD8]));
     let status = retained(broker.port, defect["availability_topic"].as_str().unwrap())
         .pop()
         .unwrap();
-    assert_eq!(status.1, defect["payload_available"].as_str().unwrap().as_bytes());
+    assert_eq!(
+        status.payload,
+        defect["payload_available"].as_str().unwrap().as_bytes()
+    );
 
     // Off, live: the entities (and the retained state they read) are removed.
     let log = st.reload(&plain);
@@ -701,9 +681,7 @@ fn a_real_prometheus_server_scrapes_the_station() {
     st.set_threshold(0.29);
     st.start();
     let port = st.http_port;
-    wait_for(60, "the HTTP endpoint", || {
-        get(port, "/api/state", "").filter(|r| r.status == 200)
-    });
+    serving(port, "");
     st.drop_file(&fixture("queries/good.png"), "good.png");
     st.drop_file(&fixture("queries/hole.png"), "hole.png");
     wait_for(120, "two results", || {
@@ -769,14 +747,8 @@ fn control_from_http_needs_commands_on_and_a_token_and_goes_the_command_path() {
     let dir = tempfile::tempdir().unwrap();
     let mut st = Station::new(dir.path(), None, "");
     let plain = std::fs::read_to_string(&st.config).unwrap();
-    let token = dir.path().join("http-token");
-    std::fs::write(&token, "ctl-token\n").unwrap();
-    let listen = format!("listen = \"127.0.0.1:{}\"", st.http_port);
-    let with_token = plain.replace(
-        &listen,
-        &format!("{listen}\ntoken_file = \"{}\"", token.display()),
-    );
-    let on = "\n[commands]\nenabled = true\n";
+    let with_token = st.with_token(&plain, "ctl-token");
+    let on = COMMANDS_ON;
     let port = st.http_port;
     let auth = "Authorization: Bearer ctl-token\r\n";
     let post = |headers: &str, body: &str| {
@@ -790,18 +762,12 @@ fn control_from_http_needs_commands_on_and_a_token_and_goes_the_command_path() {
         )
         .unwrap()
     };
-    let up = |st: &Station| {
-        wait_for(60, "the HTTP endpoint", || {
-            get(port, "/api/stats", auth).filter(|r| r.status == 200)
-        });
-        let _ = st;
-    };
     let threshold = r#"{"command": "threshold", "value": 0.29, "request_id": "h1"}"#;
 
     // A token but commands off: refused, saying why.
     std::fs::write(&st.config, &with_token).unwrap();
     st.start();
-    up(&st);
+    serving(port, auth);
     let r = post(auth, threshold);
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("commands are off"), "{}", r.body);
@@ -810,7 +776,7 @@ fn control_from_http_needs_commands_on_and_a_token_and_goes_the_command_path() {
     // Commands on but no token (loopback, readable by anyone here): no control.
     std::fs::write(&st.config, plain.clone() + on).unwrap();
     st.start();
-    up(&st);
+    serving(port, auth);
     let r = post("", threshold);
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("needs a token"), "{}", r.body);
@@ -820,7 +786,7 @@ fn control_from_http_needs_commands_on_and_a_token_and_goes_the_command_path() {
     // Both: authenticated commands are carried out, others refused.
     std::fs::write(&st.config, with_token + on).unwrap();
     st.start();
-    up(&st);
+    serving(port, auth);
     assert_eq!(post("", threshold).status, 401);
     assert_eq!(post("Authorization: Bearer nope\r\n", threshold).status, 401);
     let r = post(auth, threshold);

@@ -22,6 +22,9 @@ pub struct Station {
     pub http_port: u16,
 }
 
+/// Appended to a station's configuration: commands on (MQTT, and HTTP with a token).
+pub const COMMANDS_ON: &str = "\n[commands]\nenabled = true\n";
+
 pub fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures/winclip").join(name)
 }
@@ -118,6 +121,16 @@ path = "{incoming}"
             .to_string();
         let config = config.replacen(&line, &format!("{line}\nthreshold = {threshold}"), 1);
         std::fs::write(&self.config, config).unwrap();
+    }
+
+    /// `config` (this station's text) with `[http]` requiring `token`, which
+    /// is written to a file in the station's directory.
+    pub fn with_token(&self, config: &str, token: &str) -> String {
+        let file = self.dir.join("http-token");
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        let listen = format!("listen = \"127.0.0.1:{}\"", self.http_port);
+        assert!(config.contains(&listen), "{config}");
+        config.replace(&listen, &format!("{listen}\ntoken_file = \"{}\"", file.display()))
     }
 
     pub fn start(&mut self) {

@@ -139,6 +139,26 @@ pub fn optional_peer(program: &str, var: &str, install: &str) -> Option<PathBuf>
     }
 }
 
+/// A mosquitto password file in `dir` for `users` (name, password).
+fn password_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
+    let pw = dir.join("passwords");
+    for (i, (user, password)) in users.iter().enumerate() {
+        let create: &[&str] = if i == 0 { &["-b", "-c"] } else { &["-b"] };
+        let o = Command::new(require("mosquitto_passwd"))
+            .args(create)
+            .arg(&pw)
+            .args([user, password])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "mosquitto_passwd: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    pw
+}
+
 /// A real mosquitto broker on a private port, with persistence so a restart
 /// keeps the subscriber's session. Killed on drop.
 pub struct Mosquitto {
@@ -216,18 +236,7 @@ impl Mosquitto {
             "-copy_extensions",
             "copy",
         ]);
-        let pw = dir.join("passwords");
-        let o = Command::new(require("mosquitto_passwd"))
-            .args(["-b", "-c"])
-            .arg(&pw)
-            .args([user, password])
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "mosquitto_passwd: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let pw = password_file(dir, &[(user, password)]);
         let extra = format!(
             "cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\npassword_file {1}\n",
             dir.display(),
@@ -247,24 +256,7 @@ impl Mosquitto {
     /// allowed what `acl` (mosquitto's acl_file syntax) says.
     pub fn start_with_acl(dir: &Path, users: &[(&str, &str)], acl: &str) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let pw = dir.join("passwords");
-        for (i, (user, password)) in users.iter().enumerate() {
-            let o = Command::new(require("mosquitto_passwd"))
-                .args(if i == 0 {
-                    ["-b", "-c"].as_slice()
-                } else {
-                    ["-b"].as_slice()
-                })
-                .arg(&pw)
-                .args([user, password])
-                .output()
-                .unwrap();
-            assert!(
-                o.status.success(),
-                "mosquitto_passwd: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
+        let pw = password_file(dir, users);
         std::fs::write(dir.join("acl"), acl).unwrap();
         let extra = format!(
             "password_file {}\nacl_file {}\n",
@@ -375,6 +367,33 @@ impl Message {
     }
 }
 
+/// What `mosquitto_sub -F "%r %t %x"` printed: retain flag, topic, hex payload.
+fn parse_messages(text: &str) -> Vec<Message> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ' ');
+            let retained = parts.next()? == "1";
+            let topic = parts.next()?.to_string();
+            let payload = hex::decode(parts.next().unwrap_or("")).ok()?;
+            Some(Message {
+                topic,
+                retained,
+                payload,
+            })
+        })
+        .collect()
+}
+
+/// The messages retained on `topic` now (a fresh client, `--retained-only`).
+pub fn retained(port: u16, topic: &str) -> Vec<Message> {
+    let o = Command::new(require("mosquitto_sub"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic])
+        .args(["--retained-only", "-W", "2", "-F", "%r %t %x"])
+        .output()
+        .unwrap();
+    parse_messages(&String::from_utf8_lossy(&o.stdout))
+}
+
 /// Client ids must be unique: two clients with one id keep kicking each other off.
 static SUBSCRIBERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -449,20 +468,7 @@ impl Subscriber {
     }
 
     pub fn messages(&self) -> Vec<Message> {
-        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| {
-                let mut parts = l.splitn(3, ' ');
-                let retained = parts.next()? == "1";
-                let topic = parts.next()?.to_string();
-                let payload = hex::decode(parts.next().unwrap_or("")).ok()?;
-                Some(Message {
-                    topic,
-                    retained,
-                    payload,
-                })
-            })
-            .collect()
+        parse_messages(&std::fs::read_to_string(&self.out).unwrap_or_default())
     }
 
     /// Results (parsed JSON) received so far.
