@@ -73,15 +73,7 @@ pub struct Shared {
 
 impl Shared {
     fn model(&self) -> Option<ModelInfo> {
-        let settings = self.settings.borrow();
-        let i = settings.inspector.as_ref()?;
-        Some(ModelInfo {
-            model: i.model_id().to_string(),
-            bank: i.bank_id().to_string(),
-            object: i.bank().meta.object.clone(),
-            device: i.vision().backend().name().to_string(),
-            threshold: Some(crate::record::as_printed(i.threshold())),
-        })
+        self.settings.borrow().inspector.as_deref().map(ModelInfo::of)
     }
 }
 

@@ -30,6 +30,19 @@ pub struct ModelInfo {
     pub threshold: Option<f64>,
 }
 
+impl ModelInfo {
+    /// What `inspector` runs.
+    pub fn of(inspector: &crate::inspector::Inspector) -> Self {
+        Self {
+            model: inspector.model_id().to_string(),
+            bank: inspector.bank_id().to_string(),
+            object: inspector.bank().meta.object.clone(),
+            device: inspector.vision().backend().name().to_string(),
+            threshold: Some(crate::record::as_printed(inspector.threshold())),
+        }
+    }
+}
+
 /// The content type of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

@@ -418,15 +418,15 @@ impl Daemon {
 
     /// The station's state: what `…/state` and command replies carry.
     pub fn state(&self) -> serde_json::Value {
-        let inspector = self.inspector();
+        let m = self.inspector().as_deref().map(metrics::ModelInfo::of);
         serde_json::json!({
             "station": self.config.station.name,
             "paused": self.operator.paused,
-            "threshold": inspector.as_ref().map(|i| as_printed(i.threshold())),
+            "threshold": m.as_ref().and_then(|m| m.threshold),
             "threshold_override": self.operator.threshold.map(as_printed),
-            "model": inspector.as_ref().map(|i| i.model_id().to_string()),
-            "bank": inspector.as_ref().map(|i| i.bank_id().to_string()),
-            "object": inspector.as_ref().map(|i| i.bank().meta.object.clone()),
+            "model": m.as_ref().map(|m| &m.model),
+            "bank": m.as_ref().map(|m| &m.bank),
+            "object": m.as_ref().map(|m| &m.object),
             "commands_enabled": self.config.commands.enabled,
             "version": env!("CARGO_PKG_VERSION"),
         })
