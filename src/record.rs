@@ -114,6 +114,8 @@ pub struct Record {
     pub error: Option<String>,
     /// The object the bank judges ("bottle").
     pub object: Option<String>,
+    /// The recipe inspected with (daemon: `[model]`'s or a `[[recipe]]`).
+    pub recipe: Option<String>,
     /// Model pack id.
     pub model: Option<String>,
     /// Bank id.
@@ -150,6 +152,8 @@ pub struct Record {
 pub struct Identity {
     /// The bank's object.
     pub object: Option<String>,
+    /// The recipe (daemon).
+    pub recipe: Option<String>,
     /// Model pack id.
     pub model: Option<String>,
     /// Bank id.
@@ -163,6 +167,7 @@ impl Identity {
     pub fn of(inspector: &Inspector) -> Self {
         Self {
             object: Some(inspector.bank().meta.object.clone()),
+            recipe: None,
             model: Some(inspector.model_id().to_string()),
             bank: Some(inspector.bank_id().to_string()),
             shots: Some(inspector.bank().meta.shots),
@@ -187,6 +192,7 @@ impl Record {
             verdict,
             error: None,
             object: identity.object.clone(),
+            recipe: identity.recipe.clone(),
             model: identity.model.clone(),
             bank: identity.bank.clone(),
             shots: identity.shots,
@@ -333,6 +339,7 @@ mod tests {
     fn an_error_record_has_every_field_of_the_schema_and_what_is_known() {
         let id = Identity {
             object: Some("bottle".into()),
+            recipe: Some("bottle-a".into()),
             model: Some("m".into()),
             bank: Some("b".into()),
             shots: Some(2),
@@ -341,6 +348,7 @@ mod tests {
         assert_eq!(v["schema"], SCHEMA);
         assert_eq!(v["verdict"], "error");
         assert_eq!(v["model"], "m");
+        assert_eq!(v["recipe"], "bottle-a");
         for key in [
             "id",
             "station",

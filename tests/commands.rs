@@ -254,3 +254,130 @@ fn with_commands_off_or_from_a_client_the_acl_denies_nothing_happens() {
     assert_eq!(result(&sub, 3)["verdict"], "fail");
     assert!(st.terminate().success());
 }
+
+/// Issue #17 part 1: recipes. Two recipes on one model (the same bank, one
+/// stricter): switched by command, refused when unknown, switched by a
+/// script through `<state_dir>/active-recipe`, kept across a restart; every
+/// result names its recipe, and the verdicts follow.
+#[test]
+fn recipes_switch_by_command_and_by_file_survive_a_restart_and_every_result_names_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let sub = Subscriber::start(&dir.path().join("sub"), broker.port, "winclip/#");
+    let mut st = Station::new(dir.path(), Some(broker.port), "");
+    let bank = crate::station::make_bank();
+    let config = std::fs::read_to_string(&st.config).unwrap()
+        + COMMANDS_ON
+        + &format!(
+            "[[recipe]]\nname = \"strict\"\nbank = \"{}\"\nthreshold = 0.29\n",
+            bank.display()
+        );
+    std::fs::write(&st.config, &config).unwrap();
+    st.start();
+    listening(&st, 1);
+    let p = broker.port;
+
+    // [model]'s bank is the recipe "default": 0.3 passes the defect.
+    st.drop_file(&fixture("queries/hole.png"), "hole1.png");
+    let r1 = result(&sub, 1);
+    assert_eq!(
+        (r1["verdict"].clone(), r1["recipe"].clone()),
+        (json!("pass"), json!("default"))
+    );
+
+    send(
+        p,
+        r#"{"command": "recipe", "name": "strict", "request_id": "r1"}"#,
+        &[],
+    );
+    let r = reply(&sub, &json!("r1"));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["state"]["active_recipes"], json!({"cam": "strict"}));
+    assert_eq!(r["state"]["recipes"]["strict"]["threshold"], 0.29);
+    st.drop_file(&fixture("queries/hole.png"), "hole2.png");
+    let r2 = result(&sub, 2);
+    assert_eq!(
+        (
+            r2["verdict"].clone(),
+            r2["recipe"].clone(),
+            r2["threshold"].clone()
+        ),
+        (json!("fail"), json!("strict"), json!(0.29))
+    );
+    assert_eq!(r2["bank"], r1["bank"], "the same bank file: the same bank id");
+
+    // An unknown recipe or source: refused with the reason, the active one stays.
+    for (cmd, id, needle) in [
+        (
+            r#"{"command": "recipe", "name": "nope", "request_id": "u1"}"#,
+            "u1",
+            "\"nope\"",
+        ),
+        (
+            r#"{"command": "recipe", "name": "default", "source": "cam9", "request_id": "u2"}"#,
+            "u2",
+            "no source \"cam9\"",
+        ),
+    ] {
+        send(p, cmd, &[]);
+        let r = reply(&sub, &json!(id));
+        assert_eq!(r["ok"], false, "{r}");
+        assert!(r["error"].as_str().unwrap().contains(needle), "{r}");
+        assert_eq!(r["state"]["active_recipes"]["cam"], "strict", "{r}");
+    }
+    let file = dir.path().join("state/active-recipe");
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .contains("cam = \"strict\""),
+        "the switch is kept on disk"
+    );
+
+    // A script writes the file: the station follows within a few seconds.
+    std::fs::write(&file, "default\n").unwrap();
+    wait_for(30, "the switch from the file", || {
+        st.log()
+            .contains("recipes from the active-recipe file: cam: default")
+            .then_some(())
+    });
+    st.drop_file(&fixture("queries/hole.png"), "hole3.png");
+    assert_eq!(result(&sub, 3)["recipe"], "default");
+    // A file naming no recipe is refused loudly; the recipe stays.
+    std::fs::write(&file, "cam = \"gone\"\n").unwrap();
+    wait_for(30, "the refusal", || {
+        st.log().contains("the recipes stay as they are").then_some(())
+    });
+
+    // Kept across a restart: the command's choice, not the configured default.
+    send(
+        p,
+        r#"{"command": "recipe", "name": "strict", "request_id": "r2"}"#,
+        &[],
+    );
+    assert_eq!(reply(&sub, &json!("r2"))["ok"], true);
+    assert!(st.terminate().success());
+    st.start();
+    listening(&st, 2);
+    st.drop_file(&fixture("queries/hole.png"), "hole4.png");
+    let r4 = result(&sub, 4);
+    assert_eq!(
+        (r4["verdict"].clone(), r4["recipe"].clone()),
+        (json!("fail"), json!("strict"))
+    );
+
+    // Thresholds by recipe: "strict" is active, so a bare threshold command moves it.
+    send(
+        p,
+        r#"{"command": "threshold", "value": 0.31, "request_id": "t1"}"#,
+        &[],
+    );
+    let r = reply(&sub, &json!("t1"));
+    assert_eq!(r["state"]["recipes"]["strict"]["threshold"], 0.31, "{r}");
+    assert_eq!(r["state"]["recipes"]["default"]["threshold"], 0.3, "{r}");
+    // A reload that removes the active recipe is refused; the station runs on.
+    let log = st.reload(&config.replace("name = \"strict\"", "name = \"other\""));
+    assert!(log.contains("recipe \"strict\""), "{log}");
+    st.drop_file(&fixture("queries/hole.png"), "hole5.png");
+    assert_eq!(result(&sub, 5)["recipe"], "strict");
+    assert!(st.terminate().success());
+}

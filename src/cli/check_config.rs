@@ -198,13 +198,40 @@ pub(crate) fn run(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
                 _ => println!("device        {backend}"),
             }
             println!(
-                "bank          {} (id {}, {:?}, {} shots, threshold {})",
+                "bank          {} (id {}, {:?}, {} shots, threshold {}; recipe {})",
                 c.model.bank.display(),
                 i.bank_id(),
                 i.bank().meta.object,
                 i.bank().meta.shots,
-                i.threshold()
+                i.threshold(),
+                c.model.recipe
             );
+            // Every [[recipe]]'s bank, checked against the loaded model as the daemon does.
+            match crate::daemon::engine::recipes(loaded.inspector.clone(), &c) {
+                Ok(set) => {
+                    for r in &c.recipes {
+                        if let Some(i) = set.get(&r.name) {
+                            println!(
+                                "recipe        {}: bank {} (id {}, {:?}, {} shots, threshold {}{})",
+                                r.name,
+                                r.bank.display(),
+                                i.bank_id(),
+                                i.bank().meta.object,
+                                i.bank().meta.shots,
+                                i.threshold(),
+                                if r.early_exit { ", early exit" } else { "" }
+                            );
+                        }
+                    }
+                    for s in &c.sources {
+                        println!("source recipe {}: {}", s.name(), c.default_recipe(s.name()));
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ok = false;
+                }
+            }
         }
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -10,6 +10,7 @@
 mod raw;
 pub mod reload;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use raw::{
     RawAfter, RawCommands, RawConfig, RawHeatmap, RawHistory, RawHttp, RawModel, RawMqtt, RawOutbox,
-    RawSource, RawSourceType, RawStation,
+    RawRecipe, RawSource, RawSourceType, RawStation,
 };
 pub use reload::{Applies, Change, EngineChange, ReloadPlan};
 
@@ -115,9 +116,32 @@ pub struct Config {
     pub history: History,
     /// Commands over MQTT.
     pub commands: Commands,
+    /// The recipes beyond `[model]`'s own (`[[recipe]]`).
+    pub recipes: Vec<Recipe>,
+    /// The recipe each source starts with, where it names one (`recipe` of
+    /// a `[[source]]`; the others start with `model.recipe`).
+    pub source_recipes: BTreeMap<String, String>,
     /// Image sources.
     pub sources: Vec<Source>,
 }
+
+/// A recipe: a named bank with its own threshold and early-exit setting, on
+/// the station's one model (`[[recipe]]`; `[model]`'s bank is the recipe
+/// named `model.recipe`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recipe {
+    /// What commands, the active-recipe file and results call it.
+    pub name: String,
+    /// Bank file (made with the station's model pack).
+    pub bank: PathBuf,
+    /// Threshold override.
+    pub threshold: Option<f32>,
+    /// Early-exit cascade.
+    pub early_exit: bool,
+}
+
+/// The recipe name `[model]`'s bank has unless `model.recipe` says otherwise.
+pub const DEFAULT_RECIPE: &str = "default";
 
 /// Station identity and resources.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -141,6 +165,8 @@ pub struct Model {
     pub pack: PathBuf,
     /// Bank file.
     pub bank: PathBuf,
+    /// The name of the recipe this bank is.
+    pub recipe: String,
     /// Threshold override.
     pub threshold: Option<f32>,
     /// Early-exit cascade: pass clearly good parts from the full-image pass.
@@ -160,6 +186,7 @@ impl Model {
         Self {
             pack,
             bank,
+            recipe: DEFAULT_RECIPE.into(),
             threshold: None,
             early_exit: false,
             precision: crate::model::Precision::default(),
@@ -509,7 +536,42 @@ impl Config {
             http: Http::default(),
             history: History::default(),
             commands: Commands::default(),
+            recipes: Vec::new(),
+            source_recipes: BTreeMap::new(),
             sources,
+        }
+    }
+
+    /// Every recipe's name, `[model]`'s first.
+    pub fn recipe_names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.model.recipe.as_str()).chain(self.recipes.iter().map(|r| r.name.as_str()))
+    }
+
+    /// The recipe `source` starts with (and returns to when a command clears its choice).
+    pub fn default_recipe(&self, source: &str) -> &str {
+        self.source_recipes
+            .get(source)
+            .map_or(self.model.recipe.as_str(), String::as_str)
+    }
+
+    /// The threshold override of recipe `name` (`None` also for an unknown name).
+    pub fn recipe_threshold(&self, name: &str) -> Option<f32> {
+        if name == self.model.recipe {
+            self.model.threshold
+        } else {
+            self.recipes
+                .iter()
+                .find(|r| r.name == name)
+                .and_then(|r| r.threshold)
+        }
+    }
+
+    /// Set the threshold override of recipe `name` (nothing for an unknown name).
+    pub fn set_recipe_threshold(&mut self, name: &str, threshold: Option<f32>) {
+        if name == self.model.recipe {
+            self.model.threshold = threshold;
+        } else if let Some(r) = self.recipes.iter_mut().find(|r| r.name == name) {
+            r.threshold = threshold;
         }
     }
 
@@ -643,6 +705,28 @@ fn check(raw: RawConfig, base: &Path, r: &mut Report) -> Config {
     let commands = Commands {
         enabled: raw.commands.enabled.unwrap_or(false),
     };
+    let recipes = check_recipes(raw.recipes, &model, base, r);
+    let source_recipes: BTreeMap<String, String> = raw
+        .sources
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let name = s.name.clone().unwrap_or_else(|| default_source_name(s, i));
+            Some((name, s.recipe.clone()?))
+        })
+        .collect();
+    for (source, recipe) in &source_recipes {
+        if recipe != &model.recipe && !recipes.iter().any(|x| &x.name == recipe) {
+            r.problem(format!(
+                "source {source}: recipe = {recipe:?} is not a recipe here (model.recipe {:?}{})",
+                model.recipe,
+                recipes
+                    .iter()
+                    .map(|x| format!(", {:?}", x.name))
+                    .collect::<String>()
+            ));
+        }
+    }
     let sources = check_sources(raw.sources, base, &station.state_dir, r);
     Config {
         station,
@@ -653,8 +737,46 @@ fn check(raw: RawConfig, base: &Path, r: &mut Report) -> Config {
         http,
         history,
         commands,
+        recipes,
+        source_recipes,
         sources,
     }
+}
+
+/// A `[[recipe]]` needs a name (unique, with `model.recipe`) and a bank.
+fn check_recipes(raw: Vec<RawRecipe>, model: &Model, base: &Path, r: &mut Report) -> Vec<Recipe> {
+    let mut recipes: Vec<Recipe> = Vec::new();
+    for (i, x) in raw.into_iter().enumerate() {
+        let key = format!("recipe[{i}]");
+        let Some(name) = x.name else {
+            r.problem(format!("{key}.name is missing: the name commands switch to"));
+            continue;
+        };
+        if !valid_name(&name) || name.len() > 64 {
+            r.problem(format!(
+                "{key}.name = {name:?}: 1 to 64 letters, digits, '-', '_' or '.'"
+            ));
+        }
+        if name == model.recipe || recipes.iter().any(|o| o.name == name) {
+            r.problem(format!(
+                "two recipes are named {name:?} (model.recipe names [model]'s bank)"
+            ));
+        }
+        let Some(bank) = x.bank else {
+            r.problem(format!("{key}.bank is missing: the bank file of recipe {name:?}"));
+            continue;
+        };
+        if x.threshold.is_some_and(|t| !t.is_finite()) {
+            r.problem(format!("{key}.threshold must be a finite number"));
+        }
+        recipes.push(Recipe {
+            name,
+            bank: resolve(base, bank),
+            threshold: x.threshold,
+            early_exit: x.early_exit.unwrap_or(false),
+        });
+    }
+    recipes
 }
 
 fn check_history(h: RawHistory, r: &mut Report) -> History {
@@ -713,9 +835,16 @@ fn check_model(m: Option<RawModel>, base: &Path, r: &mut Report) -> Model {
     }
     let budget_mb = m.memory_budget_mb.unwrap_or(DEFAULT_MEMORY_BUDGET_MB);
     r.range("model.memory_budget_mb", budget_mb, 64, 1 << 20);
+    let recipe = m.recipe.unwrap_or_else(|| DEFAULT_RECIPE.into());
+    if !valid_name(&recipe) || recipe.len() > 64 {
+        r.problem(format!(
+            "model.recipe = {recipe:?}: 1 to 64 letters, digits, '-', '_' or '.'"
+        ));
+    }
     Model {
         pack: resolve(base, m.pack),
         bank: resolve(base, m.bank),
+        recipe,
         threshold: m.threshold,
         early_exit: m.early_exit.unwrap_or(false),
         precision: m.precision.unwrap_or_default(),
@@ -1051,6 +1180,14 @@ fn check_sources(raw: Vec<RawSource>, base: &Path, state_dir: &Path, r: &mut Rep
     sources
 }
 
+/// The name of the `i`-th source when it has none: `dir<i>` or `gpio<i>`.
+fn default_source_name(s: &RawSource, i: usize) -> String {
+    match s.kind {
+        Some(RawSourceType::Gpio) => format!("gpio{i}"),
+        _ => format!("dir{i}"),
+    }
+}
+
 fn check_directory(s: RawSource, key: &str, i: usize, base: &Path, r: &mut Report) -> Option<Source> {
     let Some(path) = s.path else {
         r.problem(format!(
@@ -1183,6 +1320,7 @@ impl From<&Config> for RawConfig {
             model: Some(RawModel {
                 pack: c.model.pack.clone(),
                 bank: c.model.bank.clone(),
+                recipe: Some(c.model.recipe.clone()),
                 threshold: c.model.threshold,
                 early_exit: Some(c.model.early_exit),
                 precision: Some(c.model.precision),
@@ -1243,7 +1381,24 @@ impl From<&Config> for RawConfig {
                 max_mb: Some(c.history.max_bytes >> 20),
                 pictures: Some(c.history.pictures),
             },
-            sources: c.sources.iter().map(RawSource::from).collect(),
+            recipes: c
+                .recipes
+                .iter()
+                .map(|x| RawRecipe {
+                    name: Some(x.name.clone()),
+                    bank: Some(x.bank.clone()),
+                    threshold: x.threshold,
+                    early_exit: Some(x.early_exit),
+                })
+                .collect(),
+            sources: c
+                .sources
+                .iter()
+                .map(|s| RawSource {
+                    recipe: c.source_recipes.get(s.name()).cloned(),
+                    ..RawSource::from(s)
+                })
+                .collect(),
         }
     }
 }
@@ -1358,6 +1513,36 @@ path = "/srv/drop"
                 assert_eq!(failed_dir, &PathBuf::from("/srv/drop/failed"));
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// Issue #17: recipes beside `[model]`'s bank, each source starting with one.
+    #[test]
+    fn recipes_are_named_uniquely_have_banks_and_sources_name_existing_ones() {
+        let text = MINIMAL.replace("path = \"/srv/drop\"", "path = \"/srv/drop\"\nrecipe = \"b\"")
+            + "[[recipe]]\nname = \"b\"\nbank = \"b.bank\"\nthreshold = 0.4\n";
+        let c = parse_str(&text).unwrap();
+        assert_eq!(c.model.recipe, DEFAULT_RECIPE);
+        assert_eq!(c.recipe_names().collect::<Vec<_>>(), ["default", "b"]);
+        assert_eq!(c.recipes[0].bank, Path::new("/etc/winclip-edge/b.bank"));
+        assert_eq!(c.default_recipe("dir0"), "b");
+        assert_eq!(c.default_recipe("other"), "default");
+        assert_eq!(c.recipe_threshold("b"), Some(0.4));
+        let plain = parse_str(MINIMAL).unwrap();
+        assert_eq!(plain.default_recipe("dir0"), "default");
+
+        let err = parse_str(
+            &(text.replace("recipe = \"b\"", "recipe = \"c\"")
+                + "[[recipe]]\nname = \"default\"\nbank = \"x\"\n[[recipe]]\nname = \"no bank\"\n"),
+        )
+        .unwrap_err();
+        for want in [
+            "recipe = \"c\" is not a recipe here",
+            "two recipes are named \"default\"",
+            "recipe[2].name = \"no bank\"",
+            "recipe[2].bank is missing",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in {err}");
         }
     }
 
@@ -1580,6 +1765,15 @@ path = "/srv/drop"
             client_auth: Some((odd.join("c.pem"), odd.join("c.key"))),
         });
         c.heatmap.side = 99;
+        c.model.recipe = "bottle-a".into();
+        c.recipes.push(Recipe {
+            name: "bottle-b".into(),
+            bank: odd.join("b.bank"),
+            threshold: Some(0.4),
+            early_exit: true,
+        });
+        let first = c.sources[0].name().to_string();
+        c.source_recipes.insert(first, "bottle-b".into());
         let text = c.to_toml().unwrap();
         let back = parse_checked(&text).unwrap();
         assert_eq!(back.config, c, "{text}");

@@ -26,8 +26,22 @@ pub(super) struct RawConfig {
     pub history: RawHistory,
     #[serde(default)]
     pub commands: RawCommands,
+    #[serde(default, rename = "recipe", skip_serializing_if = "Vec::is_empty")]
+    pub recipes: Vec<RawRecipe>,
     #[serde(default, rename = "source")]
     pub sources: Vec<RawSource>,
+}
+
+/// One `[[recipe]]`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRecipe {
+    pub name: Option<String>,
+    pub bank: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub early_exit: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -52,6 +66,8 @@ pub(super) struct RawStation {
 pub(super) struct RawModel {
     pub pack: PathBuf,
     pub bank: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -196,6 +212,8 @@ pub(super) struct RawSource {
     pub kind: Option<RawSourceType>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<String>,
     // directory
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,

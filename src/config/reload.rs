@@ -48,6 +48,9 @@ pub enum Change {
     EarlyExit,
     /// `model.memory_budget_mb`.
     MemoryBudget,
+    /// `[[recipe]]`, `model.recipe` or a source's `recipe`: every recipe's
+    /// bank is read again for the loaded model.
+    Recipes,
     /// How the MQTT connection is made (broker address, credentials, TLS,
     /// client id, keep-alive, packet size, reconnect delays): reconnects.
     MqttConnection,
@@ -107,6 +110,7 @@ impl std::fmt::Display for Change {
             Change::Threshold => f.write_str("model.threshold"),
             Change::EarlyExit => f.write_str("model.early_exit"),
             Change::MemoryBudget => f.write_str("model.memory_budget_mb"),
+            Change::Recipes => f.write_str("the recipes ([[recipe]], model.recipe, source recipes)"),
             Change::MqttConnection => f.write_str("the MQTT connection"),
             Change::MqttPrefix => f.write_str("mqtt.prefix"),
             Change::StatsInterval => f.write_str("mqtt.stats_interval_secs"),
@@ -181,6 +185,10 @@ impl ReloadPlan {
         note(om.bank != nm.bank, Change::Bank);
         note(om.threshold != nm.threshold, Change::Threshold);
         note(om.early_exit != nm.early_exit, Change::EarlyExit);
+        note(
+            om.recipe != nm.recipe || old.recipes != new.recipes || old.source_recipes != new.source_recipes,
+            Change::Recipes,
+        );
         note(om.memory_budget != nm.memory_budget, Change::MemoryBudget);
 
         // What runs: the new file, with the restart-only settings as they run.
@@ -256,6 +264,12 @@ impl ReloadPlan {
             })
             .max()
             .unwrap_or(EngineChange::None)
+    }
+
+    /// Whether the recipe set must be made again: the recipes changed, or the
+    /// inspector they share their model with.
+    pub fn touches_recipes(&self) -> bool {
+        self.engine() != EngineChange::None || self.changes.contains(&Change::Recipes)
     }
 
     /// Whether a source must be stopped or started.
@@ -344,6 +358,20 @@ path = "/srv/drop"
         assert_eq!(p.engine(), EngineChange::Model);
         let p = plan(|s| s.replace("[model]", "[model]\ndevice = \"auto\""));
         assert_eq!(p.engine(), EngineChange::Model);
+    }
+
+    #[test]
+    fn a_recipe_change_rebuilds_the_recipes_and_keeps_the_model() {
+        let p = plan(|s| format!("{s}[[recipe]]\nname = \"b\"\nbank = \"b.bank\"\n"));
+        assert_eq!(p.changes, vec![Change::Recipes]);
+        assert_eq!(p.engine(), EngineChange::None);
+        assert!(p.touches_recipes() && !p.touches_sources());
+        assert!(p.live().count() == 1);
+        assert!(!plan(str::to_string).touches_recipes());
+        assert!(
+            plan(|s| s.replace("a.bank", "b.bank")).touches_recipes(),
+            "[model]'s bank is a recipe"
+        );
     }
 
     #[test]

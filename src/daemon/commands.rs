@@ -6,7 +6,8 @@
 //! "request_id": "plc-42"}`. The `request_id` (any JSON value) comes back in
 //! the reply, so a client matches answers to questions (MQTT 3.1.1 has no
 //! correlation data). Anything that cannot be read as one of the commands
-//! below gets an error reply and changes nothing.
+//! below gets an error reply and changes nothing. `{"command": "recipe",
+//! "name": "bottle-b", "source": "cam1"}` switches a source's recipe.
 
 use serde_json::{json, Value};
 
@@ -31,12 +32,26 @@ pub enum Command {
     Pause,
     /// Take pictures again.
     Resume,
-    /// Override the threshold (`None`: back to the configuration's or the bank's).
-    Threshold(Option<f32>),
+    /// Override a recipe's threshold (`value` `None`: back to the
+    /// configuration's or the bank's; `recipe` `None`: the one every source uses).
+    Threshold {
+        /// The recipe.
+        recipe: Option<String>,
+        /// The threshold.
+        value: Option<f32>,
+    },
+    /// Switch a source to a recipe (`source` `None`: every source; `name`
+    /// `None`: back to the source's configured recipe).
+    Recipe {
+        /// The source.
+        source: Option<String>,
+        /// The recipe.
+        name: Option<String>,
+    },
 }
 
 /// Every command's name, as the error for an unknown one lists them.
-pub const NAMES: [&str; 4] = ["status", "pause", "resume", "threshold"];
+pub const NAMES: [&str; 5] = ["status", "pause", "resume", "threshold", "recipe"];
 
 /// One command and its requester's id.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,14 +98,35 @@ pub fn parse(payload: &[u8]) -> Result<Request, Refused> {
         .and_then(Value::as_str)
         .ok_or_else(|| refuse(&id, format!("no \"command\": one of {}", NAMES.join(", "))))?;
     let allowed: &[&str] = match name {
-        "threshold" => &["command", "request_id", "value"],
+        "threshold" => &["command", "request_id", "value", "recipe"],
+        "recipe" => &["command", "request_id", "name", "source"],
         _ => &["command", "request_id"],
     };
     if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(refuse(&id, format!("{name}: unknown field {k:?}")));
     }
+    // An optional name: absent, null or a string.
+    let text = |key: &str| -> Result<Option<String>, Refused> {
+        match o.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(refuse(&id, format!("{name}: \"{key}\" is {other}, not a name"))),
+        }
+    };
     let command = match name {
         "status" => Command::Status,
+        "recipe" => {
+            if !o.contains_key("name") {
+                return Err(refuse(
+                    &id,
+                    "recipe: give \"name\": the recipe, or null to go back to the configured one".into(),
+                ));
+            }
+            Command::Recipe {
+                source: text("source")?,
+                name: text("name")?,
+            }
+        }
         "pause" => Command::Pause,
         "resume" => Command::Resume,
         "threshold" => match o.get("value") {
@@ -101,9 +137,15 @@ pub fn parse(payload: &[u8]) -> Result<Request, Refused> {
                         .into(),
                 ))
             }
-            Some(Value::Null) => Command::Threshold(None),
+            Some(Value::Null) => Command::Threshold {
+                recipe: text("recipe")?,
+                value: None,
+            },
             Some(Value::Number(n)) => match n.as_f64().map(|x| x as f32) {
-                Some(t) if t.is_finite() => Command::Threshold(Some(t)),
+                Some(t) if t.is_finite() => Command::Threshold {
+                    recipe: text("recipe")?,
+                    value: Some(t),
+                },
                 _ => return Err(refuse(&id, format!("threshold: {n} is not a usable number"))),
             },
             Some(other) => return Err(refuse(&id, format!("threshold: {other} is not a number or null"))),
@@ -152,12 +194,36 @@ mod tests {
             cmd(r#"{"command":"threshold","value":0.31,"request_id":"a"}"#).unwrap(),
             Request {
                 request_id: json!("a"),
-                command: Command::Threshold(Some(0.31))
+                command: Command::Threshold {
+                    recipe: None,
+                    value: Some(0.31)
+                }
             }
         );
         assert_eq!(
-            cmd(r#"{"command":"threshold","value":null}"#).unwrap().command,
-            Command::Threshold(None)
+            cmd(r#"{"command":"threshold","value":null,"recipe":"b"}"#)
+                .unwrap()
+                .command,
+            Command::Threshold {
+                recipe: Some("b".into()),
+                value: None
+            }
+        );
+        assert_eq!(
+            cmd(r#"{"command":"recipe","name":"b","source":"cam1"}"#)
+                .unwrap()
+                .command,
+            Command::Recipe {
+                source: Some("cam1".into()),
+                name: Some("b".into())
+            }
+        );
+        assert_eq!(
+            cmd(r#"{"command":"recipe","name":null}"#).unwrap().command,
+            Command::Recipe {
+                source: None,
+                name: None
+            }
         );
     }
 
@@ -181,6 +247,8 @@ mod tests {
                 r#"{"command":"pause","value":1,"request_id":"r"}"#,
                 "unknown field",
             ),
+            (r#"{"command":"recipe","request_id":"r"}"#, "give \"name\""),
+            (r#"{"command":"recipe","name":3,"request_id":"r"}"#, "not a name"),
         ] {
             let e = cmd(text).unwrap_err();
             assert!(e.error.contains(needle), "{text}: {}", e.error);

@@ -15,7 +15,8 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::bank::Bank;
-use crate::config;
+use crate::config::{self, Config};
+use crate::daemon::recipes::Recipes;
 use crate::inspector::Inspector;
 use crate::model::{ModelPack, Precision, VisionModel};
 
@@ -57,25 +58,71 @@ fn open_pack(path: &Path) -> anyhow::Result<ModelPack> {
     ModelPack::open(path).with_context(|| format!("model pack {}", path.display()))
 }
 
-/// Apply `model`'s threshold override and early-exit setting.
-fn configure(inspector: &mut Inspector, model: &config::Model) -> anyhow::Result<()> {
-    if inspector.bank().meta.uncalibrated_few_shot() && model.threshold.is_none() {
+/// What a recipe sets on its inspector, and where it was set (for messages).
+struct Tuning<'a> {
+    bank: &'a Path,
+    threshold: Option<f32>,
+    early_exit: bool,
+    /// `model` or `recipe "name"`.
+    key: String,
+}
+
+impl<'a> Tuning<'a> {
+    fn model(m: &'a config::Model) -> Self {
+        Self {
+            bank: &m.bank,
+            threshold: m.threshold,
+            early_exit: m.early_exit,
+            key: "model".into(),
+        }
+    }
+
+    fn recipe(r: &'a config::Recipe) -> Self {
+        Self {
+            bank: &r.bank,
+            threshold: r.threshold,
+            early_exit: r.early_exit,
+            key: format!("recipe {:?}", r.name),
+        }
+    }
+}
+
+/// Apply a threshold override and early-exit setting.
+fn configure(inspector: &mut Inspector, t: &Tuning) -> anyhow::Result<()> {
+    if inspector.bank().meta.uncalibrated_few_shot() && t.threshold.is_none() {
         anyhow::bail!(
             "bank {} is an uncalibrated WinCLIP+ bank: its threshold {} is the zero-shot default, \
-             which passes every defect. Set model.threshold, or rebuild the bank with --calibrate",
-            model.bank.display(),
-            inspector.bank().meta.threshold
+             which passes every defect. Set {}.threshold, or rebuild the bank with --calibrate",
+            t.bank.display(),
+            inspector.bank().meta.threshold,
+            t.key
         );
     }
     inspector
-        .configure(model.threshold, model.early_exit)
-        .with_context(|| format!("model.early_exit with bank {}", model.bank.display()))?;
-    if let Some(rule) = inspector.early_exit_rule().filter(|_| model.early_exit) {
+        .configure(t.threshold, t.early_exit)
+        .with_context(|| format!("{}.early_exit with bank {}", t.key, t.bank.display()))?;
+    if let Some(rule) = inspector.early_exit_rule().filter(|_| t.early_exit) {
         log::info!(
-            "early exit on: a part whose score bound {rule} is at or below the threshold passes after the full-image pass"
+            "{}: early exit on: a part whose score bound {rule} is at or below the threshold passes after the full-image pass",
+            t.key
         );
     }
     Ok(())
+}
+
+/// Every recipe of `config` on `primary`'s model: `[model]`'s is `primary`
+/// itself, each `[[recipe]]`'s bank is read and checked against the model.
+pub fn recipes(primary: Inspector, config: &Config) -> anyhow::Result<Recipes> {
+    let mut set = Recipes::new(&config.model.recipe, primary.clone());
+    for r in &config.recipes {
+        let bank = read_bank(&r.bank).with_context(|| format!("recipe {:?}", r.name))?;
+        let mut inspector = primary
+            .with_bank(bank)
+            .with_context(|| format!("recipe {:?}: bank {}", r.name, r.bank.display()))?;
+        configure(&mut inspector, &Tuning::recipe(r))?;
+        set.insert(&r.name, inspector);
+    }
+    Ok(set)
 }
 
 /// Load the model pack and bank of `model` into an inspector (start-up).
@@ -97,7 +144,7 @@ fn load_checked(pack: &ModelPack, bank: Bank, model: &config::Model) -> anyhow::
     log::info!("token encoder on {}", vision.backend());
     let mut inspector =
         Inspector::new(pack, vision, bank).with_context(|| format!("bank {}", model.bank.display()))?;
-    configure(&mut inspector, model)?;
+    configure(&mut inspector, &Tuning::model(model))?;
     Ok(Loaded {
         inspector,
         weights: weight_bytes(pack, model.precision),
@@ -148,7 +195,7 @@ pub fn prepare(
         config::EngineChange::None => Ok(Swap::Keep),
         config::EngineChange::Settings => {
             let mut next = current.clone();
-            configure(&mut next, new)?;
+            configure(&mut next, &Tuning::model(new))?;
             Ok(Swap::Ready(Box::new(next)))
         }
         config::EngineChange::Bank => {
@@ -156,7 +203,7 @@ pub fn prepare(
             let mut next = current
                 .with_bank(bank)
                 .with_context(|| format!("bank {}", new.bank.display()))?;
-            configure(&mut next, new)?;
+            configure(&mut next, &Tuning::model(new))?;
             Ok(Swap::Ready(Box::new(next)))
         }
         config::EngineChange::Model => {

@@ -9,8 +9,9 @@
 //!   recent results ([`History`]);
 //! - `GET /api/events`: server-sent events, one `result` per new result;
 //! - `GET /api/stats`: what `<prefix>/<station>/stats` publishes;
-//! - `GET /api/state`: the running model, bank, threshold and device, whether
-//!   the station is paused and the broker connected.
+//! - `GET /api/state`: the running model, bank, threshold and device, the
+//!   active recipe per source, whether the station is paused and the broker
+//!   connected.
 //!
 //! Every response forbids framing, sniffing and any script or style not
 //! served here. With a token configured (required beyond loopback), a
@@ -73,7 +74,11 @@ pub struct Shared {
 
 impl Shared {
     fn model(&self) -> Option<ModelInfo> {
-        self.settings.borrow().inspector.as_deref().map(ModelInfo::of)
+        self.settings
+            .borrow()
+            .recipes
+            .as_deref()
+            .map(|r| ModelInfo::of(r.primary()))
     }
 }
 
@@ -227,6 +232,7 @@ async fn state_json(State(shared): State<Shared>) -> Json<serde_json::Value> {
         "bank": model.as_ref().map(|m| &m.bank),
         "object": model.as_ref().map(|m| &m.object),
         "threshold": model.as_ref().and_then(|m| m.threshold),
+        "active_recipes": &*shared.settings.borrow().active,
         "device": model.as_ref().map(|m| &m.device),
         "mqtt_connected": s.mqtt_connected.load(Ordering::Relaxed),
         "commands_enabled": shared.commands_enabled,

@@ -37,6 +37,7 @@ pub mod mqtt;
 pub mod notify;
 pub mod operator;
 pub mod outbox;
+pub mod recipes;
 pub mod sink;
 pub mod source;
 pub mod state_lock;
@@ -123,6 +124,9 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         let mut commands = daemon.take_commands();
         // Signals and commands are handled here, one at a time: a reload and
         // a command never change the station at once.
+        // A script switches recipes by writing <state_dir>/active-recipe.
+        let mut poll = tokio::time::interval(Duration::from_secs(1));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 sig = signals.recv() => match sig {
@@ -130,6 +134,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
                     Some(Signal::Shutdown) | None => break,
                 },
                 Some(c) = next_command(&mut commands) => daemon.command(c).await,
+                _ = poll.tick() => daemon.check_choices().await,
             }
         }
         daemon.shutdown().await;
@@ -167,6 +172,35 @@ fn signals() -> std::io::Result<mpsc::Receiver<Signal>> {
     Ok(rx)
 }
 
+/// What each source's results name: its active recipe's identity.
+fn identities(
+    recipes: &recipes::Recipes,
+    active: &recipes::Active,
+) -> std::collections::BTreeMap<String, crate::record::Identity> {
+    active
+        .0
+        .iter()
+        .filter_map(|(source, recipe)| {
+            let mut id = crate::record::Identity::of(recipes.get(recipe)?);
+            id.recipe = Some(recipe.clone());
+            Some((source.clone(), id))
+        })
+        .collect()
+}
+
+/// A file's size and modification time (`None`: there is none).
+fn file_stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+/// Lines of the active-recipe file for sources that do not exist do nothing: say so.
+fn warn_unknown(choices: &recipes::Choices, sources: &[&str]) {
+    for s in choices.unknown_sources(sources) {
+        log::warn!("active-recipe: there is no source {s:?}; its line does nothing");
+    }
+}
+
 /// How long an unload waits for the worker to finish the picture it is on.
 const UNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -202,8 +236,13 @@ pub struct Daemon {
     config: Config,
     /// What commands set.
     operator: operator::Operator,
-    /// The file's own `model.threshold` (a cleared override returns to it).
-    file_threshold: Option<f32>,
+    /// The file as last read, before `operator` (a cleared override returns to it).
+    file: Config,
+    /// The recipes chosen by command or script (`<state_dir>/active-recipe`).
+    choices: recipes::Choices,
+    /// The active-recipe file as last seen (size, modification time), to
+    /// notice a script's change.
+    choices_seen: Option<(u64, std::time::SystemTime)>,
     /// Commands from the broker and the page, until the main loop takes them.
     commands: Option<mpsc::Receiver<commands::Incoming>>,
     /// Where the page sends commands (with `[commands]` on and an `[http]` token).
@@ -235,7 +274,7 @@ pub struct Daemon {
 impl Daemon {
     /// Start the broker (if embedded), the sources, the worker and the publisher.
     pub async fn start(o: Options) -> Result<Self, Error> {
-        let file_threshold = o.config.model.threshold;
+        let file = o.config.clone();
         let config = o.operator.over(&o.config);
         let station = config.station.name.clone();
         let state_lock =
@@ -296,12 +335,23 @@ impl Daemon {
         )
         .with_history(Arc::new(history))
         .map_err(|e| Error::Runtime(e.into()))?;
-        sink.set_identity(crate::record::Identity::of(&o.loaded.inspector));
-        let (jobs_tx, jobs_rx) = flume::bounded(config.station.queue_capacity);
         let ids = (
             o.loaded.inspector.model_id().to_string(),
             o.loaded.inspector.bank_id().to_string(),
         );
+        let recipes = engine::recipes(o.loaded.inspector, &config).map_err(Error::Config)?;
+        let names: Vec<&str> = config.sources.iter().map(Source::name).collect();
+        let choices = recipes::Choices::load(&config.station.state_dir, &names)
+            .map_err(|e| Error::Config(anyhow::Error::new(e).context("the recipes chosen by command")))?;
+        warn_unknown(&choices, &names);
+        let active = choices.resolve(&config, &recipes).map_err(|e| {
+            Error::Config(anyhow::anyhow!(
+                "{e}: it was chosen by command or script in {} (switch it back, or edit or remove the file)",
+                recipes::Choices::path(&config.station.state_dir).display()
+            ))
+        })?;
+        sink.set_identities(identities(&recipes, &active));
+        let (jobs_tx, jobs_rx) = flume::bounded(config.station.queue_capacity);
         if o.operator.paused {
             log::warn!(
                 "the station is PAUSED by command ({}): it takes no pictures until the command \"resume\"",
@@ -310,7 +360,8 @@ impl Daemon {
         }
         sink.set_paused(o.operator.paused);
         let (settings, settings_rx) = watch::channel(Settings {
-            inspector: Some(Arc::new(o.loaded.inspector)),
+            recipes: Some(Arc::new(recipes)),
+            active: Arc::new(active),
             heatmap: config.heatmap,
             limits: config.station.limits,
             paused: o.operator.paused,
@@ -325,7 +376,9 @@ impl Daemon {
             _state_lock: state_lock,
             config_path: o.config_path,
             operator: o.operator,
-            file_threshold,
+            file,
+            choices_seen: file_stamp(&recipes::Choices::path(&config.station.state_dir)),
+            choices,
             commands: commands_on.then_some(commands_rx),
             commands_tx: commands_on.then(|| commands_tx.clone()),
             state,
@@ -418,15 +471,36 @@ impl Daemon {
 
     /// The station's state: what `…/state` and command replies carry.
     pub fn state(&self) -> serde_json::Value {
-        let m = self.inspector().as_deref().map(metrics::ModelInfo::of);
+        let settings = self.settings.borrow();
+        let m = settings
+            .recipes
+            .as_deref()
+            .map(|r| metrics::ModelInfo::of(r.primary()));
+        let recipes: serde_json::Map<String, serde_json::Value> = settings
+            .recipes
+            .iter()
+            .flat_map(|r| r.iter())
+            .map(|(name, i)| {
+                let v = serde_json::json!({
+                    "bank": i.bank_id(),
+                    "object": i.bank().meta.object,
+                    "shots": i.bank().meta.shots,
+                    "threshold": as_printed(i.threshold()),
+                    "threshold_override": self.operator.thresholds.get(name).copied().map(as_printed),
+                });
+                (name.to_string(), v)
+            })
+            .collect();
         serde_json::json!({
             "station": self.config.station.name,
             "paused": self.operator.paused,
             "threshold": m.as_ref().and_then(|m| m.threshold),
-            "threshold_override": self.operator.threshold.map(as_printed),
+            "threshold_override": self.operator.thresholds.get(&self.config.model.recipe).copied().map(as_printed),
             "model": m.as_ref().map(|m| &m.model),
             "bank": m.as_ref().map(|m| &m.bank),
             "object": m.as_ref().map(|m| &m.object),
+            "active_recipes": &*settings.active,
+            "recipes": recipes,
             "commands_enabled": self.config.commands.enabled,
             "version": env!("CARGO_PKG_VERSION"),
         })
@@ -487,14 +561,31 @@ impl Daemon {
                 self.notifier
                     .status(if paused { "paused by command" } else { "inspecting" });
             }
-            Command::Threshold(t) => {
-                next.threshold = t;
-                let mut new = self.config.clone();
-                new.model.threshold = t.or(self.file_threshold);
+            Command::Threshold { recipe, value } => {
+                let common = self.settings.borrow().active.common().map(str::to_string);
+                let recipe = match recipe.or(common) {
+                    Some(r) => r,
+                    None => {
+                        return Err(format!(
+                            "the sources inspect with different recipes ({}): name one with \"recipe\"",
+                            self.active_list()
+                        ))
+                    }
+                };
+                if !self.config.recipe_names().any(|n| n == recipe) {
+                    return Err(format!(
+                        "there is no recipe {recipe:?} (recipes: {})",
+                        self.config.recipe_names().collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                match value {
+                    Some(t) => next.thresholds.insert(recipe.clone(), t),
+                    None => next.thresholds.remove(&recipe),
+                };
                 // Kept first: a crash right after must not undo what was answered.
                 next.save(&state_dir)
                     .map_err(|e| format!("cannot keep the setting ({e}); nothing changed"))?;
-                let plan = new.reload_plan(&self.config);
+                let plan = next.over(&self.file).reload_plan(&self.config);
                 if let Err(e) = self.apply(&plan).await {
                     if let Err(undo) = self.operator.save(&state_dir) {
                         log::error!(
@@ -506,18 +597,128 @@ impl Daemon {
                 }
                 self.config = plan.effective;
                 self.operator = next;
+                let now = self
+                    .settings
+                    .borrow()
+                    .recipes
+                    .as_ref()
+                    .and_then(|r| Some(r.get(&recipe)?.threshold()));
                 log::info!(
-                    "threshold {} by command",
-                    self.inspector().map_or("?".into(), |i| i.threshold().to_string())
+                    "recipe {recipe}: threshold {} by command",
+                    now.map_or("?".into(), |t| t.to_string())
                 );
+            }
+            Command::Recipe { source, name } => {
+                let mut choices = self.choices.clone();
+                let sources: Vec<String> = match source {
+                    Some(s) if self.config.sources.iter().any(|x| x.name() == s) => vec![s],
+                    Some(s) => {
+                        return Err(format!(
+                            "there is no source {s:?} (sources: {})",
+                            self.source_names().join(", ")
+                        ))
+                    }
+                    None => self.source_names(),
+                };
+                for s in sources {
+                    match &name {
+                        Some(n) => choices.0.insert(s, n.clone()),
+                        None => choices.0.remove(&s),
+                    };
+                }
+                self.switch(choices, "by command", true).await?;
             }
         }
         Ok(())
     }
 
-    /// The inspector in use (`None` while a model is being swapped).
+    fn source_names(&self) -> Vec<String> {
+        self.config.sources.iter().map(|s| s.name().to_string()).collect()
+    }
+
+    /// `cam1: a, cam2: b`.
+    fn active_list(&self) -> String {
+        let settings = self.settings.borrow();
+        settings
+            .active
+            .0
+            .iter()
+            .map(|(s, r)| format!("{s}: {r}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Make `choices` the recipes chosen: checked against the recipes, kept
+    /// in the active-recipe file, then in effect from the next picture on.
+    /// Refused (nothing changes) when one names no recipe.
+    /// `save`: write the file (not when a script just wrote it).
+    async fn switch(&mut self, choices: recipes::Choices, how: &str, save: bool) -> Result<(), String> {
+        let state_dir = self.config.station.state_dir.clone();
+        let active = {
+            let settings = self.settings.borrow();
+            let Some(recipes) = settings.recipes.as_deref() else {
+                return Err("no model is loaded: restart the service".into());
+            };
+            choices.resolve(&self.config, recipes)?
+        };
+        if save && choices != self.choices {
+            choices
+                .save(&state_dir)
+                .map_err(|e| format!("cannot keep the choice ({e}); nothing changed"))?;
+            self.choices_seen = file_stamp(&recipes::Choices::path(&state_dir));
+        }
+        self.choices = choices;
+        let changed = *self.settings.borrow().active != active;
+        if changed {
+            if let Some(r) = self.settings.borrow().recipes.as_deref() {
+                self.sink.set_identities(identities(r, &active));
+            }
+            let list = active
+                .0
+                .iter()
+                .map(|(s, r)| format!("{s}: {r}"))
+                .collect::<Vec<_>>();
+            log::info!("recipes {how}: {}", list.join(", "));
+            self.settings.send_modify(|s| s.active = Arc::new(active));
+        }
+        Ok(())
+    }
+
+    /// A script may have written the active-recipe file: switch to what it
+    /// says (or say loudly why not, keeping the recipes as they are).
+    pub async fn check_choices(&mut self) {
+        let path = recipes::Choices::path(&self.config.station.state_dir);
+        let stamp = file_stamp(&path);
+        if stamp == self.choices_seen {
+            return;
+        }
+        self.choices_seen = stamp;
+        let names: Vec<&str> = self.config.sources.iter().map(Source::name).collect();
+        let outcome = match recipes::Choices::load(&self.config.station.state_dir, &names) {
+            Ok(c) => {
+                warn_unknown(&c, &names);
+                self.switch(c, "from the active-recipe file", false).await
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(()) => self.publish_state(),
+            Err(e) => log::error!(
+                "{}: {e}; the recipes stay as they are ({})",
+                path.display(),
+                self.active_list()
+            ),
+        }
+    }
+
+    /// `[model]`'s inspector (`None` while a model is being swapped).
     pub fn inspector(&self) -> Option<Arc<Inspector>> {
-        self.settings.borrow().inspector.clone()
+        self.recipes().map(|r| Arc::clone(r.primary()))
+    }
+
+    /// Every recipe's inspector (`None` while a model is being swapped).
+    pub fn recipes(&self) -> Option<Arc<recipes::Recipes>> {
+        self.settings.borrow().recipes.clone()
     }
 
     fn start_source(&self, s: &Source) -> std::io::Result<SourceHandle> {
@@ -545,15 +746,15 @@ impl Daemon {
         for w in &checked.warnings {
             log::warn!("{}: {w}", self.config_path.display());
         }
-        if let Some(t) = self.operator.threshold {
-            if checked.config.model.threshold != self.file_threshold {
+        for (recipe, t) in &self.operator.thresholds {
+            if checked.config.recipe_threshold(recipe) != self.file.recipe_threshold(recipe) {
                 log::warn!(
-                    "model.threshold changed in the file, but the threshold {t} set by command stays \
-                     (send the command threshold with value null to use the file's)"
+                    "recipe {recipe}: the threshold changed in the file, but the threshold {t} set by command \
+                     stays (send the command threshold with value null to use the file's)"
                 );
             }
         }
-        let file_threshold = checked.config.model.threshold;
+        let file = checked.config.clone();
         let plan = self.operator.over(&checked.config).reload_plan(&self.config);
         for c in plan.needs_restart() {
             log::warn!(
@@ -563,7 +764,7 @@ impl Daemon {
         match self.apply(&plan).await {
             Ok(()) => {
                 self.config = plan.effective.clone();
-                self.file_threshold = file_threshold;
+                self.file = file;
                 self.publish_state();
                 let summary = plan.summary();
                 log::info!("reloaded: {summary}");
@@ -578,9 +779,10 @@ impl Daemon {
     /// the new settings. Undoes what it did when a step fails.
     async fn apply(&mut self, plan: &ReloadPlan) -> anyhow::Result<()> {
         let new = &plan.effective;
-        let current = self
-            .inspector()
+        let current_set = self
+            .recipes()
             .context("no model is loaded (an earlier reload failed to restore it); restart the service")?;
+        let current = Arc::clone(current_set.primary());
         let rss = (self.rss)();
         let (change, model, weights) = (plan.engine(), new.model.clone(), self.weights);
         let running = Arc::clone(&current);
@@ -606,11 +808,12 @@ impl Daemon {
                     }
                 );
                 let measured = crate::bench::reset_peak();
+                drop(current);
                 if m.unload_first {
-                    self.unload(current).await;
+                    self.unload(current_set).await;
                     unloaded = true;
                 } else {
-                    drop(current);
+                    drop(current_set);
                 }
                 let loaded = tokio::task::spawn_blocking(move || m.load())
                     .await
@@ -639,25 +842,60 @@ impl Daemon {
                 }
             }
         };
+        // Every recipe's bank again, on the new model or with the new recipes.
+        let weights = next.as_ref().map_or(self.weights, |(_, w)| *w);
+        let set = match (plan.touches_recipes(), next) {
+            (false, _) => self.recipes(),
+            (true, next) => {
+                let primary = match next.map(|(i, _)| i).or_else(|| self.inspector()) {
+                    Some(p) => (*p).clone(),
+                    None => anyhow::bail!("no model is loaded; restart the service"),
+                };
+                let config = new.clone();
+                let built = tokio::task::spawn_blocking(move || engine::recipes(primary, &config))
+                    .await
+                    .map_err(anyhow::Error::new)
+                    .and_then(|r| r);
+                match built {
+                    Ok(set) => Some(Arc::new(set)),
+                    Err(e) => {
+                        if unloaded {
+                            self.restore_model().await;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let active = match set.as_deref().map(|r| self.choices.resolve(new, r)).transpose() {
+            Ok(a) => a.unwrap_or_default(),
+            Err(e) => {
+                if unloaded {
+                    drop(set);
+                    self.restore_model().await;
+                }
+                anyhow::bail!(
+                    "{e}: it was chosen by command or script ({}): switch it first",
+                    recipes::Choices::path(&new.station.state_dir).display()
+                );
+            }
+        };
         if plan.touches_sources() {
             if let Err(e) = self.apply_sources(&new.sources).await {
                 if unloaded {
-                    drop(next);
+                    drop(set);
                     self.restore_model().await;
                 }
                 return Err(e);
             }
         }
-        let (inspector, weights) = match next {
-            Some((i, w)) => (Some(i), w),
-            None => (self.inspector(), self.weights),
-        };
         self.weights = weights;
-        if let Some(i) = &inspector {
-            self.sink.set_identity(crate::record::Identity::of(i));
+        if let Some(r) = &set {
+            self.sink.set_identities(identities(r, &active));
         }
         self.settings.send_replace(Settings {
-            inspector,
+            recipes: set,
+            active: Arc::new(active),
             heatmap: new.heatmap,
             limits: new.station.limits,
             paused: self.operator.paused,
@@ -670,10 +908,10 @@ impl Daemon {
         Ok(())
     }
 
-    /// Take the inspector from the worker and wait until it lets go of it
+    /// Take the recipes from the worker and wait until it lets go of them
     /// (after the image it is on), so the model's memory is freed.
-    async fn unload(&self, current: Arc<Inspector>) {
-        self.settings.send_modify(|s| s.inspector = None);
+    async fn unload(&self, current: Arc<recipes::Recipes>) {
+        self.settings.send_modify(|s| s.recipes = None);
         let deadline = tokio::time::Instant::now() + UNLOAD_TIMEOUT;
         while Arc::strong_count(&current) > 1 {
             if tokio::time::Instant::now() > deadline {
@@ -691,11 +929,15 @@ impl Daemon {
 
     /// Load the running configuration's model again after a failed swap.
     async fn restore_model(&mut self) {
-        let model = self.config.model.clone();
-        match tokio::task::spawn_blocking(move || engine::load(&model)).await {
-            Ok(Ok(l)) => {
-                self.weights = l.weights;
-                self.settings.send_modify(|s| s.inspector = Some(Arc::new(l.inspector)));
+        let config = self.config.clone();
+        let load = move || -> anyhow::Result<_> {
+            let l = engine::load(&config.model)?;
+            Ok((l.weights, engine::recipes(l.inspector, &config)?))
+        };
+        match tokio::task::spawn_blocking(load).await {
+            Ok(Ok((weights, set))) => {
+                self.weights = weights;
+                self.settings.send_modify(|s| s.recipes = Some(Arc::new(set)));
                 log::info!("the previous model is loaded again");
             }
             Ok(Err(e)) => log::error!(

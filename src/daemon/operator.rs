@@ -3,6 +3,7 @@
 //! command takes it back. Written atomically (fsync, rename) before it takes
 //! effect: nothing a command does lives in memory only.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -17,9 +18,9 @@ pub struct Operator {
     /// The station takes no pictures.
     #[serde(default)]
     pub paused: bool,
-    /// Threshold set by command, over the configuration's.
+    /// Thresholds set by command, by recipe, over the configuration's.
     #[serde(default)]
-    pub threshold: Option<f32>,
+    pub thresholds: BTreeMap<String, f32>,
 }
 
 impl Operator {
@@ -51,8 +52,9 @@ impl Operator {
     /// `config` with these settings over it.
     pub fn over(&self, config: &Config) -> Config {
         let mut c = config.clone();
-        if let Some(t) = self.threshold {
-            c.model.threshold = Some(t);
+        for (recipe, t) in &self.thresholds {
+            // One for a recipe that is gone does nothing (and stays, should it return).
+            c.set_recipe_threshold(recipe, Some(*t));
         }
         c
     }
@@ -68,7 +70,7 @@ mod tests {
         assert_eq!(Operator::load(dir.path()).unwrap(), Operator::default());
         let op = Operator {
             paused: true,
-            threshold: Some(0.25),
+            thresholds: BTreeMap::from([("default".into(), 0.25), ("gone".into(), 0.5)]),
         };
         op.save(dir.path()).unwrap();
         assert_eq!(Operator::load(dir.path()).unwrap(), op);

@@ -2,6 +2,7 @@
 //! publisher woken; then kept in the [`History`] for the page. The worker and
 //! the sources (GPIO error results) share it.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
@@ -20,8 +21,8 @@ pub struct ResultSink {
     outbox: Arc<Mutex<Outbox>>,
     wake: Arc<Notify>,
     stats: Arc<Stats>,
-    /// The inspector's identity, for error results made without it.
-    identity: Arc<RwLock<Identity>>,
+    /// What each source inspects with, for error results made without an inspection.
+    identities: Arc<RwLock<BTreeMap<String, Identity>>>,
     /// Recent results, for the page.
     history: Arc<History>,
     /// Writes them, off the result path (`None`: in line, as tests do).
@@ -38,7 +39,7 @@ impl ResultSink {
             outbox,
             wake,
             stats,
-            identity: Arc::default(),
+            identities: Arc::default(),
             history: Arc::new(History::in_memory()),
             writer: None,
             paused: Arc::default(),
@@ -68,10 +69,10 @@ impl ResultSink {
         &self.history
     }
 
-    /// The inspector in use changed: error results name this one.
-    pub fn set_identity(&self, identity: Identity) {
-        if let Ok(mut i) = self.identity.write() {
-            *i = identity;
+    /// The recipes in use changed: each source's error results name its own.
+    pub fn set_identities(&self, identities: BTreeMap<String, Identity>) {
+        if let Ok(mut i) = self.identities.write() {
+            *i = identities;
         }
     }
 
@@ -148,7 +149,12 @@ impl ResultSink {
 
     /// A result with verdict `error` from `source`, naming the inspector in use.
     pub fn error_record(&self, id: String, source: &str, detected_at: SystemTime, error: String) -> Record {
-        let identity = self.identity.read().map(|i| i.clone()).unwrap_or_default();
+        let identity = self
+            .identities
+            .read()
+            .ok()
+            .and_then(|i| i.get(source).cloned())
+            .unwrap_or_default();
         let mut r = Record::error(error, &identity);
         r.id = Some(id);
         r.station = Some(self.station.clone());

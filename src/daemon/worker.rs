@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Heatmap;
 use crate::daemon::job::{Job, Outcome};
 use crate::daemon::notify::Notifier;
+use crate::daemon::recipes::{Active, Recipes};
 use crate::daemon::sink::ResultSink;
 use crate::fsutil::escape_name;
 use crate::heatmap;
@@ -30,8 +31,10 @@ use crate::record::{inspection_id, timestamp, HeatmapInfo, Record};
 /// What the worker inspects with; replaced as a whole on reload.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The inspector; `None` while a model is being swapped (jobs wait).
-    pub inspector: Option<Arc<Inspector>>,
+    /// Every recipe's inspector; `None` while a model is being swapped (jobs wait).
+    pub recipes: Option<Arc<Recipes>>,
+    /// The recipe each source inspects with.
+    pub active: Arc<Active>,
     /// Heatmap rendering.
     pub heatmap: Heatmap,
     /// What a picture may cost.
@@ -41,9 +44,21 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The inspector to take jobs with now (none while paused or swapping).
-    pub fn active(&self) -> Option<&Arc<Inspector>> {
-        self.inspector.as_ref().filter(|_| !self.paused)
+    /// The recipes to take jobs with now (none while paused or swapping).
+    pub fn ready(&self) -> Option<&Arc<Recipes>> {
+        self.recipes.as_ref().filter(|_| !self.paused)
+    }
+
+    /// The recipe `source` inspects with now, and its inspector: its active
+    /// one (`[model]`'s for a source without one).
+    pub fn recipe_for(&self, source: &str) -> Option<(String, Arc<Inspector>)> {
+        let recipes = self.ready()?;
+        let (name, inspector) = self
+            .active
+            .of(source)
+            .and_then(|n| Some((n, recipes.get(n)?)))
+            .unwrap_or((recipes.primary_name(), recipes.primary()));
+        Some((name.to_string(), Arc::clone(inspector)))
     }
 }
 
@@ -71,7 +86,7 @@ impl Worker {
             .min(Duration::from_secs(1));
         while !self.stop.is_cancelled() {
             self.notifier.watchdog();
-            if self.settings.borrow_and_update().active().is_none() {
+            if self.settings.borrow_and_update().ready().is_none() {
                 self.wait_for_settings(tick);
                 continue;
             }
@@ -100,21 +115,21 @@ impl Worker {
         // swapped waits for it (pinging the watchdog meanwhile).
         let settings = loop {
             let s = self.settings.borrow_and_update().clone();
-            if s.active().is_some() || self.stop.is_cancelled() {
+            if s.ready().is_some() || self.stop.is_cancelled() {
                 break s;
             }
             self.notifier.watchdog();
             self.wait_for_settings(tick);
         };
-        let Some(inspector) = settings.active().cloned() else {
+        let Some((recipe, inspector)) = settings.recipe_for(&job.source) else {
             return; // stopping: the job is dropped, its picture stays
         };
-        let outcome = self.inspect_file(&inspector, &settings, &job);
+        let outcome = self.inspect_file(&recipe, &inspector, &settings, &job);
         job.completion.complete(outcome);
     }
 
     /// Inspect and store.
-    fn inspect_file(&self, inspector: &Inspector, settings: &Settings, job: &Job) -> Outcome {
+    fn inspect_file(&self, recipe: &str, inspector: &Inspector, settings: &Settings, job: &Job) -> Outcome {
         let path = &job.path;
         // Exact (escaped) bytes: names that are not UTF-8 keep distinct ids.
         let name = path.file_name().map(escape_name).unwrap_or_default();
@@ -177,6 +192,7 @@ impl Worker {
             }
         };
         let mut rec = Record::inspected(inspector, &ins, img.width(), img.height());
+        rec.recipe = Some(recipe.to_string());
         let t1 = Instant::now();
         let (heat, info) = if settings.heatmap.enabled {
             render_heatmap(&img, &ins, &rec, inspector, &settings.heatmap, path)
@@ -356,7 +372,8 @@ mod tests {
             );
             let (settings, rx) = watch::channel(Settings {
                 paused: false,
-                inspector: (!paused).then(|| Arc::clone(&inspector)),
+                recipes: (!paused).then(|| Arc::new(Recipes::new("default", (*inspector).clone()))),
+                active: Arc::default(),
                 heatmap: Heatmap::default(),
                 limits: Limits::DEFAULT,
             });
@@ -449,6 +466,33 @@ mod tests {
     }
 
     #[test]
+    fn each_source_inspects_with_its_active_recipe() {
+        let rig = Rig::new(false);
+        let mut strict = (*rig.inspector).clone();
+        strict.configure(Some(0.0), false).unwrap();
+        let mut set = Recipes::new("default", (*rig.inspector).clone());
+        set.insert("strict", strict);
+        rig.settings.send_modify(|s| {
+            s.recipes = Some(Arc::new(set));
+            s.active = Arc::new(Active(std::collections::BTreeMap::from([(
+                "cam".into(),
+                "strict".into(),
+            )])));
+        });
+        std::fs::copy(fixture("queries/good.png"), rig.dir.path().join("good.png")).unwrap();
+        rig.send(Path::new("good.png"));
+        assert_eq!(rig.outcome(), Outcome::Judged);
+        let r = &rig.results()[0];
+        assert_eq!(
+            (r["recipe"].clone(), r["threshold"].clone()),
+            ("strict".into(), 0.0.into())
+        );
+        assert_eq!(r["verdict"], "fail");
+        // A source without an active recipe inspects with [model]'s.
+        assert_eq!(rig.settings.borrow().recipe_for("other").unwrap().0, "default");
+    }
+
+    #[test]
     fn a_result_that_cannot_be_stored_leaves_the_picture_for_a_retry() {
         let rig = Rig::new(false);
         std::fs::copy(fixture("queries/good.png"), rig.dir.path().join("good.png")).unwrap();
@@ -473,7 +517,8 @@ mod tests {
         strict.configure(Some(0.0), false).unwrap();
         rig.settings.send_replace(Settings {
             paused: false,
-            inspector: Some(Arc::new(strict)),
+            recipes: Some(Arc::new(Recipes::new("default", strict))),
+            active: Arc::default(),
             heatmap: Heatmap {
                 enabled: true,
                 side: 32,
@@ -484,6 +529,7 @@ mod tests {
         assert_eq!(rig.outcome(), Outcome::Judged);
         let r = &rig.results()[0];
         assert_eq!(r["threshold"], 0.0);
+        assert_eq!(r["recipe"], "default");
         assert_eq!(r["verdict"], "fail");
         assert_eq!(r["heatmap"]["width"], 32);
         rig.settings.send_modify(|s| s.heatmap.enabled = false);

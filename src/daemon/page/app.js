@@ -40,7 +40,7 @@
       $("thresh").style.left = (100 * r.threshold) / top + "%";
       text($("score"), "score " + num(r.score) + " vs threshold " + num(r.threshold) + (r.early_exit ? " (early exit)" : ""));
     } else { $("scorebar").hidden = true; text($("score"), r.error || ""); }
-    text($("meta"), [r.source, r.inspected_at, r.file, r.latency_ms !== null && r.latency_ms !== undefined ? num(r.latency_ms, 0) + " ms" : ""].filter(Boolean).join(" · "));
+    text($("meta"), [r.source, r.recipe, r.inspected_at, r.file, r.latency_ms !== null && r.latency_ms !== undefined ? num(r.latency_ms, 0) + " ms" : ""].filter(Boolean).join(" · "));
     const ol = $("regions"); ol.replaceChildren();
     for (const g of r.regions || []) ol.append(make("li", "", "box " + g.box.join(", ") + " · peak " + num(g.peak) + " · " + (100 * g.area_fraction).toFixed(1) + " %"));
     const open = $("open-heatmap");
@@ -75,7 +75,7 @@
     const items = [
       ["model", s.model || "none"], ["bank", s.bank || "none"], ["object", s.object || "–"],
       ["threshold", s.threshold === null ? "–" : s.threshold], ["device", s.device || "–"],
-      ...(s.recipe ? [["recipe", s.recipe]] : []),
+      ...Object.entries(s.active_recipes || {}).map(([src, rec]) => ["recipe", src + ": " + rec]),
       [s.paused ? "PAUSED" : "inspecting", "", s.paused],
       [s.mqtt_connected ? "broker connected" : "BROKER DISCONNECTED", "", !s.mqtt_connected],
       ["outbox", s.outbox_pending, s.outbox_pending > 0], ["queue", s.queue_depth],
