@@ -20,17 +20,25 @@ pub fn tiny_pack() -> PathBuf {
     p
 }
 
-/// The winclip-edge binary built for this test run. When the tests run under
-/// emulation (cross/build-aarch64.sh), `WINCLIP_TEST_RUNNER` holds the emulator
-/// command (e.g. "qemu-aarch64 -L /usr/aarch64-linux-gnu") to run it with.
+/// The winclip-edge binary under test: the one built for this test run, or
+/// `WINCLIP_TEST_BIN` (tests/run points it at the shipped aarch64 binary).
+pub fn exe() -> PathBuf {
+    std::env::var_os("WINCLIP_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_winclip-edge")))
+}
+
+/// A command running [`exe`]. For another architecture (tests/run: the
+/// aarch64 binary), `WINCLIP_TEST_RUNNER` holds the emulator command (e.g.
+/// "qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu") to run it with.
 pub fn bin() -> Command {
-    let exe = env!("CARGO_BIN_EXE_winclip-edge");
+    let exe = exe();
     let runner = std::env::var("WINCLIP_TEST_RUNNER").unwrap_or_default();
     let mut words = runner.split_whitespace();
     let mut c = match words.next() {
         Some(emulator) => {
             let mut c = Command::new(emulator);
-            c.args(words).arg(exe);
+            c.args(words).arg(&exe);
             c
         }
         None => Command::new(exe),
