@@ -380,4 +380,17 @@ fn recipes_switch_by_command_and_by_file_survive_a_restart_and_every_result_name
     st.drop_file(&fixture("queries/hole.png"), "hole5.png");
     assert_eq!(result(&sub, 5)["recipe"], "strict");
     assert!(st.terminate().success());
+
+    // A start with a file naming no recipe stops (exit status 2) rather than judge
+    // with another product's bank.
+    std::fs::write(&file, "gone\n").unwrap();
+    st.start();
+    let mut child = st.child.take().unwrap();
+    let status = wait_for(60, "the refused start", || child.try_wait().unwrap());
+    assert_eq!(status.code(), Some(2), "{}", st.log());
+    assert!(
+        st.log().contains("recipe \"gone\" is not one of the recipes"),
+        "{}",
+        st.log()
+    );
 }
