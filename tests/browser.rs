@@ -253,7 +253,7 @@ fn the_page_controls_the_station_when_given_its_token() {
     assert_eq!(
         (
             op["paused"].clone(),
-            op["threshold"].as_f64().map(|t| (t * 100.0).round())
+            op["thresholds"]["default"].as_f64().map(|t| (t * 100.0).round())
         ),
         (json!(false), Some(29.0))
     );

@@ -50,14 +50,20 @@ impl Settings {
     }
 
     /// The recipe `source` inspects with now, and its inspector: its active
-    /// one (`[model]`'s for a source without one).
+    /// one (`[model]`'s for a source without one; the daemon resolves every
+    /// source's before it installs the settings).
     pub fn recipe_for(&self, source: &str) -> Option<(String, Arc<Inspector>)> {
         let recipes = self.ready()?;
-        let (name, inspector) = self
-            .active
-            .of(source)
-            .and_then(|n| Some((n, recipes.get(n)?)))
-            .unwrap_or((recipes.primary_name(), recipes.primary()));
+        let (name, inspector) = match self.active.of(source) {
+            Some(n) => match recipes.get(n) {
+                Some(i) => (n, i),
+                None => {
+                    log::error!("source {source}: its recipe {n:?} is not loaded; inspecting with [model]'s");
+                    (recipes.primary_name(), recipes.primary())
+                }
+            },
+            None => (recipes.primary_name(), recipes.primary()),
+        };
         Some((name.to_string(), Arc::clone(inspector)))
     }
 }
