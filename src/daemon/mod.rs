@@ -638,14 +638,7 @@ impl Daemon {
 
     /// `cam1: a, cam2: b`.
     fn active_list(&self) -> String {
-        let settings = self.settings.borrow();
-        settings
-            .active
-            .0
-            .iter()
-            .map(|(s, r)| format!("{s}: {r}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.settings.borrow().active.to_string()
     }
 
     /// Make `choices` the recipes chosen: checked against the recipes, kept
@@ -673,12 +666,7 @@ impl Daemon {
             if let Some(r) = self.settings.borrow().recipes.as_deref() {
                 self.sink.set_identities(identities(r, &active));
             }
-            let list = active
-                .0
-                .iter()
-                .map(|(s, r)| format!("{s}: {r}"))
-                .collect::<Vec<_>>();
-            log::info!("recipes {how}: {}", list.join(", "));
+            log::info!("recipes {how}: {active}");
             self.settings.send_modify(|s| s.active = Arc::new(active));
         }
         Ok(())

@@ -187,6 +187,19 @@ impl Active {
     }
 }
 
+/// `cam1: a, cam2: b`, for the log and messages.
+impl std::fmt::Display for Active {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (source, recipe)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{source}: {recipe}")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +251,6 @@ mod tests {
         ]));
         assert_eq!(b.common(), None);
         assert_eq!(b.of("c2"), Some("b"));
+        assert_eq!(b.to_string(), "c1: a, c2: b");
     }
 }
