@@ -144,7 +144,13 @@ pub(crate) fn run(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
     );
     for s in &c.sources {
         match s {
-            Source::Directory(DirectorySource { name, path, pattern, after, .. }) => {
+            Source::Directory(DirectorySource {
+                name,
+                path,
+                pattern,
+                after,
+                ..
+            }) => {
                 let after = match after {
                     After::Move { done_dir, failed_dir } => {
                         format!("move to {} / {}", done_dir.display(), failed_dir.display())
@@ -152,12 +158,68 @@ pub(crate) fn run(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
                     After::Delete => "delete".into(),
                     After::Keep => "keep (recorded)".into(),
                 };
-                println!("source        {name}: directory {} pattern {} then {after}", path.display(), pattern.as_deref().unwrap_or("<images>"));
+                println!(
+                    "source        {name}: directory {} pattern {} then {after}",
+                    path.display(),
+                    pattern.as_deref().unwrap_or("<images>")
+                );
             }
-            Source::Gpio(GpioSource { name, chip, line, edge, debounce, capture, .. }) => println!(
-                "source        {name}: GPIO {} line {line} {edge:?} edge, debounce {debounce:?}, capture {capture:?}",
-                chip.display()
-            ),
+            Source::Gpio(
+                g @ GpioSource {
+                    name,
+                    chip,
+                    line,
+                    edge,
+                    debounce,
+                    capture,
+                    ..
+                },
+            ) => {
+                println!(
+                    "source        {name}: GPIO {} line {line} {edge:?} edge, debounce {debounce:?}, capture {capture:?}",
+                    chip.display()
+                );
+                if !g.recipe_lines.is_empty() {
+                    let codes: Vec<String> = g
+                        .recipe_codes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| format!("{i} = {}", if r.is_empty() { "(none: error)" } else { r }))
+                        .collect();
+                    println!(
+                        "  recipe code lines {:?}{} (first = bit 0): {}; other codes: error",
+                        g.recipe_lines,
+                        if g.recipe_lines_active_low {
+                            " active-low"
+                        } else {
+                            ""
+                        },
+                        codes.join(", ")
+                    );
+                }
+                if let Some(o) = &g.outputs {
+                    let lines: Vec<String> = o
+                        .lines
+                        .iter()
+                        .map(|(s, l)| {
+                            let mut d = format!("{s} {}", l.line);
+                            if l.active_low {
+                                d.push_str(" active-low");
+                            }
+                            if !l.pulse.is_zero() {
+                                d.push_str(&format!(" pulse {:?}", l.pulse));
+                            }
+                            d
+                        })
+                        .collect();
+                    println!(
+                        "  PLC outputs   {}: {}; result held until the trigger drops, at most {:?}",
+                        o.chip.display(),
+                        lines.join(", "),
+                        o.hold
+                    );
+                }
+            }
         }
     }
     let mut ok = true;
@@ -275,8 +337,12 @@ fn check_permissions(c: &Config) -> bool {
             }
             Source::Gpio(g) => {
                 dirs.push((format!("source {} output_dir", g.name), g.output_dir.clone()));
-                if let Err(e) = std::fs::OpenOptions::new().read(true).open(&g.chip) {
-                    problems.push(format!("source {}: {}: {e}", g.name, g.chip.display()));
+                let chips = std::iter::once(&g.chip)
+                    .chain(g.outputs.as_ref().map(|o| &o.chip).filter(|c| **c != g.chip));
+                for chip in chips {
+                    if let Err(e) = std::fs::OpenOptions::new().read(true).open(chip) {
+                        problems.push(format!("source {}: {}: {e}", g.name, chip.display()));
+                    }
                 }
             }
         }

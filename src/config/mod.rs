@@ -7,6 +7,7 @@
 //! keys) are kept apart. Every key, its default and whether it applies live
 //! or needs a restart ([`reload`]) is documented in `config/winclip-edge.toml`.
 
+pub mod outputs;
 mod raw;
 pub mod reload;
 
@@ -490,6 +491,26 @@ pub struct GpioSource {
     pub output_dir: PathBuf,
     /// Keep captured images after inspection.
     pub keep_captures: bool,
+    /// Input lines (same chip) read at each trigger as a binary recipe code,
+    /// the first line the lowest bit; empty: the source's active recipe.
+    pub recipe_lines: Vec<u32>,
+    /// The code lines are active-low (a low line is a 1).
+    pub recipe_lines_active_low: bool,
+    /// The recipe of code 0, 1, 2, …; `""` (and a code past the end) is
+    /// no recipe: that trigger gets an error result.
+    pub recipe_codes: Vec<String>,
+    /// The PLC output lines and their handshake.
+    pub outputs: Option<outputs::Outputs>,
+}
+
+impl GpioSource {
+    /// The recipe code `code` selects (`None`: no recipe has that code).
+    pub fn recipe_of_code(&self, code: usize) -> Option<&str> {
+        self.recipe_codes
+            .get(code)
+            .map(String::as_str)
+            .filter(|n| !n.is_empty())
+    }
 }
 
 /// One image source.
@@ -728,6 +749,25 @@ fn check(raw: RawConfig, base: &Path, r: &mut Report) -> Config {
         }
     }
     let sources = check_sources(raw.sources, base, &station.state_dir, r);
+    for s in &sources {
+        let Source::Gpio(g) = s else { continue };
+        if !g.recipe_lines.is_empty() && source_recipes.contains_key(&g.name) {
+            r.problem(format!(
+                "source {}: recipe and recipe_lines: the code on its lines chooses each trigger's recipe; remove recipe",
+                g.name
+            ));
+        }
+        for (code, name) in g.recipe_codes.iter().enumerate() {
+            if !name.is_empty() && name != &model.recipe && !recipes.iter().any(|x| &x.name == name) {
+                r.problem(format!(
+                    "source {}: recipe_codes[{code}] = {name:?} is not a recipe here (model.recipe {:?}{}; \"\" for a code that selects none)",
+                    g.name,
+                    model.recipe,
+                    recipes.iter().map(|x| format!(", {:?}", x.name)).collect::<String>()
+                ));
+            }
+        }
+    }
     Config {
         station,
         model,
@@ -1138,6 +1178,7 @@ fn check_sources(raw: Vec<RawSource>, base: &Path, state_dir: &Path, r: &mut Rep
     let mut sources = Vec::new();
     for (i, s) in raw.into_iter().enumerate() {
         let key = format!("source[{i}]");
+        let name = s.name.clone().unwrap_or_else(|| default_source_name(&s, i));
         let source = match s.kind {
             None => {
                 r.problem(format!("{key}.type is missing: \"directory\" or \"gpio\""));
@@ -1149,7 +1190,7 @@ fn check_sources(raw: Vec<RawSource>, base: &Path, state_dir: &Path, r: &mut Rep
                         "{key}.{k} is a key of gpio sources, not of type = \"directory\""
                     ));
                 }
-                check_directory(s, &key, i, base, r)
+                check_directory(s, name, &key, base, r)
             }
             Some(RawSourceType::Gpio) => {
                 for k in s.directory_keys() {
@@ -1157,7 +1198,7 @@ fn check_sources(raw: Vec<RawSource>, base: &Path, state_dir: &Path, r: &mut Rep
                         "{key}.{k} is a key of directory sources, not of type = \"gpio\""
                     ));
                 }
-                check_gpio(s, &key, i, base, state_dir, r)
+                check_gpio(s, name, &key, base, state_dir, r)
             }
         };
         sources.extend(source);
@@ -1188,7 +1229,7 @@ fn default_source_name(s: &RawSource, i: usize) -> String {
     }
 }
 
-fn check_directory(s: RawSource, key: &str, i: usize, base: &Path, r: &mut Report) -> Option<Source> {
+fn check_directory(s: RawSource, name: String, key: &str, base: &Path, r: &mut Report) -> Option<Source> {
     let Some(path) = s.path else {
         r.problem(format!(
             "{key}.path is missing: the directory the camera writes into"
@@ -1228,7 +1269,7 @@ fn check_directory(s: RawSource, key: &str, i: usize, base: &Path, r: &mut Repor
     let settle_ms = s.settle_ms.unwrap_or(0);
     r.range(&format!("{key}.settle_ms"), settle_ms, 0, 60_000);
     Some(Source::Directory(DirectorySource {
-        name: s.name.unwrap_or_else(|| format!("dir{i}")),
+        name,
         path,
         pattern: s.pattern,
         after,
@@ -1239,8 +1280,8 @@ fn check_directory(s: RawSource, key: &str, i: usize, base: &Path, r: &mut Repor
 
 fn check_gpio(
     s: RawSource,
+    name: String,
     key: &str,
-    i: usize,
     base: &Path,
     state_dir: &Path,
     r: &mut Report,
@@ -1251,7 +1292,6 @@ fn check_gpio(
         ));
         return None;
     };
-    let name = s.name.unwrap_or_else(|| format!("gpio{i}"));
     let capture = s.capture.unwrap_or_default();
     if capture.is_empty() {
         r.problem(format!(
@@ -1273,9 +1313,17 @@ fn check_gpio(
         s.output_dir
             .unwrap_or_else(|| state_dir.join("captures").join(&name)),
     );
+    let recipe_lines = s.recipe_lines.unwrap_or_default();
+    let recipe_codes = s.recipe_codes.unwrap_or_default();
+    outputs::check_codes(&recipe_lines, &recipe_codes, line, key, r);
+    let chip = resolve(base, chip);
+    let taken: Vec<u32> = std::iter::once(line)
+        .chain(recipe_lines.iter().copied())
+        .collect();
+    let outputs = s.outputs.map(|o| outputs::check(o, key, base, &chip, &taken, r));
     Some(Source::Gpio(GpioSource {
         name,
-        chip: resolve(base, chip),
+        chip,
         line,
         edge: s.edge.unwrap_or(Edge::Rising),
         debounce: Duration::from_millis(debounce_ms),
@@ -1284,6 +1332,10 @@ fn check_gpio(
         capture_timeout: Duration::from_secs(timeout),
         output_dir,
         keep_captures: s.keep_captures.unwrap_or(false),
+        recipe_lines,
+        recipe_lines_active_low: s.recipe_lines_active_low.unwrap_or(false),
+        recipe_codes,
+        outputs,
     }))
 }
 
@@ -1439,6 +1491,10 @@ impl From<&Source> for RawSource {
                 capture_timeout_secs: Some(g.capture_timeout.as_secs()),
                 output_dir: Some(g.output_dir.clone()),
                 keep_captures: Some(g.keep_captures),
+                recipe_lines: (!g.recipe_lines.is_empty()).then(|| g.recipe_lines.clone()),
+                recipe_lines_active_low: Some(g.recipe_lines_active_low),
+                recipe_codes: (!g.recipe_codes.is_empty()).then(|| g.recipe_codes.clone()),
+                outputs: g.outputs.as_ref().map(raw::RawOutputs::from),
                 ..RawSource::default()
             },
         }
@@ -1586,6 +1642,103 @@ path = "/srv/drop"
         ] {
             assert!(err.contains(want), "missing {want:?} in {err}");
         }
+    }
+
+    #[test]
+    fn recipe_codes_and_plc_outputs_are_checked_against_the_lines_and_the_recipes() {
+        let gpio = "\n[[source]]\ntype = \"gpio\"\nname = \"g\"\nchip = \"/dev/gpiochip0\"\nline = 17\ncapture = [\"cam\", \"{output}\"]\n";
+        let with = |extra: &str| parse_checked(&format!("{MINIMAL}{gpio}{extra}"));
+        let ok = with("recipe_lines = [3, 4]\nrecipe_codes = [\"\", \"default\"]\n[source.outputs]\nfail = { line = 20, pulse_ms = 50 }\nready = { line = 21, active_low = true }\n").unwrap();
+        let Source::Gpio(g) = &ok.config.sources[1] else {
+            panic!()
+        };
+        assert_eq!(g.recipe_of_code(0), None, "\"\" selects no recipe");
+        assert_eq!(g.recipe_of_code(1), Some("default"));
+        assert_eq!(g.recipe_of_code(3), None, "past the end");
+        let o = g.outputs.as_ref().unwrap();
+        assert_eq!(
+            o.chip,
+            Path::new("/dev/gpiochip0"),
+            "the source's chip by default"
+        );
+        assert_eq!(o.hold, outputs::DEFAULT_HOLD);
+        assert_eq!(
+            o.line(outputs::Signal::Fail).unwrap().pulse,
+            Duration::from_millis(50)
+        );
+        assert!(o.line(outputs::Signal::Ready).unwrap().active_low);
+        assert!(
+            ok.warnings.iter().all(|w| !w.contains("outputs")),
+            "{:?}",
+            ok.warnings
+        );
+        for (extra, expect) in [
+            ("recipe_lines = [3]\n", "recipe_lines needs recipe_codes"),
+            (
+                "recipe_codes = [\"default\"]\n",
+                "recipe_codes needs recipe_lines",
+            ),
+            (
+                "recipe_lines = [3, 17]\nrecipe_codes = [\"default\"]\n",
+                "17 is the trigger line",
+            ),
+            (
+                "recipe_lines = [3, 3]\nrecipe_codes = [\"default\"]\n",
+                "3 is listed twice",
+            ),
+            (
+                "recipe_lines = [3]\nrecipe_codes = [\"default\", \"default\", \"default\"]\n",
+                "codes 0 to 1 only",
+            ),
+            (
+                "recipe_lines = [3]\nrecipe_codes = [\"nope\"]\n",
+                "recipe_codes[0] = \"nope\" is not a recipe",
+            ),
+            (
+                "recipe = \"default\"\nrecipe_lines = [3]\nrecipe_codes = [\"default\"]\n",
+                "remove recipe",
+            ),
+            ("[source.outputs]\n", "wires no line"),
+            (
+                "[source.outputs]\nbusy = { line = 20, pulse_ms = 5 }\n",
+                "busy is a level",
+            ),
+            (
+                "[source.outputs]\npass = { line = 20 }\nfail = { line = 20 }\n",
+                "is also source[1].outputs.pass",
+            ),
+            (
+                "recipe_lines = [3]\nrecipe_codes = [\"default\"]\n[source.outputs]\nfail = { line = 3 }\n",
+                "is an input of this source",
+            ),
+            (
+                "[source.outputs]\nfail = { pulse_ms = 5 }\n",
+                "fail.line is missing",
+            ),
+            (
+                "[source.outputs]\nfail = { line = 1 }\nhold_ms = 0\n",
+                "hold_ms = 0",
+            ),
+        ] {
+            let err = with(extra).unwrap_err();
+            assert!(err.contains(expect), "{extra}: {err}");
+        }
+        // On another chip, the same offset is another line.
+        with("[source.outputs]\nchip = \"/dev/gpiochip1\"\nfail = { line = 17 }\n").unwrap();
+        let busy_only = with("[source.outputs]\nbusy = { line = 20 }\n").unwrap();
+        assert!(
+            busy_only
+                .warnings
+                .iter()
+                .any(|w| w.contains("neither pass nor fail")),
+            "{:?}",
+            busy_only.warnings
+        );
+        let dir = parse_checked(
+            &MINIMAL.replace("type = \"directory\"", "type = \"directory\"\nrecipe_lines = [1]"),
+        )
+        .unwrap_err();
+        assert!(dir.contains("recipe_lines is a key of gpio sources"), "{dir}");
     }
 
     #[test]
@@ -1750,6 +1903,32 @@ path = "/srv/drop"
                     capture_timeout: Duration::from_secs(4),
                     output_dir: odd.join("captures"),
                     keep_captures: true,
+                    recipe_lines: vec![4, 5],
+                    recipe_lines_active_low: true,
+                    recipe_codes: vec!["".into(), "bottle-b".into()],
+                    outputs: Some(outputs::Outputs {
+                        chip: odd.join("gpiochip1"),
+                        hold: Duration::from_millis(750),
+                        lines: [
+                            (
+                                outputs::Signal::Fail,
+                                outputs::OutputLine {
+                                    line: 7,
+                                    active_low: true,
+                                    pulse: Duration::from_millis(40),
+                                },
+                            ),
+                            (
+                                outputs::Signal::Ready,
+                                outputs::OutputLine {
+                                    line: 8,
+                                    active_low: false,
+                                    pulse: Duration::ZERO,
+                                },
+                            ),
+                        ]
+                        .into(),
+                    }),
                 }),
             ],
         );
@@ -1778,11 +1957,17 @@ path = "/srv/drop"
         let back = parse_checked(&text).unwrap();
         assert_eq!(back.config, c, "{text}");
         assert!(back.warnings.is_empty());
+        let mut sources = c.sources;
+        for s in &mut sources {
+            if let Source::Gpio(g) = s {
+                g.recipe_codes = vec!["".into(), DEFAULT_RECIPE.into()];
+            }
+        }
         let embedded = Config::new(
             "demo",
             odd.join("state"),
             Model::new(odd.join("p"), odd.join("b")),
-            c.sources,
+            sources,
         );
         assert_eq!(parse_str(&embedded.to_toml().unwrap()).unwrap(), embedded);
     }

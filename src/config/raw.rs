@@ -248,6 +248,47 @@ pub(super) struct RawSource {
     pub output_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_captures: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipe_lines: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipe_lines_active_low: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipe_codes: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<RawOutputs>,
+}
+
+/// A gpio source's `[source.outputs]`: PLC output lines.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOutputs {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chip: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pass: Option<RawOutputLine>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail: Option<RawOutputLine>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<RawOutputLine>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busy: Option<RawOutputLine>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready: Option<RawOutputLine>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_valid: Option<RawOutputLine>,
+}
+
+/// One output line: `{ line = 20, active_low = false, pulse_ms = 0 }`.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOutputLine {
+    pub line: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_low: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pulse_ms: Option<u64>,
 }
 
 impl RawSource {
@@ -263,6 +304,10 @@ impl RawSource {
             ("capture_timeout_secs", self.capture_timeout_secs.is_some()),
             ("output_dir", self.output_dir.is_some()),
             ("keep_captures", self.keep_captures.is_some()),
+            ("recipe_lines", self.recipe_lines.is_some()),
+            ("recipe_lines_active_low", self.recipe_lines_active_low.is_some()),
+            ("recipe_codes", self.recipe_codes.is_some()),
+            ("outputs", self.outputs.is_some()),
         ];
         set.into_iter().filter(|(_, s)| *s).map(|(k, _)| k).collect()
     }

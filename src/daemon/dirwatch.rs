@@ -521,6 +521,7 @@ impl Watcher {
             source: self.name.clone(),
             path: path.clone(),
             trigger: None,
+            recipe: None,
             detected: Instant::now(),
             detected_at: SystemTime::now(),
             // Releases the claim when done (or dropped).
@@ -564,7 +565,7 @@ struct FileDone {
 impl Completion for FileDone {
     fn complete(self: Box<Self>, outcome: Outcome) {
         let inspected = match outcome {
-            Outcome::Judged => true,
+            Outcome::Judged(_) => true,
             Outcome::Rejected => false,
             Outcome::Vanished => return,
             // The file stays; it is offered again after a delay.

@@ -1,32 +1,44 @@
 //! The GPIO trigger source: an edge on a line runs a capture command, and the
-//! image it writes is inspected.
+//! image it writes is inspected; where configured, a recipe code is read
+//! from input lines at the trigger and PLC output lines follow the
+//! [`Handshake`].
 //!
 //! Split in two so the trigger logic is tested without hardware: [`Lines`]
-//! requests a line and yields its edges ([`Gpiocdev`]: `/dev/gpiochipN`,
-//! uAPI v2 with v1 fallback); [`Trigger`] turns any line's edges into jobs.
-//! The task that holds the line request belongs to the source's handle, so
-//! stopping the source releases the line at once (a reload can request it
-//! again). A trigger that arrives while the previous one is still being
-//! captured or inspected is never silently dropped: it is counted in
-//! `/stats` and gets a result with verdict `error`, so a PLC waiting for one
-//! answer per trigger gets one.
+//! requests lines ([`Gpiocdev`]: `/dev/gpiochipN`, uAPI v2 with v1
+//! fallback); [`Trigger`] turns any line's edges into jobs. The task that
+//! holds the line requests belongs to the source's handle, so stopping the
+//! source releases the lines at once (a reload can request them again),
+//! after driving the outputs to their safe (inactive) state. A trigger that
+//! arrives while the previous one is still being captured or inspected is
+//! never silently dropped: it is counted in `/stats` and gets a result with
+//! verdict `error`, so a PLC waiting for one answer per trigger gets one.
 
 use std::future::Future;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::outputs::Outputs;
 use crate::config::{Edge, GpioSource};
+use crate::daemon::handshake::{Handshake, OutputLines};
 use crate::daemon::job::{Completion, Job, Outcome};
 use crate::daemon::sink::ResultSink;
 use crate::daemon::source::{SourceContext, SourceHandle};
-use crate::record::inspection_id;
+use crate::record::{inspection_id, Verdict};
+
+/// How often the trigger's level is read while a result is held (to see it
+/// drop); PLC scan cycles are a few milliseconds and up.
+const RELEASE_POLL: Duration = Duration::from_millis(2);
+
+/// How often `ready` is brought up to date with pause and resume.
+const READY_POLL: Duration = Duration::from_millis(50);
 
 /// The next edge of a line: when it was read.
 pub type EdgeFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Instant>> + Send + 'a>>;
@@ -37,12 +49,24 @@ pub trait Line: Send {
     fn kernel_debounce(&self) -> bool;
     /// Wait for the next edge.
     fn next_edge(&mut self) -> EdgeFuture<'_>;
+    /// The line's logical level now (true: active).
+    fn level(&self) -> io::Result<bool>;
+}
+
+/// Input lines read together (a recipe code); dropping them releases them.
+pub trait Inputs: Send {
+    /// Each line's logical level, in the order they were requested.
+    fn read(&self) -> io::Result<Vec<bool>>;
 }
 
 /// Where lines come from: the kernel's GPIO character devices, or a fake in tests.
 pub trait Lines: Send + Sync {
     /// Request the line `cfg` names, with its edge detection and debounce.
     fn request(&self, cfg: &GpioSource) -> io::Result<Box<dyn Line>>;
+    /// Request `lines` of `chip` as inputs.
+    fn request_inputs(&self, chip: &Path, lines: &[u32], active_low: bool) -> io::Result<Box<dyn Inputs>>;
+    /// Request the output lines of `outputs`, every one driven inactive.
+    fn request_outputs(&self, outputs: &Outputs) -> io::Result<Box<dyn OutputLines>>;
 }
 
 /// Lines of `/dev/gpiochipN` through gpiocdev. Kernel debounce is used where
@@ -53,6 +77,7 @@ pub struct Gpiocdev;
 
 struct CdevLine {
     request: gpiocdev::tokio::AsyncRequest,
+    offset: u32,
     kernel_debounce: bool,
 }
 
@@ -69,6 +94,46 @@ impl Line for CdevLine {
                 .map(|_| Instant::now())
                 .map_err(io::Error::other)
         })
+    }
+
+    fn level(&self) -> io::Result<bool> {
+        let request: &gpiocdev::Request = self.request.as_ref();
+        request
+            .value(self.offset)
+            .map(bool::from)
+            .map_err(io::Error::other)
+    }
+}
+
+struct CdevInputs {
+    request: gpiocdev::Request,
+    lines: Vec<u32>,
+}
+
+impl Inputs for CdevInputs {
+    fn read(&self) -> io::Result<Vec<bool>> {
+        // One read of every line: the code is latched as a whole.
+        let mut values = gpiocdev::line::Values::from_offsets(&self.lines);
+        self.request.values(&mut values).map_err(io::Error::other)?;
+        self.lines
+            .iter()
+            .map(|l| {
+                values
+                    .get(*l)
+                    .map(bool::from)
+                    .ok_or_else(|| io::Error::other(format!("line {l} was not read")))
+            })
+            .collect()
+    }
+}
+
+struct CdevOutputs(gpiocdev::Request);
+
+impl OutputLines for CdevOutputs {
+    fn set(&mut self, line: u32, active: bool) -> io::Result<()> {
+        self.0
+            .set_value(line, gpiocdev::line::Value::from(active))
+            .map_err(io::Error::other)
     }
 }
 
@@ -103,14 +168,154 @@ impl Lines for Gpiocdev {
         };
         Ok(Box::new(CdevLine {
             request: gpiocdev::tokio::AsyncRequest::new(request),
+            offset: cfg.line,
             kernel_debounce,
         }))
     }
+
+    fn request_inputs(&self, chip: &Path, lines: &[u32], active_low: bool) -> io::Result<Box<dyn Inputs>> {
+        let mut b = gpiocdev::Request::builder();
+        b.on_chip(chip)
+            .with_consumer("winclip-edge")
+            .with_lines(lines)
+            .as_input();
+        if active_low {
+            b.as_active_low();
+        }
+        Ok(Box::new(CdevInputs {
+            request: b.request().map_err(io::Error::other)?,
+            lines: lines.to_vec(),
+        }))
+    }
+
+    fn request_outputs(&self, outputs: &Outputs) -> io::Result<Box<dyn OutputLines>> {
+        let mut b = gpiocdev::Request::builder();
+        b.on_chip(&outputs.chip).with_consumer("winclip-edge");
+        for l in outputs.lines.values() {
+            b.with_line(l.line).as_output(gpiocdev::line::Value::Inactive);
+            if l.active_low {
+                b.as_active_low();
+            } else {
+                b.as_active_high();
+            }
+        }
+        Ok(Box::new(CdevOutputs(b.request().map_err(io::Error::other)?)))
+    }
 }
 
-/// Request the line of `cfg` from `lines` and start triggering on it. The
-/// line is requested before this returns: a line that cannot be had is an
-/// error here.
+/// The recipe code lines of a source, read at each trigger.
+pub struct RecipeCode {
+    inputs: Box<dyn Inputs>,
+    cfg: GpioSource,
+}
+
+impl RecipeCode {
+    /// The recipe the lines select now, or why none.
+    pub fn read(&self) -> Result<String, String> {
+        let lines = &self.cfg.recipe_lines;
+        let levels = self
+            .inputs
+            .read()
+            .map_err(|e| format!("cannot read the recipe code lines {lines:?}: {e}"))?;
+        let code = levels
+            .iter()
+            .enumerate()
+            .fold(0usize, |c, (bit, on)| c | (usize::from(*on) << bit));
+        self.cfg.recipe_of_code(code).map(str::to_string).ok_or_else(|| {
+            let bits: Vec<u8> = levels.iter().map(|on| u8::from(*on)).collect();
+            format!("recipe code {code} (lines {lines:?} read {bits:?}) selects no recipe in recipe_codes")
+        })
+    }
+}
+
+/// What a source drives and reads for its PLC besides the trigger.
+#[derive(Default)]
+pub struct Plc {
+    /// The recipe code lines.
+    pub code: Option<RecipeCode>,
+    /// The output lines.
+    pub handshake: Option<Handshake>,
+}
+
+impl Plc {
+    /// Request the code and output lines `cfg` names.
+    fn request(cfg: &GpioSource, lines: &dyn Lines) -> io::Result<Self> {
+        let code = if cfg.recipe_lines.is_empty() {
+            None
+        } else {
+            let inputs = lines
+                .request_inputs(&cfg.chip, &cfg.recipe_lines, cfg.recipe_lines_active_low)
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "source {}: GPIO {} recipe code lines {:?}: {e}",
+                            cfg.name,
+                            cfg.chip.display(),
+                            cfg.recipe_lines
+                        ),
+                    )
+                })?;
+            Some(RecipeCode {
+                inputs,
+                cfg: cfg.clone(),
+            })
+        };
+        let handshake = match &cfg.outputs {
+            None => None,
+            Some(o) => {
+                let out = lines.request_outputs(o).map_err(|e| {
+                    let wired: Vec<String> = o.lines.iter().map(|(s, l)| format!("{s} {}", l.line)).collect();
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "source {}: GPIO {} output lines ({}): {e}",
+                            cfg.name,
+                            o.chip.display(),
+                            wired.join(", ")
+                        ),
+                    )
+                })?;
+                Some(Handshake::new(&cfg.name, o.clone(), out))
+            }
+        };
+        Ok(Self { code, handshake })
+    }
+
+    /// When the trigger loop must look at the outputs next.
+    fn wake(&self, now: Instant) -> Option<Instant> {
+        let h = self.handshake.as_ref()?;
+        let poll = if h.holding() { RELEASE_POLL } else { READY_POLL };
+        Some(h.next_deadline().map_or(now + poll, |d| d.min(now + poll)))
+    }
+
+    /// Bring the outputs up to date: `ready`, a dropped trigger, pulses and holds.
+    fn tick(&mut self, line: &dyn Line, edge: Edge, ready: bool) {
+        let Some(h) = &mut self.handshake else {
+            return;
+        };
+        h.set_ready(ready);
+        if h.holding() && edge != Edge::Both {
+            // After a rising edge the trigger is active; it drops when it is not.
+            match line.level() {
+                Ok(level) if level != (edge == Edge::Rising) => h.released(),
+                Ok(_) => {}
+                Err(e) => log::debug!("cannot read the trigger's level: {e}"),
+            }
+        }
+        h.tick(Instant::now());
+    }
+
+    fn answer(&mut self, verdict: Verdict) {
+        if let Some(h) = &mut self.handshake {
+            h.result(verdict, Instant::now());
+        }
+    }
+}
+
+/// Request the lines of `cfg` from `lines` and start triggering on them.
+/// The lines are requested before this returns: a line that cannot be had
+/// is an error here.
 pub fn build(cfg: &GpioSource, ctx: SourceContext, lines: &dyn Lines) -> io::Result<SourceHandle> {
     let line = lines.request(cfg).map_err(|e| {
         io::Error::new(
@@ -123,12 +328,23 @@ pub fn build(cfg: &GpioSource, ctx: SourceContext, lines: &dyn Lines) -> io::Res
             ),
         )
     })?;
+    let plc = Plc::request(cfg, lines)?;
     log::info!(
-        "source {}: GPIO {} line {}, {:?} edge",
+        "source {}: GPIO {} line {}, {:?} edge{}{}",
         cfg.name,
         cfg.chip.display(),
         cfg.line,
-        cfg.edge
+        cfg.edge,
+        if plc.code.is_some() {
+            format!(", recipe code on lines {:?}", cfg.recipe_lines)
+        } else {
+            String::new()
+        },
+        if plc.handshake.is_some() {
+            ", PLC outputs"
+        } else {
+            ""
+        }
     );
     let trigger = Trigger {
         name: cfg.name.clone(),
@@ -136,6 +352,7 @@ pub fn build(cfg: &GpioSource, ctx: SourceContext, lines: &dyn Lines) -> io::Res
         timeout: cfg.capture_timeout,
         output_dir: cfg.output_dir.clone(),
         keep: cfg.keep_captures,
+        edge: cfg.edge,
         debounce: if line.kernel_debounce() {
             Duration::ZERO
         } else {
@@ -143,7 +360,7 @@ pub fn build(cfg: &GpioSource, ctx: SourceContext, lines: &dyn Lines) -> io::Res
         },
         sink: ctx.sink.clone(),
     };
-    let task = tokio::spawn(trigger.run(line, ctx.jobs, ctx.shutdown.clone()));
+    let task = tokio::spawn(trigger.run(line, plc, ctx.jobs, ctx.shutdown.clone()));
     Ok(SourceHandle::new(&cfg.name, ctx.shutdown, vec![task]))
 }
 
@@ -159,6 +376,8 @@ pub struct Trigger {
     pub output_dir: PathBuf,
     /// Keep captures after inspection.
     pub keep: bool,
+    /// The edge that triggers (the handshake waits for the trigger to drop back).
+    pub edge: Edge,
     /// Software debounce (zero when the kernel debounces).
     pub debounce: Duration,
     /// Result sink for error results.
@@ -167,17 +386,40 @@ pub struct Trigger {
 
 impl Trigger {
     /// Handle edges until `shutdown` is cancelled or the line fails; then
-    /// stop running captures and release the line.
-    pub async fn run(self, mut line: Box<dyn Line>, jobs: flume::Sender<Job>, shutdown: CancellationToken) {
+    /// stop running captures, drive the outputs inactive and release the lines.
+    pub async fn run(
+        self,
+        mut line: Box<dyn Line>,
+        mut plc: Plc,
+        jobs: flume::Sender<Job>,
+        shutdown: CancellationToken,
+    ) {
         let busy = Arc::new(AtomicBool::new(false));
         let this = Arc::new(self);
         let mut captures = JoinSet::new();
         let mut count = 0u64;
         let mut last: Option<Instant> = None;
+        // Verdicts of accepted triggers, for the outputs: (trigger, verdict).
+        let (verdicts, mut verdicts_rx) = mpsc::unbounded_channel::<(u64, Verdict)>();
+        let mut accepted = 0u64;
+        plc.tick(&*line, this.edge, !this.sink.paused());
         loop {
+            let now = Instant::now();
+            let wake = plc.wake(now);
             let at = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(_) = captures.join_next(), if !captures.is_empty() => continue,
+                Some((n, verdict)) = verdicts_rx.recv() => {
+                    // Only the trigger the outputs wait for sets them.
+                    if n == accepted {
+                        plc.answer(verdict);
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(wake.unwrap_or(now + READY_POLL).into()), if wake.is_some() => {
+                    plc.tick(&*line, this.edge, !this.sink.paused());
+                    continue;
+                }
                 edge = line.next_edge() => match edge {
                     Ok(at) => at,
                     Err(e) => {
@@ -202,6 +444,8 @@ impl Trigger {
                     detected_at,
                     format!("trigger #{count} not inspected: the station is paused (command \"resume\")"),
                 );
+                accepted = count;
+                plc.answer(Verdict::Error);
                 continue;
             }
             if busy.swap(true, Ordering::AcqRel) {
@@ -214,12 +458,29 @@ impl Trigger {
                 );
                 continue;
             }
-            let (this, jobs) = (Arc::clone(&this), jobs.clone());
+            accepted = count;
+            if let Some(h) = &mut plc.handshake {
+                h.trigger();
+            }
+            // Latched now, at the trigger: the PLC may change the code once busy rises.
+            let recipe = match plc.code.as_ref().map(RecipeCode::read).transpose() {
+                Ok(r) => r,
+                Err(e) => {
+                    busy.store(false, Ordering::Release);
+                    log::warn!("source {}: trigger #{count}: {e}", this.name);
+                    this.report(count, detected_at, format!("trigger #{count} not inspected: {e}"));
+                    plc.answer(Verdict::Error);
+                    continue;
+                }
+            };
+            let (this, jobs, verdicts) = (Arc::clone(&this), jobs.clone(), verdicts.clone());
             // Frees the station when the job is done, or dropped unfinished.
             let done = CaptureDone {
                 path: None,
                 keep: this.keep,
                 busy: Arc::clone(&busy),
+                trigger: count,
+                verdicts: verdicts.clone(),
             };
             captures.spawn(async move {
                 let mut done = done;
@@ -230,24 +491,32 @@ impl Trigger {
                             source: this.name.clone(),
                             path,
                             trigger: Some(count),
+                            recipe,
                             detected: at,
                             detected_at,
                             completion: Box::new(done),
                         };
                         let _ = jobs.send_async(job).await;
                     }
-                    Err(e) => this.report(
-                        count,
-                        detected_at,
-                        format!("trigger #{count}: capture failed: {e}"),
-                    ),
+                    Err(e) => {
+                        this.report(
+                            count,
+                            detected_at,
+                            format!("trigger #{count}: capture failed: {e}"),
+                        );
+                        let _ = verdicts.send((count, Verdict::Error));
+                    }
                 }
             });
         }
         // The line is released at once; triggers already captured still get
         // their answer (each capture is bounded by its time limit).
         drop(line);
-        log::debug!("source {}: GPIO line released", this.name);
+        if let Some(h) = &mut plc.handshake {
+            h.safe();
+        }
+        drop(plc);
+        log::debug!("source {}: GPIO lines released", this.name);
         while captures.join_next().await.is_some() {}
     }
 
@@ -316,11 +585,14 @@ impl Trigger {
 }
 
 /// The after-action of one capture: the file goes (unless kept) once its
-/// result is stored, and the station is free for the next trigger.
+/// result is stored, the outputs are told the verdict, and the station is
+/// free for the next trigger.
 struct CaptureDone {
     path: Option<PathBuf>,
     keep: bool,
     busy: Arc<AtomicBool>,
+    trigger: u64,
+    verdicts: mpsc::UnboundedSender<(u64, Verdict)>,
 }
 
 impl Completion for CaptureDone {
@@ -328,6 +600,7 @@ impl Completion for CaptureDone {
         if let (Some(path), false, true) = (&self.path, self.keep, outcome.stored()) {
             let _ = std::fs::remove_file(path);
         }
+        let _ = self.verdicts.send((self.trigger, outcome.verdict()));
     }
 }
 
@@ -338,22 +611,36 @@ impl Drop for CaptureDone {
 }
 
 /// A fake GPIO chip for tests: lines are exclusive like the kernel's (a
-/// second request of a held line fails with EBUSY) and edges are injected.
+/// second request of a held line fails with EBUSY), edges are injected,
+/// input levels set, and output writes logged.
 #[cfg(test)]
 pub(crate) mod fake {
-    use std::collections::HashMap;
+    use std::collections::{HashMap, HashSet};
     use std::sync::{Arc, Mutex};
 
     use tokio::sync::mpsc;
 
     use super::*;
+    use crate::daemon::handshake::fake::{Log, Logged};
 
-    type Held = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Instant>>>>;
+    #[derive(Default)]
+    struct State {
+        /// Trigger lines, with where their edges go.
+        edges: HashMap<u32, mpsc::UnboundedSender<Instant>>,
+        /// Every requested line.
+        held: HashSet<u32>,
+        /// Input levels (logical); unset lines read inactive.
+        levels: HashMap<u32, bool>,
+    }
+
+    type Shared = Arc<Mutex<State>>;
 
     /// The chip.
     #[derive(Default)]
     pub(crate) struct FakeChip {
-        held: Held,
+        state: Shared,
+        /// Every output write, in order.
+        pub(crate) writes: Log,
     }
 
     impl FakeChip {
@@ -364,29 +651,65 @@ pub(crate) mod fake {
 
         /// Whether `line` is requested.
         pub(crate) fn is_held(&self, line: u32) -> bool {
-            self.held.lock().unwrap().contains_key(&line)
+            self.state.lock().unwrap().held.contains(&line)
         }
 
         /// An edge on `line`; false when nobody holds it.
         pub(crate) fn edge(&self, line: u32) -> bool {
-            self.held
+            self.state
                 .lock()
                 .unwrap()
+                .edges
                 .get(&line)
                 .is_some_and(|tx| tx.send(Instant::now()).is_ok())
+        }
+
+        /// Drive input `line` (as the PLC would).
+        pub(crate) fn set_level(&self, line: u32, active: bool) {
+            self.state.lock().unwrap().levels.insert(line, active);
+        }
+
+        /// What output `line` shows now (inactive before any write).
+        pub(crate) fn output(&self, line: u32) -> bool {
+            self.writes
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .find(|(l, _)| *l == line)
+                .is_some_and(|(_, on)| *on)
+        }
+
+        fn claim(&self, lines: &[u32]) -> io::Result<()> {
+            let mut st = self.state.lock().unwrap();
+            if lines.iter().any(|l| st.held.contains(l)) {
+                return Err(io::Error::from_raw_os_error(nix::libc::EBUSY));
+            }
+            st.held.extend(lines);
+            Ok(())
+        }
+    }
+
+    /// Releases its lines when dropped.
+    struct Claim {
+        lines: Vec<u32>,
+        state: Shared,
+    }
+
+    impl Drop for Claim {
+        fn drop(&mut self) {
+            let mut st = self.state.lock().unwrap();
+            for l in &self.lines {
+                st.held.remove(l);
+                st.edges.remove(l);
+            }
         }
     }
 
     struct FakeLine {
         line: u32,
         edges: mpsc::UnboundedReceiver<Instant>,
-        held: Held,
-    }
-
-    impl Drop for FakeLine {
-        fn drop(&mut self) {
-            self.held.lock().unwrap().remove(&self.line);
-        }
+        claim: Claim,
     }
 
     impl Line for FakeLine {
@@ -402,21 +725,73 @@ pub(crate) mod fake {
                     .ok_or_else(|| io::Error::other("fake line closed"))
             })
         }
+
+        fn level(&self) -> io::Result<bool> {
+            let st = self.claim.state.lock().unwrap();
+            Ok(st.levels.get(&self.line).copied().unwrap_or(false))
+        }
+    }
+
+    struct FakeInputs(Claim);
+
+    impl Inputs for FakeInputs {
+        fn read(&self) -> io::Result<Vec<bool>> {
+            let st = self.0.state.lock().unwrap();
+            Ok(self
+                .0
+                .lines
+                .iter()
+                .map(|l| st.levels.get(l).copied().unwrap_or(false))
+                .collect())
+        }
+    }
+
+    struct FakeOutputs(Logged, #[allow(dead_code)] Claim);
+
+    impl OutputLines for FakeOutputs {
+        fn set(&mut self, line: u32, active: bool) -> io::Result<()> {
+            self.0.set(line, active)
+        }
     }
 
     impl Lines for FakeChip {
         fn request(&self, cfg: &GpioSource) -> io::Result<Box<dyn Line>> {
-            let mut held = self.held.lock().unwrap();
-            if held.contains_key(&cfg.line) {
-                return Err(io::Error::from_raw_os_error(nix::libc::EBUSY));
-            }
+            self.claim(&[cfg.line])?;
             let (tx, edges) = mpsc::unbounded_channel();
-            held.insert(cfg.line, tx);
+            self.state.lock().unwrap().edges.insert(cfg.line, tx);
             Ok(Box::new(FakeLine {
                 line: cfg.line,
                 edges,
-                held: Arc::clone(&self.held),
+                claim: Claim {
+                    lines: vec![cfg.line],
+                    state: Arc::clone(&self.state),
+                },
             }))
+        }
+
+        fn request_inputs(
+            &self,
+            _chip: &Path,
+            lines: &[u32],
+            _active_low: bool,
+        ) -> io::Result<Box<dyn Inputs>> {
+            self.claim(lines)?;
+            Ok(Box::new(FakeInputs(Claim {
+                lines: lines.to_vec(),
+                state: Arc::clone(&self.state),
+            })))
+        }
+
+        fn request_outputs(&self, outputs: &Outputs) -> io::Result<Box<dyn OutputLines>> {
+            let lines: Vec<u32> = outputs.lines.values().map(|l| l.line).collect();
+            self.claim(&lines)?;
+            Ok(Box::new(FakeOutputs(
+                Logged(self.writes.clone()),
+                Claim {
+                    lines,
+                    state: Arc::clone(&self.state),
+                },
+            )))
         }
     }
 }
@@ -442,6 +817,10 @@ mod tests {
 
         fn next_edge(&mut self) -> EdgeFuture<'_> {
             Box::pin(async move { self.0.recv().await.ok_or_else(|| io::Error::other("closed")) })
+        }
+
+        fn level(&self) -> io::Result<bool> {
+            Ok(false)
         }
     }
 
@@ -470,6 +849,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             output_dir: dir.join("captures"),
             keep: false,
+            edge: Edge::Rising,
             debounce,
             sink: rig.sink.clone(),
         }
@@ -487,6 +867,10 @@ mod tests {
             capture_timeout: Duration::from_secs(5),
             output_dir: dir.join("captures"),
             keep_captures: false,
+            recipe_lines: Vec::new(),
+            recipe_lines_active_low: false,
+            recipe_codes: Vec::new(),
+            outputs: None,
         }
     }
 
@@ -529,7 +913,12 @@ mod tests {
         let t = trigger(dir, rig, cmd, Duration::ZERO);
         let (etx, erx) = mpsc::channel(8);
         let (jtx, jrx) = flume::bounded(8);
-        let task = tokio::spawn(t.run(Box::new(ChannelLine(erx)), jtx, CancellationToken::new()));
+        let task = tokio::spawn(t.run(
+            Box::new(ChannelLine(erx)),
+            Plc::default(),
+            jtx,
+            CancellationToken::new(),
+        ));
         (etx, jrx, task)
     }
 
@@ -574,7 +963,8 @@ mod tests {
         assert_eq!(std::fs::read(&job.path).unwrap(), b"x");
         // Completing the job frees the station and removes the capture.
         let path = job.path.clone();
-        job.completion.complete(Outcome::Judged);
+        job.completion
+            .complete(Outcome::Judged(crate::inspector::Verdict::Pass));
         assert!(!path.exists());
     }
 
@@ -590,7 +980,12 @@ mod tests {
         );
         let (etx, erx) = mpsc::channel(8);
         let (jtx, _jrx) = flume::bounded(8);
-        let task = tokio::spawn(t.run(Box::new(ChannelLine(erx)), jtx, CancellationToken::new()));
+        let task = tokio::spawn(t.run(
+            Box::new(ChannelLine(erx)),
+            Plc::default(),
+            jtx,
+            CancellationToken::new(),
+        ));
         etx.send(Instant::now()).await.unwrap();
         assert_eq!(wait_results(&rig, 1).await.len(), 1);
         // The failed capture freed the station: the next trigger is captured, not "busy".
@@ -617,7 +1012,12 @@ mod tests {
         );
         let (etx, erx) = mpsc::channel(8);
         let (jtx, _jrx) = flume::bounded(8);
-        let task = tokio::spawn(t.run(Box::new(ChannelLine(erx)), jtx, CancellationToken::new()));
+        let task = tokio::spawn(t.run(
+            Box::new(ChannelLine(erx)),
+            Plc::default(),
+            jtx,
+            CancellationToken::new(),
+        ));
         let t0 = Instant::now();
         for ms in [0u64, 5, 10, 200] {
             etx.send(t0 + Duration::from_millis(ms)).await.unwrap();
@@ -627,6 +1027,149 @@ mod tests {
         let res = wait_results(&rig, 2).await;
         let triggers: Vec<u64> = res.iter().map(|r| r["trigger"].as_u64().unwrap()).collect();
         assert_eq!(triggers.len(), 2, "two edges survive debouncing: {res:?}");
+    }
+
+    /// Wait (up to 60 s) until `cond` holds; no timing is asserted.
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        for _ in 0..6000 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never: {what}");
+    }
+
+    const READY: u32 = 20;
+    const BUSY: u32 = 21;
+    const PASS: u32 = 22;
+    const FAIL: u32 = 23;
+    const ERROR: u32 = 24;
+    const VALID: u32 = 25;
+
+    /// A source on line 17 with a 2-line recipe code (3, 4) and every output wired.
+    fn plc_config(dir: &std::path::Path) -> GpioSource {
+        use crate::config::outputs::{OutputLine, Signal};
+        let level = |line| OutputLine {
+            line,
+            active_low: false,
+            pulse: Duration::ZERO,
+        };
+        let mut cfg = config(dir, 17);
+        cfg.capture = vec![
+            "sh".into(),
+            "-c".into(),
+            "printf x > \"$0\"".into(),
+            "{output}".into(),
+        ];
+        cfg.recipe_lines = vec![3, 4];
+        cfg.recipe_codes = vec!["".into(), "a".into(), "b".into()];
+        cfg.outputs = Some(Outputs {
+            chip: "/dev/fake".into(),
+            hold: Duration::from_secs(30),
+            lines: [
+                (Signal::Ready, level(READY)),
+                (Signal::Busy, level(BUSY)),
+                (Signal::Pass, level(PASS)),
+                (Signal::Fail, level(FAIL)),
+                (Signal::Error, level(ERROR)),
+                (Signal::ResultValid, level(VALID)),
+            ]
+            .into(),
+        });
+        cfg
+    }
+
+    /// Issue #17: the recipe code is latched at the trigger and goes with
+    /// the job; the outputs follow the handshake (busy, one result line,
+    /// result_valid until the trigger drops; ready follows pause), and a
+    /// stopped source leaves every output inactive and its lines free.
+    #[tokio::test]
+    async fn the_recipe_code_is_latched_at_the_trigger_and_the_outputs_follow_the_handshake() {
+        let dir = tempfile::tempdir().unwrap();
+        let rig = rig(dir.path());
+        let chip = Arc::new(FakeChip::default());
+        let (jtx, jrx) = flume::bounded(8);
+        let ctx = SourceContext {
+            jobs: jtx,
+            sink: rig.sink.clone(),
+            shutdown: CancellationToken::new(),
+            state_dir: dir.path().to_owned(),
+        };
+        let handle = build(&plc_config(dir.path()), ctx, &*chip).unwrap();
+        for l in [17, 3, 4, READY, BUSY, PASS, FAIL, ERROR, VALID] {
+            assert!(chip.is_held(l), "line {l}");
+        }
+        let on = |l| chip.output(l);
+        until("ready", || on(READY)).await;
+        assert!(!on(BUSY) && !on(VALID));
+
+        // Code 1 (line 3 high): recipe "a"; the PLC changes the code once busy rises.
+        chip.set_level(3, true);
+        chip.set_level(17, true);
+        assert!(chip.edge(17));
+        let job = tokio::time::timeout(Duration::from_secs(60), jrx.recv_async())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(on(BUSY));
+        chip.set_level(4, true);
+        assert_eq!(job.recipe.as_deref(), Some("a"), "latched at the trigger");
+        job.completion
+            .complete(Outcome::Judged(crate::inspector::Verdict::Fail));
+        until("fail and result_valid", || on(FAIL) && on(VALID)).await;
+        assert!(!on(BUSY) && !on(PASS) && !on(ERROR));
+        // The result line was set before result_valid rose.
+        let writes = chip.writes.lock().unwrap().clone();
+        let at = |w: (u32, bool)| writes.iter().position(|x| *x == w).unwrap();
+        assert!(at((FAIL, true)) < at((VALID, true)), "{writes:?}");
+        assert!(at((BUSY, false)) < at((VALID, true)), "{writes:?}");
+        // The trigger drops: the result is withdrawn.
+        chip.set_level(17, false);
+        until("result withdrawn", || !on(VALID) && !on(FAIL)).await;
+
+        // Code 3 (both lines) is past recipe_codes; code 0 is "": no recipe, an error answer.
+        for (l3, l4) in [(true, true), (false, false)] {
+            chip.set_level(3, l3);
+            chip.set_level(4, l4);
+            let before = results(&rig).len();
+            chip.set_level(17, true);
+            assert!(chip.edge(17));
+            until("error answered", || on(ERROR) && on(VALID)).await;
+            let res = wait_results(&rig, before + 1).await;
+            let err = res.last().unwrap()["error"].as_str().unwrap().to_string();
+            assert!(err.contains("selects no recipe"), "{err}");
+            chip.set_level(17, false);
+            until("error withdrawn", || !on(ERROR) && !on(VALID)).await;
+        }
+        assert!(jrx.try_recv().is_err(), "no capture without a recipe");
+
+        // Code 2 (line 4): recipe "b", passes.
+        chip.set_level(4, true);
+        chip.set_level(17, true);
+        assert!(chip.edge(17));
+        let job = tokio::time::timeout(Duration::from_secs(60), jrx.recv_async())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(job.recipe.as_deref(), Some("b"));
+        job.completion
+            .complete(Outcome::Judged(crate::inspector::Verdict::Pass));
+        until("pass", || on(PASS) && on(VALID)).await;
+
+        // Paused: ready falls; a trigger is answered with error.
+        rig.sink.set_paused(true);
+        until("not ready", || !on(READY)).await;
+        rig.sink.set_paused(false);
+        until("ready again", || on(READY)).await;
+
+        handle.stop().await;
+        for l in [READY, BUSY, PASS, FAIL, ERROR, VALID] {
+            assert!(!on(l), "output {l} inactive after stop");
+        }
+        for l in [17, 3, 4, READY, VALID] {
+            assert!(!chip.is_held(l), "line {l} released");
+        }
     }
 
     /// Issue #15, bug 2: the line request belongs to the source's handle.

@@ -11,11 +11,13 @@
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
+use crate::inspector::Verdict;
+
 /// What became of one job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// A verdict (pass or fail) is stored in the outbox.
-    Judged,
+    Judged(Verdict),
     /// The picture could not be inspected (unreadable, corrupt, too large);
     /// a result with verdict `error` is stored.
     Rejected,
@@ -29,7 +31,16 @@ pub enum Outcome {
 impl Outcome {
     /// Whether a result is safely stored (the picture may go).
     pub fn stored(self) -> bool {
-        matches!(self, Outcome::Judged | Outcome::Rejected)
+        matches!(self, Outcome::Judged(_) | Outcome::Rejected)
+    }
+
+    /// The verdict a PLC is given: pass or fail where one is stored, error otherwise.
+    pub fn verdict(self) -> crate::record::Verdict {
+        match self {
+            Outcome::Judged(Verdict::Pass) => crate::record::Verdict::Pass,
+            Outcome::Judged(Verdict::Fail) => crate::record::Verdict::Fail,
+            _ => crate::record::Verdict::Error,
+        }
     }
 }
 
@@ -48,6 +59,9 @@ pub struct Job {
     pub path: PathBuf,
     /// GPIO trigger number (since start), for trigger sources.
     pub trigger: Option<u64>,
+    /// The recipe to inspect with, where the source chose it (a GPIO recipe
+    /// code latched on the trigger); `None`: the source's active recipe.
+    pub recipe: Option<String>,
     /// When the source saw it.
     pub detected: Instant,
     /// Wall-clock time of detection.
@@ -62,6 +76,7 @@ impl std::fmt::Debug for Job {
             .field("source", &self.source)
             .field("path", &self.path)
             .field("trigger", &self.trigger)
+            .field("recipe", &self.recipe)
             .finish_non_exhaustive()
     }
 }

@@ -28,6 +28,7 @@ pub mod delivery;
 pub mod dirwatch;
 pub mod engine;
 pub mod gpio;
+pub mod handshake;
 pub mod history;
 pub mod homeassistant;
 pub mod http;
@@ -48,6 +49,7 @@ pub mod worker;
 #[cfg(test)]
 pub(crate) mod testing;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -500,10 +502,28 @@ impl Daemon {
             "bank": m.as_ref().map(|m| &m.bank),
             "object": m.as_ref().map(|m| &m.object),
             "active_recipes": &*settings.active,
+            "recipe_codes": self.recipe_codes(),
             "recipes": recipes,
             "commands_enabled": self.config.commands.enabled,
             "version": env!("CARGO_PKG_VERSION"),
         })
+    }
+
+    /// The sources whose PLC chooses each trigger's recipe by code: their
+    /// lines and the recipe of each code.
+    fn recipe_codes(&self) -> serde_json::Value {
+        self.config
+            .sources
+            .iter()
+            .filter_map(|s| match s {
+                Source::Gpio(g) if !g.recipe_lines.is_empty() => Some((
+                    g.name.clone(),
+                    serde_json::json!({ "lines": g.recipe_lines, "codes": g.recipe_codes }),
+                )),
+                _ => None,
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     }
 
     fn publish_state(&self) {
@@ -610,7 +630,15 @@ impl Daemon {
             }
             Command::Recipe { source, name } => {
                 let mut choices = self.choices.clone();
+                let coded = self.coded_sources();
                 let sources: Vec<String> = match source {
+                    Some(s) if coded.contains_key(&s) => {
+                        return Err(format!(
+                            "source {s} takes each trigger's recipe from its recipe code lines {:?}: \
+                             the PLC chooses it, a command cannot",
+                            coded[&s]
+                        ))
+                    }
                     Some(s) if self.config.sources.iter().any(|x| x.name() == s) => vec![s],
                     Some(s) => {
                         return Err(format!(
@@ -618,7 +646,20 @@ impl Daemon {
                             self.source_names().join(", ")
                         ))
                     }
-                    None => self.source_names(),
+                    // Every source the command can switch.
+                    None => {
+                        let all: Vec<String> = self
+                            .source_names()
+                            .into_iter()
+                            .filter(|s| !coded.contains_key(s))
+                            .collect();
+                        if all.is_empty() {
+                            return Err(
+                                "every source takes its recipe from its recipe code lines: the PLC chooses them".into(),
+                            );
+                        }
+                        all
+                    }
                 };
                 for s in sources {
                     match &name {
@@ -630,6 +671,20 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// The sources whose recipe code lines choose each trigger's recipe, with those lines.
+    fn coded_sources(&self) -> BTreeMap<String, Vec<u32>> {
+        self.config
+            .sources
+            .iter()
+            .filter_map(|s| match s {
+                Source::Gpio(g) if !g.recipe_lines.is_empty() => {
+                    Some((g.name.clone(), g.recipe_lines.clone()))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     fn source_names(&self) -> Vec<String> {
@@ -1102,6 +1157,10 @@ mod tests {
             capture_timeout: Duration::from_secs(10),
             output_dir: dir.join("captures"),
             keep_captures: false,
+            recipe_lines: Vec::new(),
+            recipe_lines_active_low: false,
+            recipe_codes: Vec::new(),
+            outputs: None,
         })
     }
 
@@ -1149,6 +1208,92 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("fewer than {n} results: {:?}", results(dir));
+    }
+
+    /// Issue #17: a PLC chooses each trigger's recipe by the code on its
+    /// lines; every result names the recipe the code chose and its verdict
+    /// follows that recipe; the fail output is driven; a command cannot
+    /// switch such a source.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_recipe_code_on_gpio_lines_chooses_each_triggers_recipe() {
+        use crate::config::outputs::{OutputLine, Outputs, Signal};
+        let dir = tempfile::tempdir().unwrap();
+        let chip = Arc::new(FakeChip::default());
+        let mut c = station(dir.path(), &tiny_pack());
+        // [model]'s recipe passes everything, "strict" fails everything.
+        c.model.threshold = Some(1.0);
+        c.recipes.push(config::Recipe {
+            name: "strict".into(),
+            bank: tiny_bank(dir.path(), "bottle"),
+            threshold: Some(0.0),
+            early_exit: false,
+        });
+        let Source::Gpio(g) = &mut c.sources[0] else {
+            unreachable!()
+        };
+        g.recipe_lines = vec![6];
+        g.recipe_codes = vec![config::DEFAULT_RECIPE.into(), "strict".into()];
+        g.outputs = Some(Outputs {
+            chip: "/dev/fake".into(),
+            hold: Duration::from_secs(60),
+            lines: [(
+                Signal::Fail,
+                OutputLine {
+                    line: 30,
+                    active_low: false,
+                    pulse: Duration::ZERO,
+                },
+            )]
+            .into(),
+        });
+        let mut daemon = start(dir.path(), c, &chip).await;
+        chip.set_level(5, true);
+        for (n, code, recipe, verdict) in [
+            (1, false, "default", "pass"),
+            (2, true, "strict", "fail"),
+            (3, false, "default", "pass"),
+        ] {
+            chip.set_level(6, code);
+            assert!(chip.edge(5));
+            let r = wait_results(dir.path(), n).await;
+            let r = r.iter().find(|r| r["trigger"] == n).unwrap();
+            assert_eq!(
+                (r["recipe"].as_str(), r["verdict"].as_str()),
+                (Some(recipe), Some(verdict)),
+                "{r}"
+            );
+            for _ in 0..2400 {
+                if chip.output(30) == (verdict == "fail") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(
+                chip.output(30),
+                verdict == "fail",
+                "the fail output after trigger {n}"
+            );
+        }
+        let refused = daemon
+            .carry_out(commands::Command::Recipe {
+                source: Some("trig".into()),
+                name: Some("strict".into()),
+            })
+            .await
+            .unwrap_err();
+        assert!(refused.contains("recipe code lines [6]"), "{refused}");
+        let refused = daemon
+            .carry_out(commands::Command::Recipe {
+                source: None,
+                name: Some("strict".into()),
+            })
+            .await
+            .unwrap_err();
+        assert!(refused.contains("every source"), "{refused}");
+        assert_eq!(daemon.state()["recipe_codes"]["trig"]["codes"][1], "strict");
+        daemon.shutdown().await;
+        assert!(!chip.output(30), "outputs inactive once stopped");
+        assert!(!chip.is_held(30) && !chip.is_held(6) && !chip.is_held(5));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,11 +49,27 @@ impl Settings {
         self.recipes.as_ref().filter(|_| !self.paused)
     }
 
-    /// The recipe `source` inspects with now, and its inspector: its active
-    /// one (`[model]`'s for a source without one; the daemon resolves every
-    /// source's before it installs the settings).
-    pub fn recipe_for(&self, source: &str) -> Option<(String, Arc<Inspector>)> {
+    /// The recipe a job from `source` inspects with now, and its inspector:
+    /// `chosen` where the source chose one (a GPIO recipe code), else the
+    /// source's active one (`[model]`'s for a source without one; the daemon
+    /// resolves every source's before it installs the settings). `None`
+    /// while not ready; an error when the chosen recipe is not loaded (that
+    /// job is never inspected with another recipe).
+    pub fn recipe_for(
+        &self,
+        source: &str,
+        chosen: Option<&str>,
+    ) -> Option<Result<(String, Arc<Inspector>), String>> {
         let recipes = self.ready()?;
+        if let Some(n) = chosen {
+            return Some(match recipes.get(n) {
+                Some(i) => Ok((n.to_string(), Arc::clone(i))),
+                None => Err(format!(
+                    "recipe {n:?} (chosen by the recipe code) is not loaded (recipes: {})",
+                    recipes.names()
+                )),
+            });
+        }
         let (name, inspector) = match self.active.of(source) {
             Some(n) => match recipes.get(n) {
                 Some(i) => (n, i),
@@ -64,7 +80,7 @@ impl Settings {
             },
             None => (recipes.primary_name(), recipes.primary()),
         };
-        Some((name.to_string(), Arc::clone(inspector)))
+        Some(Ok((name.to_string(), Arc::clone(inspector))))
     }
 }
 
@@ -127,10 +143,17 @@ impl Worker {
             self.notifier.watchdog();
             self.wait_for_settings(tick);
         };
-        let Some((recipe, inspector)) = settings.recipe_for(&job.source) else {
-            return; // stopping: the job is dropped, its picture stays
+        let outcome = match settings.recipe_for(&job.source, job.recipe.as_deref()) {
+            None => return, // stopping: the job is dropped, its picture stays
+            Some(Ok((recipe, inspector))) => self.inspect_file(&recipe, &inspector, &settings, &job),
+            Some(Err(e)) => {
+                let name = job.path.file_name().map(escape_name).unwrap_or_default();
+                let id = inspection_id(self.sink.station(), &job.source, &name, name.as_bytes());
+                let mut rec = self.file_error(&job, id, e);
+                rec.recipe = job.recipe.clone();
+                self.store(&rec, None, None, Outcome::Rejected)
+            }
         };
-        let outcome = self.inspect_file(&recipe, &inspector, &settings, &job);
         job.completion.complete(outcome);
     }
 
@@ -241,7 +264,7 @@ impl Worker {
             path.display(),
             rec.summary()
         );
-        self.store(&rec, heat.as_deref(), Some(bytes), Outcome::Judged)
+        self.store(&rec, heat.as_deref(), Some(bytes), Outcome::Judged(ins.verdict))
     }
 
     fn file_error(&self, job: &Job, id: String, error: String) -> Record {
@@ -410,11 +433,17 @@ mod tests {
 
         /// Queue `path` (relative to the rig's directory unless absolute).
         fn send(&self, path: &Path) {
+            self.send_with(path, None);
+        }
+
+        /// Queue `path` with the recipe its source chose.
+        fn send_with(&self, path: &Path, recipe: Option<&str>) {
             self.jobs
                 .send(Job {
                     source: "cam".into(),
                     path: self.dir.path().join(path),
                     trigger: None,
+                    recipe: recipe.map(str::to_string),
                     detected: Instant::now(),
                     detected_at: SystemTime::now(),
                     completion: Box::new(Report(self.report.clone())),
@@ -450,7 +479,7 @@ mod tests {
         std::fs::copy(fixture("queries/good.png"), rig.dir.path().join("good.png")).unwrap();
         std::fs::write(rig.dir.path().join("broken.png"), b"\x89PNG\r\n\x1a\nnope").unwrap();
         rig.send(Path::new("good.png"));
-        assert_eq!(rig.outcome(), Outcome::Judged);
+        assert!(matches!(rig.outcome(), Outcome::Judged(_)));
         rig.send(Path::new("broken.png"));
         assert_eq!(rig.outcome(), Outcome::Rejected);
         rig.send(Path::new("missing.png"));
@@ -476,8 +505,11 @@ mod tests {
         let rig = Rig::new(false);
         let mut strict = (*rig.inspector).clone();
         strict.configure(Some(0.0), false).unwrap();
+        let mut lenient = (*rig.inspector).clone();
+        lenient.configure(Some(1.0), false).unwrap();
         let mut set = Recipes::new("default", (*rig.inspector).clone());
         set.insert("strict", strict);
+        set.insert("lenient", lenient);
         rig.settings.send_modify(|s| {
             s.recipes = Some(Arc::new(set));
             s.active = Arc::new(Active(std::collections::BTreeMap::from([(
@@ -487,7 +519,7 @@ mod tests {
         });
         std::fs::copy(fixture("queries/good.png"), rig.dir.path().join("good.png")).unwrap();
         rig.send(Path::new("good.png"));
-        assert_eq!(rig.outcome(), Outcome::Judged);
+        assert_eq!(rig.outcome(), Outcome::Judged(inspector::Verdict::Fail));
         let r = &rig.results()[0];
         assert_eq!(
             (r["recipe"].clone(), r["threshold"].clone()),
@@ -495,7 +527,35 @@ mod tests {
         );
         assert_eq!(r["verdict"], "fail");
         // A source without an active recipe inspects with [model]'s.
-        assert_eq!(rig.settings.borrow().recipe_for("other").unwrap().0, "default");
+        let of = |source: &str, chosen: Option<&str>| {
+            rig.settings
+                .borrow()
+                .recipe_for(source, chosen)
+                .unwrap()
+                .map(|r| r.0)
+        };
+        assert_eq!(of("other", None).unwrap(), "default");
+        // A recipe the source chose (a GPIO code) wins over its active one…
+        assert_eq!(of("cam", Some("lenient")).unwrap(), "lenient");
+        // (Another name each: the outbox keeps one result per inspection id.)
+        std::fs::copy(fixture("queries/good.png"), rig.dir.path().join("good2.png")).unwrap();
+        std::fs::copy(fixture("queries/good.png"), rig.dir.path().join("good3.png")).unwrap();
+        rig.send_with(Path::new("good2.png"), Some("lenient"));
+        assert_eq!(rig.outcome(), Outcome::Judged(inspector::Verdict::Pass));
+        let r = &rig.results()[1];
+        assert_eq!(
+            (r["recipe"].clone(), r["verdict"].clone()),
+            ("lenient".into(), "pass".into())
+        );
+        // …and one that is not loaded is an error, never another recipe's verdict.
+        rig.send_with(Path::new("good3.png"), Some("gone"));
+        assert_eq!(rig.outcome(), Outcome::Rejected);
+        let r = &rig.results()[2];
+        assert_eq!(
+            (r["recipe"].clone(), r["verdict"].clone()),
+            ("gone".into(), "error".into())
+        );
+        assert!(r["error"].as_str().unwrap().contains("\"gone\""), "{r}");
     }
 
     #[test]
@@ -532,7 +592,7 @@ mod tests {
             },
             limits: Limits::DEFAULT,
         });
-        assert_eq!(rig.outcome(), Outcome::Judged);
+        assert_eq!(rig.outcome(), Outcome::Judged(inspector::Verdict::Fail));
         let r = &rig.results()[0];
         assert_eq!(r["threshold"], 0.0);
         assert_eq!(r["recipe"], "default");
@@ -541,7 +601,7 @@ mod tests {
         rig.settings.send_modify(|s| s.heatmap.enabled = false);
         std::fs::copy(fixture("queries/hole.png"), rig.dir.path().join("hole.png")).unwrap();
         rig.send(Path::new("hole.png"));
-        assert_eq!(rig.outcome(), Outcome::Judged);
+        assert_eq!(rig.outcome(), Outcome::Judged(inspector::Verdict::Fail));
         assert!(rig.results()[1]["heatmap"].is_null());
     }
 }
