@@ -195,6 +195,10 @@ pub struct Meta {
     pub created: String,
     /// Program and version that wrote the bank.
     pub creator: String,
+    /// The region of interest its pictures were cropped to (every picture
+    /// judged with it is cropped the same way); `None`: the whole picture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roi: Option<crate::roi::Roi>,
 }
 
 /// A file that went into a bank.
@@ -680,6 +684,7 @@ mod tests {
                 colour_range: [0.0, 1.0],
                 created: "2026-11-27T00:00:00Z".into(),
                 creator: "test".into(),
+                roi: None,
             },
             text: TextPrototypes {
                 normal: ndarray::arr1(&[1.0, 0.0]),

@@ -81,12 +81,17 @@ pub struct Legend<'a> {
     pub regions: &'a [[u32; 4]],
     /// The map's strongest point `[x, y]`, in the picture's pixels.
     pub argmax: [u32; 2],
+    /// The region of interest the map covers, `[x0, y0, x1, y1]` in the
+    /// picture's pixels; `None`: the map covers the whole picture.
+    pub roi: Option<[u32; 4]>,
 }
 
 const PASS_BAND: Rgb<u8> = Rgb([20, 120, 50]);
 const FAIL_BAND: Rgb<u8> = Rgb([190, 25, 25]);
 const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
 const BLACK: Rgb<u8> = Rgb([0, 0, 0]);
+/// The outline of the region of interest.
+const ROI: Rgb<u8> = Rgb([255, 210, 0]);
 
 /// The heatmap of `picture` that explains itself, its longest side at most
 /// `max_side` (plus a header and a colour bar): `map` (any resolution over
@@ -101,8 +106,37 @@ pub fn explained(
 ) -> RgbImage {
     let thumb = thumbnail(picture, max_side);
     let (w, h) = thumb.dimensions();
-    let full = upsample::bilinear(map, h as usize, w as usize);
-    let over = overlay(&thumb, full.view(), range, 0.55);
+    let (sx, sy) = (
+        f64::from(w) / f64::from(picture.width().max(1)),
+        f64::from(h) / f64::from(picture.height().max(1)),
+    );
+    // The map covers the region of interest (the whole picture without one);
+    // outside it the picture is dimmed: nothing there was inspected.
+    let roi = legend.roi.map(|[x0, y0, x1, y1]| {
+        let at = |v: u32, s: f64, n: u32| ((f64::from(v) * s).round() as u32).min(n);
+        let (x0, y0) = (at(x0, sx, w - 1), at(y0, sy, h - 1));
+        let (x1, y1) = (at(x1, sx, w).max(x0 + 1), at(y1, sy, h).max(y0 + 1));
+        [x0, y0, x1, y1]
+    });
+    let over = match roi {
+        None => {
+            let full = upsample::bilinear(map, h as usize, w as usize);
+            overlay(&thumb, full.view(), range, 0.55)
+        }
+        Some([x0, y0, x1, y1]) => {
+            let (rw, rh) = (x1 - x0, y1 - y0);
+            let part = imageops::crop_imm(&thumb, x0, y0, rw, rh).to_image();
+            let full = upsample::bilinear(map, rh as usize, rw as usize);
+            let mut dimmed = RgbImage::from_fn(w, h, |x, y| Rgb(thumb.get_pixel(x, y).0.map(|c| c / 3)));
+            imageops::replace(
+                &mut dimmed,
+                &overlay(&part, full.view(), range, 0.55),
+                i64::from(x0),
+                i64::from(y0),
+            );
+            dimmed
+        }
+    };
     let (colour, mut text) = if legend.failed {
         (
             FAIL_BAND,
@@ -130,11 +164,18 @@ pub fn explained(
     let mut out = RgbImage::from_pixel(w, band + h + band + 8 * k, BLACK);
     imageops::replace(&mut out, &over, 0, i64::from(band));
 
+    if let Some([x0, y0, x1, y1]) = roi {
+        let b = i64::from(band);
+        rectangle(
+            &mut out,
+            i64::from(x0),
+            i64::from(y0) + b,
+            i64::from(x1) - 1,
+            i64::from(y1) - 1 + b,
+            ROI,
+        );
+    }
     // Where: regions outlined, or the strongest point of a failing part.
-    let (sx, sy) = (
-        f64::from(w) / f64::from(picture.width().max(1)),
-        f64::from(h) / f64::from(picture.height().max(1)),
-    );
     let to = |x: u32, y: u32| {
         (
             (f64::from(x) * sx) as i64,
@@ -279,6 +320,7 @@ mod tests {
             pixel_threshold: 0.5,
             regions: &regions,
             argmax: [112, 120],
+            roi: None,
         };
         let out = explained(&picture, map.view(), [0.2, 0.8], &legend, 400);
         // 400 × 200 picture, a 22-px header and a 16-px scale with its labels.
@@ -301,6 +343,33 @@ mod tests {
         let out = explained(&picture, map.view(), [0.2, 0.8], &pass, 120);
         assert_eq!(*out.get_pixel(1, 1), PASS_BAND);
         assert_eq!(out.width(), 120);
+    }
+
+    #[test]
+    fn with_a_region_of_interest_the_map_lies_inside_it_outlined_and_the_rest_is_dimmed() {
+        let picture = RgbImage::from_pixel(480, 240, Rgb([150, 150, 150]));
+        let map = Array2::from_elem((15, 15), 0.9f32);
+        let legend = Legend {
+            failed: true,
+            score: 0.9,
+            threshold: 0.5,
+            pixel_threshold: 0.5,
+            regions: &[],
+            argmax: [300, 120],
+            roi: Some([240, 0, 480, 240]),
+        };
+        // 1:1 scale: the picture is 480 wide; the header is 22 px.
+        let out = explained(&picture, map.view(), [0.0, 1.0], &legend, 480);
+        let at = |x: u32, y: u32| out.get_pixel(x, 22 + y).0;
+        assert_eq!(
+            at(100, 120),
+            [50, 50, 50],
+            "outside: the picture, dimmed, no heat"
+        );
+        let hot = at(360, 120);
+        assert!(hot[0] > hot[2] + 60, "inside: the hot map {hot:?}");
+        assert_eq!(at(240, 120), ROI.0, "the outline at the left edge");
+        assert_eq!(at(300, 0), ROI.0, "the outline at the top edge");
     }
 
     #[test]

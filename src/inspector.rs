@@ -31,6 +31,9 @@ pub enum Error {
     /// verdict is never taken on NaN).
     #[error("the anomaly score is not a finite number")]
     NonFinite,
+    /// The bank's region of interest does not fit the picture.
+    #[error("{0} (the bank was built with it: use pictures of that size, or rebuild the bank)")]
+    Roi(String),
 }
 
 /// Pass or fail.
@@ -99,6 +102,9 @@ pub struct Inspection {
     pub early_exit: bool,
     /// The score bound from the full-image pass, when the cascade is on.
     pub score_bound: Option<f32>,
+    /// Where in the picture the bank's region of interest lies: `map`
+    /// covers it alone. `None`: the whole picture.
+    pub roi: Option<crate::roi::Rect>,
 }
 
 /// Milliseconds since `t`.
@@ -335,6 +341,18 @@ impl Inspector {
 
     /// Inspect one decoded image.
     pub fn inspect(&self, img: &RgbImage) -> Result<Inspection, Error> {
+        match self.bank.meta.roi {
+            None => self.inspect_whole(img),
+            Some(roi) => {
+                let (part, rect) = roi.crop(img).map_err(Error::Roi)?;
+                let mut ins = self.inspect_whole(&part)?;
+                ins.roi = Some(rect);
+                Ok(ins)
+            }
+        }
+    }
+
+    fn inspect_whole(&self, img: &RgbImage) -> Result<Inspection, Error> {
         let mut timings = Timings::default();
         let (mut features, token_map) = image_pass(&self.vision, img, &mut timings)?;
         let mut score_bound = None;
@@ -386,6 +404,7 @@ impl Inspector {
             timings,
             early_exit,
             score_bound,
+            roi: None,
         })
     }
 }
@@ -405,6 +424,9 @@ pub struct BankSpec {
     pub threshold: Option<f32>,
     /// σ multiplier of the calibration rule.
     pub sigmas: f32,
+    /// The region of interest the shots, the calibration pictures and
+    /// every picture judged with the bank are cropped to.
+    pub roi: Option<crate::roi::Roi>,
 }
 
 impl BankSpec {
@@ -417,6 +439,7 @@ impl BankSpec {
             config: Config::default(),
             threshold: None,
             sigmas: bank::DEFAULT_SIGMAS,
+            roi: None,
         }
     }
 }
@@ -450,6 +473,19 @@ pub fn build_bank_from_prototypes(
 ) -> Result<Bank, Error> {
     let ens = winclip::ensemble(&spec.object, spec.prompt_set, &spec.extra_states);
     let grid = pack.architecture().grid;
+    // Every picture of the bank is cropped as every picture judged with it will be.
+    let crop = |img: &RgbImage| -> Result<RgbImage, Error> {
+        match spec.roi {
+            Some(roi) => Ok(roi.crop(img).map_err(Error::Roi)?.0),
+            None => Ok(img.clone()),
+        }
+    };
+    let shots = shots
+        .iter()
+        .map(|(f, img)| Ok((f.clone(), crop(img)?)))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let calibration = calibration.iter().map(crop).collect::<Result<Vec<_>, _>>()?;
+    let (shots, calibration) = (&shots[..], &calibration[..]);
     // Validates the configuration against the grid before any heavy work.
     let zero_shot = Scorer::new(spec.config.clone(), grid, &prototypes, None)?;
     let references = if shots.is_empty() {
@@ -501,6 +537,7 @@ pub fn build_bank_from_prototypes(
             calibration: calib,
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             creator: concat!("winclip-edge ", env!("CARGO_PKG_VERSION")).to_string(),
+            roi: spec.roi,
         },
         text: prototypes,
         references,

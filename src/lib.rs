@@ -1,8 +1,9 @@
 //! winclip-edge: zero-/few-shot visual anomaly inspection (WinCLIP / WinCLIP+) on edge CPUs.
 //!
 //! Layers, each depending only on the ones above it:
-//! - [`winclip`], [`bank`], [`heatmap`], [`synth`]: pure — the algorithm on
-//!   embeddings, the bank format, heatmap drawing, synthetic test pictures;
+//! - [`winclip`], [`bank`], [`heatmap`], [`synth`], [`roi`]: pure — the algorithm on
+//!   embeddings, the bank format, heatmap drawing, synthetic test pictures,
+//!   the region of interest;
 //! - [`model`]: model packs and the tract runtime (the only tract user);
 //! - [`inspector`]: image → features → scores, shared by every front end;
 //! - [`imageio`], [`fsutil`]: safe decoding, atomic files;
@@ -24,5 +25,6 @@ pub mod imageio;
 pub mod inspector;
 pub mod model;
 pub mod record;
+pub mod roi;
 pub mod synth;
 pub mod winclip;

@@ -139,6 +139,9 @@ pub struct Record {
     pub map: Option<MapSummary>,
     /// The regions above the pixel threshold, strongest first (at most [`MAX_REGIONS`]).
     pub regions: Vec<Region>,
+    /// The bank's region of interest, `[x0, y0, x1, y1]` in picture pixels
+    /// (right and bottom exclusive): only it was inspected. `null`: the whole picture.
+    pub roi: Option<[u32; 4]>,
     /// Milliseconds per stage.
     pub timings_ms: Option<serde_json::Value>,
     /// Milliseconds from detection to the result being stored (daemon).
@@ -204,6 +207,7 @@ impl Record {
             score_bound: None,
             map: None,
             regions: Vec::new(),
+            roi: None,
             timings_ms: None,
             latency_ms: None,
             heatmap: None,
@@ -222,7 +226,16 @@ impl Record {
         let mut r = Self::new(ins.verdict.into(), &Identity::of(inspector));
         let o = &ins.outcome;
         let pixel_threshold = inspector.pixel_threshold();
-        let (max, argmax) = regions::argmax(ins.map.view(), width, height);
+        // The map covers the region of interest alone; everything is said in
+        // the whole picture's pixels.
+        let roi = ins.roi.unwrap_or(crate::roi::Rect {
+            x: 0,
+            y: 0,
+            width,
+            height,
+        });
+        let (max, [ax, ay]) = regions::argmax(ins.map.view(), roi.width, roi.height);
+        let argmax = [ax + roi.x, ay + roi.y];
         let mean = ins.map.iter().map(|v| f64::from(*v)).sum::<f64>() / ins.map.len().max(1) as f64;
         r.score = Some(o.score);
         r.threshold = Some(ins.threshold);
@@ -238,7 +251,25 @@ impl Record {
             pixel_threshold,
             picture: [width, height],
         });
-        r.regions = regions::regions(ins.map.view(), pixel_threshold, width, height, MAX_REGIONS);
+        r.regions = regions::regions(
+            ins.map.view(),
+            pixel_threshold,
+            roi.width,
+            roi.height,
+            MAX_REGIONS,
+        );
+        let picture_area = (u64::from(width) * u64::from(height)).max(1) as f64;
+        for g in &mut r.regions {
+            g.bbox = [
+                g.bbox[0] + roi.x,
+                g.bbox[1] + roi.y,
+                g.bbox[2] + roi.x,
+                g.bbox[3] + roi.y,
+            ];
+            g.peak_at = [g.peak_at[0] + roi.x, g.peak_at[1] + roi.y];
+            g.area_fraction = (g.area as f64 / picture_area) as f32;
+        }
+        r.roi = ins.roi.map(crate::roi::Rect::corners);
         r
     }
 
@@ -256,6 +287,7 @@ impl Record {
             pixel_threshold: self.map.as_ref().map_or(f32::NAN, |m| m.pixel_threshold),
             regions: boxes,
             argmax: self.map.as_ref().map_or([0, 0], |m| m.argmax),
+            roi: self.roi,
         }
     }
 

@@ -504,3 +504,92 @@ fn inspecting_a_reference_shot_gives_a_finite_score() {
     );
     assert!(ins.map.iter().all(|v| v.is_finite()));
 }
+
+/// `left` and `right` side by side, written to `dir/name`.
+fn side_by_side(dir: &Path, name: &str, left: &str, right: &str) -> PathBuf {
+    let load =
+        |q: &str| winclip_edge::imageio::load_rgb(&fixtures().join(format!("queries/{q}.png"))).unwrap();
+    let (l, r) = (load(left), load(right));
+    let mut both = image::RgbImage::new(l.width() + r.width(), l.height());
+    image::imageops::replace(&mut both, &l, 0, 0);
+    image::imageops::replace(&mut both, &r, i64::from(l.width()), 0);
+    let path = dir.join(name);
+    both.save(&path).unwrap();
+    path
+}
+
+/// Issue #17: a bank built with a region of interest judges only that part
+/// of a picture: a defect outside it cannot fail the part, one inside does;
+/// the score is the crop's own, bit for bit; regions and the ROI are in the
+/// whole picture's pixels; a picture the ROI does not fit is an error.
+#[test]
+fn a_region_of_interest_hides_a_defect_outside_it_and_keeps_one_inside() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = |n: &str| fixtures().join(format!("queries/{n}.png")).display().to_string();
+    // The whole fixtures, without a ROI: the scores the crops must reproduce.
+    let plain = bank_cmd(dir.path(), &["--threshold", "0.5"]);
+    let alone = inspect_json(&plain, &[&q("good"), &q("hole")]).unwrap();
+    let (good, hole) = (
+        alone[0]["score"].as_f64().unwrap(),
+        alone[1]["score"].as_f64().unwrap(),
+    );
+    assert_ne!(good, hole);
+    let (low, high) = if hole > good {
+        ("good", "hole")
+    } else {
+        ("hole", "good")
+    };
+    let threshold = ((good + hole) / 2.0).to_string();
+    // 512 × 256: the low-scoring part on the left, the high-scoring one on the right.
+    let picture = side_by_side(dir.path(), "both.png", low, high);
+    let picture = picture.to_str().unwrap();
+    for (roi, expect_verdict, expect_score, x0) in [
+        ("0,0,256,256", "pass", good.min(hole), 0),
+        ("256,0,256,256", "fail", good.max(hole), 256),
+        ("0.5,0.0,0.5,1.0", "fail", good.max(hole), 256),
+    ] {
+        let sub = tempfile::tempdir().unwrap();
+        let bank = bank_cmd(sub.path(), &["--threshold", &threshold, "--roi", roi]);
+        let r = &inspect_json(&bank, &[picture]).unwrap()[0];
+        assert_eq!(r["verdict"], expect_verdict, "roi {roi}: {r}");
+        assert_eq!(
+            r["score"].as_f64().unwrap(),
+            expect_score,
+            "roi {roi}: the crop's own score"
+        );
+        assert_eq!(r["roi"], serde_json::json!([x0, 0, x0 + 256, 256]), "{r}");
+        assert_eq!(r["map"]["picture"], serde_json::json!([512, 256]));
+        let ax = r["map"]["argmax"][0].as_u64().unwrap();
+        assert!((x0..x0 + 256).contains(&ax), "argmax inside the ROI: {r}");
+        for g in r["regions"].as_array().unwrap() {
+            assert!(g["box"][0].as_u64().unwrap() >= x0, "{g}");
+        }
+    }
+    // The shots are cropped as the pictures are: a 4-shot bank with the ROI.
+    let shots = good_pictures(&dir.path().join("synth"), 4);
+    let sub = tempfile::tempdir().unwrap();
+    let fewshot = bank_cmd(
+        sub.path(),
+        &[
+            "--threshold",
+            "0.5",
+            "--roi",
+            "0,0,120,120",
+            "--shots",
+            shots.to_str().unwrap(),
+        ],
+    );
+    let r = &inspect_json(&fewshot, &[picture]).unwrap()[0];
+    assert_eq!(r["roi"], serde_json::json!([0, 0, 120, 120]));
+    // A picture the ROI does not fit: an error naming it, never a verdict.
+    let small = bank_cmd(sub.path(), &["--threshold", "0.5", "--roi", "300,0,256,256"]);
+    let err = inspect_json(&small, &[&q("good")]);
+    let text = match err {
+        Ok(lines) => lines[0].to_string(),
+        Err(e) => e,
+    };
+    assert!(
+        text.contains("region of interest") && text.contains("256×256"),
+        "{text}"
+    );
+}

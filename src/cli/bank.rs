@@ -111,6 +111,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => println!("calibration  none"),
     }
     println!("threshold    {:.5} ({:?})", m.threshold, m.threshold_source);
+    match &m.roi {
+        Some(roi) => println!(
+            "roi          {roi} (x,y,width,height): the shots, the calibration pictures and every picture judged are cropped to it"
+        ),
+        None => println!("roi          the whole picture"),
+    }
     if m.uncalibrated_few_shot() {
         eprintln!(
             "warning: UNCALIBRATED WinCLIP+ bank: its threshold {:.2} passes every defect; give one where \

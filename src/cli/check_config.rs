@@ -259,13 +259,20 @@ pub(crate) fn run(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
                 ),
                 _ => println!("device        {backend}"),
             }
+            let roi = |i: &crate::inspector::Inspector| {
+                i.bank()
+                    .meta
+                    .roi
+                    .map_or(String::new(), |r| format!(", region of interest {r}"))
+            };
             println!(
-                "bank          {} (id {}, {:?}, {} shots, threshold {}; recipe {})",
+                "bank          {} (id {}, {:?}, {} shots, threshold {}{}; recipe {})",
                 c.model.bank.display(),
                 i.bank_id(),
                 i.bank().meta.object,
                 i.bank().meta.shots,
                 i.threshold(),
+                roi(i),
                 c.model.recipe
             );
             // Every [[recipe]]'s bank, checked against the loaded model as the daemon does.
@@ -274,14 +281,15 @@ pub(crate) fn run(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
                     for r in &c.recipes {
                         if let Some(i) = set.get(&r.name) {
                             println!(
-                                "recipe        {}: bank {} (id {}, {:?}, {} shots, threshold {}{})",
+                                "recipe        {}: bank {} (id {}, {:?}, {} shots, threshold {}{}{})",
                                 r.name,
                                 r.bank.display(),
                                 i.bank_id(),
                                 i.bank().meta.object,
                                 i.bank().meta.shots,
                                 i.threshold(),
-                                if r.early_exit { ", early exit" } else { "" }
+                                if r.early_exit { ", early exit" } else { "" },
+                                roi(i)
                             );
                         }
                     }

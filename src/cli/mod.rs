@@ -183,6 +183,11 @@ pub struct BankArgs {
     /// Window scales in patches.
     #[arg(long, value_delimiter = ',', default_value = "2,3")]
     pub scales: Vec<usize>,
+    /// Region of interest x,y,width,height: pixels (100,50,640,480) or fractions of
+    /// the picture (0.1,0.05,0.5,0.9). The shots, the calibration pictures and every
+    /// picture judged with the bank are cropped to it; outside it nothing can fail.
+    #[arg(long)]
+    pub roi: Option<crate::roi::Roi>,
     /// Output bank file.
     #[arg(short, long = "out", visible_alias = "output")]
     pub output: PathBuf,
@@ -452,6 +457,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     },
                     threshold: a.threshold,
                     sigmas: a.sigmas,
+                    roi: a.roi,
                 },
                 shots: a.shots,
                 calibrate: a.calibrate,

@@ -489,6 +489,7 @@ impl Daemon {
                     "shots": i.bank().meta.shots,
                     "threshold": as_printed(i.threshold()),
                     "threshold_override": self.operator.thresholds.get(name).copied().map(as_printed),
+                    "roi": i.bank().meta.roi,
                 });
                 (name.to_string(), v)
             })

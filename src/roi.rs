@@ -1,0 +1,185 @@
+//! The region of interest: the rectangle of a picture that shows the part.
+//! Only it is inspected; the rest of the picture can raise no alarm. It is a
+//! property of the bank (recorded in it), because the reference features of
+//! the good samples must come from the same crop as the pictures judged.
+
+use std::fmt;
+use std::str::FromStr;
+
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+/// A rectangle `x, y, width, height`: in pixels, or in fractions of the
+/// picture's width and height (for cameras whose resolution may change).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Roi {
+    /// Pixels.
+    Pixels([u32; 4]),
+    /// Fractions of the picture, each in `0..=1`.
+    Fractions([f32; 4]),
+}
+
+/// A rectangle in a picture's pixels: `x, y, width, height`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rect {
+    /// Left column.
+    pub x: u32,
+    /// Top row.
+    pub y: u32,
+    /// Width, at least 1.
+    pub width: u32,
+    /// Height, at least 1.
+    pub height: u32,
+}
+
+impl Rect {
+    /// `[x0, y0, x1, y1]`: left, top (inclusive), right, bottom (exclusive),
+    /// as region boxes are.
+    pub fn corners(self) -> [u32; 4] {
+        [self.x, self.y, self.x + self.width, self.y + self.height]
+    }
+}
+
+impl Roi {
+    /// The rectangle in a `width` × `height` picture; an error when it does
+    /// not lie inside it.
+    pub fn rect(self, width: u32, height: u32) -> Result<Rect, String> {
+        let r = match self {
+            Roi::Pixels([x, y, w, h]) => Rect {
+                x,
+                y,
+                width: w,
+                height: h,
+            },
+            Roi::Fractions([x, y, w, h]) => {
+                let at = |f: f32, n: u32| (f64::from(f) * f64::from(n)).round() as u32;
+                let (x0, y0) = (at(x, width), at(y, height));
+                let (x1, y1) = (at(x + w, width).min(width), at(y + h, height).min(height));
+                Rect {
+                    x: x0,
+                    y: y0,
+                    width: x1.saturating_sub(x0),
+                    height: y1.saturating_sub(y0),
+                }
+            }
+        };
+        let fits = r.width > 0
+            && r.height > 0
+            && u64::from(r.x) + u64::from(r.width) <= u64::from(width)
+            && u64::from(r.y) + u64::from(r.height) <= u64::from(height);
+        if fits {
+            Ok(r)
+        } else {
+            Err(format!(
+                "the region of interest {self} does not lie inside the {width}×{height} picture"
+            ))
+        }
+    }
+
+    /// The part of `img` it covers.
+    pub fn crop(self, img: &RgbImage) -> Result<(RgbImage, Rect), String> {
+        let r = self.rect(img.width(), img.height())?;
+        let part = image::imageops::crop_imm(img, r.x, r.y, r.width, r.height).to_image();
+        Ok((part, r))
+    }
+}
+
+impl fmt::Display for Roi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Roi::Pixels([x, y, w, h]) => write!(f, "{x},{y},{w},{h}"),
+            Roi::Fractions([x, y, w, h]) => write!(f, "{x:?},{y:?},{w:?},{h:?}"),
+        }
+    }
+}
+
+impl FromStr for Roi {
+    type Err = String;
+
+    /// `x,y,w,h`: four whole numbers are pixels; numbers written with a
+    /// decimal point (`0.25,0,0.5,1.0`) are fractions of the picture.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        let usage = || {
+            format!(
+                "region of interest {s:?}: give x,y,width,height in pixels (100,50,640,480) \
+                 or as fractions of the picture (0.1,0.05,0.5,0.9)"
+            )
+        };
+        if parts.len() != 4 {
+            return Err(usage());
+        }
+        if parts.iter().any(|p| p.contains('.')) {
+            let mut v = [0f32; 4];
+            for (slot, p) in v.iter_mut().zip(&parts) {
+                *slot = p.parse().map_err(|_| usage())?;
+                if !(0.0..=1.0).contains(slot) {
+                    return Err(format!("{}: fractions lie between 0 and 1", usage()));
+                }
+            }
+            if v[2] <= 0.0 || v[3] <= 0.0 || v[0] + v[2] > 1.0 + 1e-6 || v[1] + v[3] > 1.0 + 1e-6 {
+                return Err(format!(
+                    "{}: the width and height must be above 0 and the rectangle inside the picture",
+                    usage()
+                ));
+            }
+            Ok(Roi::Fractions(v))
+        } else {
+            let mut v = [0u32; 4];
+            for (slot, p) in v.iter_mut().zip(&parts) {
+                *slot = p.parse().map_err(|_| usage())?;
+            }
+            if v[2] == 0 || v[3] == 0 {
+                return Err(format!("{}: the width and height must be above 0", usage()));
+            }
+            Ok(Roi::Pixels(v))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_numbers_are_pixels_and_decimals_fractions() {
+        assert_eq!(
+            "10, 20,30,40".parse::<Roi>().unwrap(),
+            Roi::Pixels([10, 20, 30, 40])
+        );
+        assert_eq!(
+            "0.25,0,0.5,1.0".parse::<Roi>().unwrap(),
+            Roi::Fractions([0.25, 0.0, 0.5, 1.0])
+        );
+        for bad in [
+            "1,2,3",
+            "a,b,c,d",
+            "0,0,0,5",
+            "0.5,0,0.6,1",
+            "0,0,1.5,1",
+            "-1,0,2,2",
+        ] {
+            assert!(bad.parse::<Roi>().is_err(), "{bad}");
+        }
+        let r: Roi = "0.25,0,0.5,1.0".parse().unwrap();
+        assert_eq!(r.to_string().parse::<Roi>().unwrap(), r);
+    }
+
+    #[test]
+    fn the_rectangle_must_lie_inside_the_picture() {
+        let r = Roi::Pixels([10, 20, 30, 40]).rect(100, 100).unwrap();
+        assert_eq!(r.corners(), [10, 20, 40, 60]);
+        assert!(Roi::Pixels([80, 0, 30, 10])
+            .rect(100, 100)
+            .unwrap_err()
+            .contains("100×100"));
+        let f = Roi::Fractions([0.25, 0.0, 0.5, 1.0]).rect(200, 100).unwrap();
+        assert_eq!((f.x, f.y, f.width, f.height), (50, 0, 100, 100));
+        let img = RgbImage::from_fn(100, 100, |x, y| image::Rgb([x as u8, y as u8, 0]));
+        let (part, at) = Roi::Pixels([10, 20, 30, 40]).crop(&img).unwrap();
+        assert_eq!(part.dimensions(), (30, 40));
+        assert_eq!(part.get_pixel(0, 0).0, [10, 20, 0]);
+        assert_eq!(at.corners(), [10, 20, 40, 60]);
+    }
+}
