@@ -4,6 +4,8 @@
 # .deb, checked under qemu-aarch64 (parity with the reference, the demo).
 #
 #   sudo cross/build-aarch64.sh
+#   sudo cross/build-aarch64.sh --prepare   # only make the chroot and its toolchain (network),
+#                                           # so tests/run can do it while it compiles
 #
 # tests/run --all then runs the integration tests against this binary under
 # qemu-aarch64 (the test harness itself runs natively: see tests/run).
@@ -18,6 +20,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CHROOT=${WINCLIP_CROSS_CHROOT:-/var/tmp/winclip-cross-trixie}
 MIRROR=${WINCLIP_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+
+PREPARE=0
+[ "${1:-}" = "--prepare" ] && PREPARE=1
 
 step() { printf '\n=== [aarch64] %s\n' "$*"; }
 [ "$(id -u)" = 0 ] || { echo "cross/build-aarch64.sh must run as root (debootstrap, chroot, mounts)" >&2; exit 1; }
@@ -86,6 +91,10 @@ if [ ! -f "$CHROOT/.winclip-ready" ]; then
         /opt/zig/bin/pip install -q --disable-pip-version-check --cert /etc/ssl/certs/ca-certificates.crt ziglang==0.15.2 cargo-zigbuild==0.24.1
     '
     touch "$CHROOT/.winclip-ready"
+fi
+if [ "$PREPARE" = 1 ]; then
+    step "the chroot is ready"
+    exit 0
 fi
 ENV='export CARGO_TARGET_DIR=/src/target/cross
 export PKG_CONFIG_ALLOW_CROSS=1 CARGO_TERM_COLOR=never

@@ -2,14 +2,20 @@
 # Build the .deb of an already built dist-profile binary and check its contents.
 #   cross/package-deb.sh                             # host (amd64): target/dist/winclip-edge
 #   cross/package-deb.sh aarch64-unknown-linux-gnu   # arm64: target/cross/aarch64-unknown-linux-gnu/dist/
+#   cross/package-deb.sh --tool                      # only install cargo-deb (if missing)
 # Output: target/debian/winclip-edge_<version>-1_<arch>.deb
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 TARGET=${1:-}
+# tests/run may install it in the background while a build runs: one installer at a time.
+exec 9>"${TMPDIR:-/tmp}/winclip-cargo-deb.lock"
+flock 9
 if ! cargo deb --version >/dev/null 2>&1; then
     cargo install cargo-deb --locked --version 3.8.0 >/dev/null
 fi
+flock -u 9
+[ "$TARGET" = --tool ] && exit 0
 args=(--no-build --no-strip --output target/debian/)
 if [ -n "$TARGET" ]; then
     export CARGO_TARGET_DIR="$ROOT/target/cross"

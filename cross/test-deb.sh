@@ -6,10 +6,16 @@
 #   sudo cross/test-deb.sh target/debian/winclip-edge_<version>_arm64.deb   # the trixie cross chroot, under qemu
 # The bookworm root is made once with debootstrap under $WINCLIP_DEB_ROOT
 # (default /var/tmp/winclip-deb-bookworm); mounts are undone on exit.
+#   sudo cross/test-deb.sh --prepare   # only make the bookworm root (network), no .deb needed
 set -euo pipefail
-DEB=$(realpath "$1")
+PREPARE=0
+if [ "${1:-}" = "--prepare" ]; then
+    PREPARE=1
+else
+    DEB=$(realpath "$1")
+fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-ARCH=$(dpkg-deb --field "$DEB" Architecture)
+if [ "$PREPARE" = 1 ]; then ARCH=amd64; else ARCH=$(dpkg-deb --field "$DEB" Architecture); fi
 MIRROR=${WINCLIP_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 [ "$(id -u)" = 0 ] || { echo "must run as root" >&2; exit 1; }
 
@@ -36,6 +42,7 @@ if [ ! -f "$CHROOT/.debootstrap-done" ]; then
     debootstrap --variant=minbase --include=ca-certificates bookworm "$CHROOT" "$MIRROR" >/dev/null
     touch "$CHROOT/.debootstrap-done"
 fi
+[ "$PREPARE" = 1 ] && { echo "$CHROOT is ready"; exit 0; }
 cp /etc/apt/apt.conf.d/* "$CHROOT/etc/apt/apt.conf.d/" 2>/dev/null || true
 cp /etc/resolv.conf "$CHROOT/etc/resolv.conf"
 for m in /proc /sys /dev; do
