@@ -282,7 +282,7 @@ mod tests {
     fn a_second_plan_uses_the_first_plans_copies_straight_out_of_the_optimiser() {
         let weights = Arc::new(SharedWeights::default());
         optimised(&weights, 0, 4, 5);
-        let second = optimised(&weights, 1, 3, 5);
+        let second = optimised(&weights, 1, 5, 4);
         let operands = packed_copies(&second);
         // Every weight the first plan packed alike must already be the first
         // plan's copy, not an equal one still to be swapped in afterwards.
@@ -298,8 +298,10 @@ mod tests {
                 );
             }
         }
-        // Both shapes have fewer rows than the encoder is wide: the layers'
-        // weights are packed alike (the class projection may not be).
+        // Both shapes have b·t = 20 rows: the layers' weights are packed
+        // alike (the class projection may not be). tract chooses its kernel
+        // by the row count, and which counts pack alike differs between CPUs
+        // (20 and 15 do on AVX-512, not on AVX2).
         assert!(
             from_first + 1 >= operands.len(),
             "{from_first} of {}",
