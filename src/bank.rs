@@ -210,6 +210,17 @@ pub struct FileRef {
     pub sha256: String,
 }
 
+impl FileRef {
+    /// The reference of a file named `name` holding `bytes`.
+    pub fn of(name: &str, bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        Self {
+            name: name.to_string(),
+            sha256: hex::encode(sha2::Sha256::digest(bytes)),
+        }
+    }
+}
+
 /// A loaded or freshly built bank.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bank {

@@ -34,6 +34,9 @@ pub enum Error {
     /// The bank's region of interest does not fit the picture.
     #[error("{0} (the bank was built with it: use pictures of that size, or rebuild the bank)")]
     Roi(String),
+    /// The bank cannot be rebuilt as recorded.
+    #[error("the bank cannot be rebuilt: {0}")]
+    Rebuild(String),
 }
 
 /// Pass or fail.
@@ -339,6 +342,32 @@ impl Inspector {
         &self.vision
     }
 
+    /// A new bank like this one's, from other pictures: same text prototypes
+    /// (the text encoder is not needed), prompts, algorithm settings and
+    /// region of interest; new references from `shots`, the calibration
+    /// re-scored and the threshold and early-exit rule fitted again (an
+    /// explicit threshold stays). What teaching on the device runs.
+    pub fn rebuild(&self, shots: &[(FileRef, RgbImage)], calibration: &[RgbImage]) -> Result<Bank, Error> {
+        let m = &self.bank.meta;
+        let spec = BankSpec {
+            object: m.object.clone(),
+            prompt_set: m.prompt_set.parse().map_err(Error::Rebuild)?,
+            extra_states: m.extra_states.clone(),
+            config: self.bank.config(),
+            threshold: (m.threshold_source == ThresholdSource::Explicit).then_some(m.threshold),
+            sigmas: m.calibration.as_ref().map_or(bank::DEFAULT_SIGMAS, |c| c.sigmas),
+            roi: m.roi,
+        };
+        build_for(
+            &self.model,
+            &self.vision,
+            self.bank.text.clone(),
+            &spec,
+            shots,
+            calibration,
+        )
+    }
+
     /// Inspect one decoded image.
     pub fn inspect(&self, img: &RgbImage) -> Result<Inspection, Error> {
         match self.bank.meta.roi {
@@ -471,8 +500,20 @@ pub fn build_bank_from_prototypes(
     shots: &[(FileRef, RgbImage)],
     calibration: &[RgbImage],
 ) -> Result<Bank, Error> {
+    build_for(&model_ref(pack), vision, prototypes, spec, shots, calibration)
+}
+
+/// [`build_bank_from_prototypes`] for the pack `model` describes.
+fn build_for(
+    model: &ModelRef,
+    vision: &VisionModel,
+    prototypes: winclip::TextPrototypes,
+    spec: &BankSpec,
+    shots: &[(FileRef, RgbImage)],
+    calibration: &[RgbImage],
+) -> Result<Bank, Error> {
     let ens = winclip::ensemble(&spec.object, spec.prompt_set, &spec.extra_states);
-    let grid = pack.architecture().grid;
+    let grid = model.grid;
     // Every picture of the bank is cropped as every picture judged with it will be.
     let crop = |img: &RgbImage| -> Result<RgbImage, Error> {
         match spec.roi {
@@ -520,7 +561,7 @@ pub fn build_bank_from_prototypes(
     let bank = Bank {
         meta: Meta {
             format_version: bank::FORMAT_VERSION,
-            model: model_ref(pack),
+            model: model.clone(),
             object: spec.object.clone(),
             prompt_set: spec.prompt_set.name().to_string(),
             extra_states: spec.extra_states.clone(),

@@ -6,7 +6,8 @@
 //!   the region of interest;
 //! - [`model`]: model packs and the tract runtime (the only tract user);
 //! - [`inspector`]: image → features → scores, shared by every front end;
-//! - [`imageio`], [`fsutil`]: safe decoding, atomic files;
+//! - [`imageio`], [`fsutil`], [`recipe_dir`]: safe decoding, atomic files, versioned
+//!   recipe directories;
 //! - [`config`], [`daemon`]: the inspection service (sources, outbox, MQTT, systemd);
 //! - [`eval`]: metrics, dataset readers and the evaluation runner;
 //! - [`bench`]: FLOP counts, medians and memory figures for `bench`;
@@ -24,6 +25,7 @@ pub mod heatmap;
 pub mod imageio;
 pub mod inspector;
 pub mod model;
+pub mod recipe_dir;
 pub mod record;
 pub mod roi;
 pub mod synth;

@@ -394,3 +394,229 @@ fn recipes_switch_by_command_and_by_file_survive_a_restart_and_every_result_name
         st.log()
     );
 }
+
+/// A recipe directory for the tiny pack: 2 shots and `calibration` good
+/// pictures from `synth`, with `synth`'s defective pictures beside it (in
+/// `<dir>/synth/bad`). Returns the recipe directory.
+fn recipe_dir(dir: &std::path::Path, calibration: usize) -> std::path::PathBuf {
+    let synth = dir.join("synth");
+    let o = crate::util::run(&[
+        "synth",
+        "--out",
+        synth.to_str().unwrap(),
+        "--good",
+        &(calibration + 2).to_string(),
+        "--bad",
+        "4",
+        "--size",
+        "240",
+    ]);
+    assert!(o.status.success(), "{}", crate::util::text(&o));
+    let mut good: Vec<_> = std::fs::read_dir(synth.join("good"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    good.sort();
+    let calib = dir.join("calibration");
+    std::fs::create_dir_all(&calib).unwrap();
+    for p in &good[2..] {
+        std::fs::copy(p, calib.join(p.file_name().unwrap())).unwrap();
+    }
+    let recipe = dir.join("bottle-recipe");
+    let o = crate::util::run(&[
+        "bank",
+        "--model",
+        crate::util::tiny_pack().to_str().unwrap(),
+        "--object",
+        "bottle",
+        "--shots",
+        good[0].to_str().unwrap(),
+        good[1].to_str().unwrap(),
+        "--calibrate",
+        calib.to_str().unwrap(),
+        "--recipe-dir",
+        recipe.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", crate::util::text(&o));
+    assert!(crate::util::text(&o).contains("recipe directory, version 1"));
+    recipe
+}
+
+/// A station judging with the recipe directory `recipe`, commands on.
+fn teaching_station(dir: &std::path::Path, port: u16, recipe: &std::path::Path) -> Station {
+    let st = Station::new(dir, Some(port), "");
+    let config = std::fs::read_to_string(&st.config).unwrap();
+    let line = config
+        .lines()
+        .find(|l| l.starts_with("bank = "))
+        .unwrap()
+        .to_string();
+    let config = config.replacen(&line, &format!("bank = \"{}\"", recipe.display()), 1) + COMMANDS_ON;
+    std::fs::write(&st.config, config).unwrap();
+    st
+}
+
+/// The retained state once `teaching.state` is `want` (`done` or `failed`).
+fn taught(sub: &Subscriber, want: &str) -> Value {
+    wait_for(120, &format!("teaching {want}"), || {
+        sub.messages()
+            .iter()
+            .filter(|m| m.topic.ends_with("/state"))
+            .map(|m| m.json())
+            .find(|s| s["teaching"]["state"] == want)
+    })
+}
+
+#[test]
+fn teaching_a_false_reject_moves_the_threshold_and_rollback_restores_the_old_verdicts_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = recipe_dir(dir.path(), 6);
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let sub = Subscriber::start(&dir.path().join("sub"), broker.port, "winclip/#");
+    let mut st = teaching_station(dir.path(), broker.port, &recipe);
+    st.start();
+    listening(&st, 1);
+    let p = broker.port;
+
+    // A part the station rejects: the operator says it is good.
+    let picture = dir.path().join("synth/bad/000.png");
+    st.drop_file(&picture, "part1.png");
+    let r1 = result(&sub, 1);
+    assert_eq!(r1["verdict"], "fail", "{r1}");
+    let (score, threshold) = (r1["score"].as_f64().unwrap(), r1["threshold"].as_f64().unwrap());
+    assert!(score > threshold);
+
+    // Bad requests change nothing: unknown id, wrong set, a bank file.
+    send(
+        p,
+        r#"{"command": "teach", "id": "nope", "as": "calibration", "request_id": "b1"}"#,
+        &[],
+    );
+    let r = reply(&sub, &json!("b1"));
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("no inspection \"nope\""),
+        "{r}"
+    );
+    send(p, r#"{"command": "rollback", "request_id": "b2"}"#, &[]);
+    let r = reply(&sub, &json!("b2"));
+    assert!(
+        r["error"].as_str().unwrap().contains("nothing to roll back to"),
+        "{r}"
+    );
+
+    let teach = json!({"command": "teach", "id": r1["id"], "as": "calibration", "request_id": "t1"});
+    send(p, &teach.to_string(), &[]);
+    let r = reply(&sub, &json!("t1"));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["state"]["teaching"]["state"], "building", "{r}");
+    let state = taught(&sub, "done");
+    let t = &state["teaching"];
+    assert_eq!(
+        (t["version"].clone(), t["previous"].clone()),
+        (json!(2), json!(1)),
+        "{state}"
+    );
+    assert_eq!(state["recipes"]["default"]["version"], 2, "{state}");
+    let new_threshold = t["threshold"].as_f64().unwrap();
+    assert!(new_threshold >= score, "the threshold moved to pass it: {state}");
+    // Taught once only.
+    send(p, &teach.to_string().replace("t1", "t2"), &[]);
+    assert!(reply(&sub, &json!("t2"))["error"]
+        .as_str()
+        .unwrap()
+        .contains("already in"));
+
+    // The same picture passes now, with the same score (its references did not change).
+    st.drop_file(&picture, "part2.png");
+    let r2 = result(&sub, 2);
+    assert_eq!(
+        (
+            r2["verdict"].clone(),
+            r2["score"].clone(),
+            r2["threshold"].clone()
+        ),
+        (json!("pass"), r1["score"].clone(), json!(new_threshold)),
+        "{r2}"
+    );
+    assert_ne!(r2["bank"], r1["bank"]);
+    assert!(
+        recipe
+            .join("versions/0002/calibration")
+            .read_dir()
+            .unwrap()
+            .count()
+            == 7
+    );
+
+    // Rollback: the old bank, the old verdict, bit for bit; kept across a restart.
+    send(p, r#"{"command": "rollback", "request_id": "rb"}"#, &[]);
+    let r = reply(&sub, &json!("rb"));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["state"]["recipes"]["default"]["version"], 1, "{r}");
+    assert_eq!(
+        std::fs::read_link(recipe.join("current")).unwrap(),
+        std::path::Path::new("versions/0001")
+    );
+    assert!(st.terminate().success());
+    st.start();
+    listening(&st, 2);
+    st.drop_file(&picture, "part3.png");
+    let r3 = result(&sub, 3);
+    for k in ["verdict", "score", "threshold", "bank", "regions"] {
+        assert_eq!(r3[k], r1[k], "{k}: {r3}");
+    }
+}
+
+#[test]
+fn a_kill_in_the_middle_of_a_rebuild_leaves_the_old_bank_active_and_nothing_half_written() {
+    let dir = tempfile::tempdir().unwrap();
+    // Enough calibration pictures that the rebuild takes a while (each is inspected
+    // again; ≈ 30 ms each in a release build, far longer in the tests' debug build).
+    let recipe = recipe_dir(dir.path(), 12);
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let sub = Subscriber::start(&dir.path().join("sub"), broker.port, "winclip/#");
+    let mut st = teaching_station(dir.path(), broker.port, &recipe);
+    st.start();
+    listening(&st, 1);
+    st.drop_file(&dir.path().join("synth/bad/001.png"), "part1.png");
+    let r1 = result(&sub, 1);
+    let teach = json!({"command": "teach", "id": r1["id"], "as": "shot", "request_id": "t1"});
+    send(broker.port, &teach.to_string(), &[]);
+    let staging = recipe.join("versions/.0002.tmp");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !staging.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rebuild never started: {}",
+            st.log()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    st.kill9();
+    assert!(
+        !recipe.join("versions/0002").exists(),
+        "the kill came after the rebuild: {}",
+        st.log()
+    );
+    assert_eq!(
+        std::fs::read_link(recipe.join("current")).unwrap(),
+        std::path::Path::new("versions/0001")
+    );
+
+    // The restart cleans up and judges with the old bank.
+    st.start();
+    listening(&st, 2);
+    assert!(!staging.exists());
+    assert!(
+        st.log().contains("removed what an interrupted rebuild left"),
+        "{}",
+        st.log()
+    );
+    st.drop_file(&dir.path().join("synth/bad/001.png"), "part2.png");
+    let r2 = result(&sub, 2);
+    assert_eq!(
+        (r2["bank"].clone(), r2["score"].clone()),
+        (r1["bank"].clone(), r1["score"].clone())
+    );
+}

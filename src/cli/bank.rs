@@ -17,7 +17,15 @@ pub(crate) struct Args {
     pub shots: Vec<PathBuf>,
     pub calibrate: Option<PathBuf>,
     pub uncalibrated: bool,
-    pub output: PathBuf,
+    pub output: Output,
+}
+
+/// Where the bank goes.
+pub(crate) enum Output {
+    /// One bank file.
+    File(PathBuf),
+    /// A new recipe directory (version 1: the bank, the shots and the calibration pictures).
+    RecipeDir(PathBuf),
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -44,10 +52,21 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let mut shots = Vec::with_capacity(shot_files.len());
+    // The files as read, for a recipe directory.
+    let mut shot_bytes = Vec::new();
+    let mut calibration_bytes = Vec::new();
     for p in &shot_files {
         let bytes = std::fs::read(p).with_context(|| format!("reading shot {}", p.display()))?;
         let img = crate::imageio::decode_rgb(&bytes, p)?;
-        shots.push((file_ref(p, &bytes), img));
+        let file = file_ref(p, &bytes);
+        if shot_bytes.iter().any(|(n, _)| n == &file.name) {
+            bail!(
+                "--shots: two pictures are named {}: a recipe directory keeps them by name",
+                file.name
+            );
+        }
+        shot_bytes.push((file.name.clone(), bytes));
+        shots.push((file, img));
     }
     let calibration = match &args.calibrate {
         None => Vec::new(),
@@ -76,6 +95,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                     );
                 }
                 images.push(crate::imageio::decode_rgb(&bytes, p)?);
+                calibration_bytes.push((file_ref(p, &bytes).name, bytes));
             }
             images
         }
@@ -84,8 +104,23 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let text = TextModel::load(&pack)?;
     let bank = inspector::build_bank(&pack, &vision, &text, &args.spec, &shots, &calibration)?;
     let bytes = bank.to_bytes()?;
-    crate::fsutil::write_atomic(&args.output, &bytes)
-        .with_context(|| format!("writing bank {}", args.output.display()))?;
+    let shown = match &args.output {
+        Output::File(path) => {
+            crate::fsutil::write_atomic(path, &bytes)
+                .with_context(|| format!("writing bank {}", path.display()))?;
+            path.display().to_string()
+        }
+        Output::RecipeDir(dir) => {
+            crate::recipe_dir::RecipeDir::create(dir, &bytes, &shot_bytes, &calibration_bytes)
+                .context("making the recipe directory")?;
+            format!(
+                "{} (recipe directory, version 1: {} shots, {} calibration pictures)",
+                dir.display(),
+                shot_bytes.len(),
+                calibration_bytes.len()
+            )
+        }
+    };
 
     let m = &bank.meta;
     let kind = if m.shots == 0 {
@@ -93,7 +128,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         format!("{}-shot (WinCLIP+)", m.shots)
     };
-    println!("bank         {} (id {})", args.output.display(), bank.id());
+    println!("bank         {shown} (id {})", bank.id());
     println!("model pack   {} ({})", m.model.id, m.model.name);
     println!(
         "object       {:?}, prompt set {}, {} normal + {} anomalous prompts",
@@ -142,12 +177,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn file_ref(path: &Path, bytes: &[u8]) -> FileRef {
-    use sha2::Digest;
-    FileRef {
-        name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        sha256: hex::encode(sha2::Sha256::digest(bytes)),
-    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    FileRef::of(&name, bytes)
 }

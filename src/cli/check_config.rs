@@ -197,6 +197,12 @@ pub(crate) fn run(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
                         codes.join(", ")
                     );
                 }
+                if let Some(l) = g.teach_line {
+                    println!(
+                        "  teach button  line {l}: a press teaches the last picture as {}",
+                        g.teach_as.name()
+                    );
+                }
                 if let Some(o) = &g.outputs {
                     let lines: Vec<String> = o
                         .lines
@@ -265,9 +271,20 @@ pub(crate) fn run(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
                     .roi
                     .map_or(String::new(), |r| format!(", region of interest {r}"))
             };
+            // A recipe directory: its version in use (teach and rollback make others).
+            let version = |bank: &Path| match crate::recipe_dir::RecipeDir::is_recipe_dir(bank) {
+                true => crate::recipe_dir::RecipeDir::open(bank)
+                    .and_then(|d| d.current())
+                    .map_or_else(
+                        |e| format!(" [recipe directory: {e}]"),
+                        |v| format!(" [recipe directory, version {v}]"),
+                    ),
+                false => String::new(),
+            };
             println!(
-                "bank          {} (id {}, {:?}, {} shots, threshold {}{}; recipe {})",
+                "bank          {}{} (id {}, {:?}, {} shots, threshold {}{}; recipe {})",
                 c.model.bank.display(),
+                version(&c.model.bank),
                 i.bank_id(),
                 i.bank().meta.object,
                 i.bank().meta.shots,
@@ -281,9 +298,10 @@ pub(crate) fn run(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
                     for r in &c.recipes {
                         if let Some(i) = set.get(&r.name) {
                             println!(
-                                "recipe        {}: bank {} (id {}, {:?}, {} shots, threshold {}{}{})",
+                                "recipe        {}: bank {}{} (id {}, {:?}, {} shots, threshold {}{}{})",
                                 r.name,
                                 r.bank.display(),
+                                version(&r.bank),
                                 i.bank_id(),
                                 i.bank().meta.object,
                                 i.bank().meta.shots,

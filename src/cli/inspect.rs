@@ -31,10 +31,11 @@ pub(crate) struct Args {
     pub device: crate::model::Device,
 }
 
-/// Load a bank file with a message naming it.
+/// Load a bank file (or a recipe directory's current bank) with a message naming it.
 pub(crate) fn load_bank(path: &Path) -> anyhow::Result<Bank> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading bank {}", path.display()))?;
-    Bank::from_bytes(&bytes).with_context(|| format!("loading bank {}", path.display()))
+    let file = crate::recipe_dir::bank_file(path);
+    let bytes = std::fs::read(&file).with_context(|| format!("reading bank {}", file.display()))?;
+    Bank::from_bytes(&bytes).with_context(|| format!("loading bank {}", file.display()))
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {

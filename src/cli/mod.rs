@@ -189,8 +189,19 @@ pub struct BankArgs {
     #[arg(long)]
     pub roi: Option<crate::roi::Roi>,
     /// Output bank file.
-    #[arg(short, long = "out", visible_alias = "output")]
-    pub output: PathBuf,
+    #[arg(
+        short,
+        long = "out",
+        visible_alias = "output",
+        required_unless_present = "recipe_dir"
+    )]
+    pub output: Option<PathBuf>,
+    /// Make a recipe directory instead of a bank file: the bank with copies of
+    /// the shots and the calibration pictures, in versions, so the station can
+    /// rebuild it when an operator teaches a picture (`teach`, `rollback`).
+    /// Name the directory as a bank in the configuration.
+    #[arg(long, conflicts_with = "output")]
+    pub recipe_dir: Option<PathBuf>,
     #[command(flatten)]
     pub threads: Threads,
 }
@@ -462,7 +473,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 shots: a.shots,
                 calibrate: a.calibrate,
                 uncalibrated: a.uncalibrated,
-                output: a.output,
+                output: match (a.output, a.recipe_dir) {
+                    (_, Some(dir)) => bank::Output::RecipeDir(dir),
+                    (Some(file), None) => bank::Output::File(file),
+                    (None, None) => anyhow::bail!("bank: give --out FILE or --recipe-dir DIR"),
+                },
             })
         }
         Command::Inspect(a) => {

@@ -501,6 +501,11 @@ pub struct GpioSource {
     pub recipe_codes: Vec<String>,
     /// The PLC output lines and their handshake.
     pub outputs: Option<outputs::Outputs>,
+    /// A button (same chip, same polarity and debounce as the trigger) that
+    /// teaches this source's last kept picture to its recipe (command `teach`).
+    pub teach_line: Option<u32>,
+    /// What a press teaches it as.
+    pub teach_as: crate::recipe_dir::Set,
 }
 
 impl GpioSource {
@@ -1317,8 +1322,20 @@ fn check_gpio(
     let recipe_codes = s.recipe_codes.unwrap_or_default();
     outputs::check_codes(&recipe_lines, &recipe_codes, line, key, r);
     let chip = resolve(base, chip);
+    if let Some(t) = s.teach_line {
+        if t == line || recipe_lines.contains(&t) {
+            r.problem(format!(
+                "{key}.teach_line: {t} is already the trigger or a recipe code line"
+            ));
+        }
+    } else if s.teach_as.is_some() {
+        r.problem(format!(
+            "{key}.teach_as needs teach_line: the button's input line"
+        ));
+    }
     let taken: Vec<u32> = std::iter::once(line)
         .chain(recipe_lines.iter().copied())
+        .chain(s.teach_line)
         .collect();
     let outputs = s.outputs.map(|o| outputs::check(o, key, base, &chip, &taken, r));
     Some(Source::Gpio(GpioSource {
@@ -1336,6 +1353,8 @@ fn check_gpio(
         recipe_lines_active_low: s.recipe_lines_active_low.unwrap_or(false),
         recipe_codes,
         outputs,
+        teach_line: s.teach_line,
+        teach_as: s.teach_as.unwrap_or(crate::recipe_dir::Set::Calibration),
     }))
 }
 
@@ -1495,6 +1514,8 @@ impl From<&Source> for RawSource {
                 recipe_lines_active_low: Some(g.recipe_lines_active_low),
                 recipe_codes: (!g.recipe_codes.is_empty()).then(|| g.recipe_codes.clone()),
                 outputs: g.outputs.as_ref().map(raw::RawOutputs::from),
+                teach_line: g.teach_line,
+                teach_as: g.teach_line.map(|_| g.teach_as),
                 ..RawSource::default()
             },
         }
@@ -1719,6 +1740,13 @@ path = "/srv/drop"
                 "[source.outputs]\nfail = { line = 1 }\nhold_ms = 0\n",
                 "hold_ms = 0",
             ),
+            ("teach_line = 17\n", "teach_line: 17 is already the trigger"),
+            ("teach_as = \"shot\"\n", "teach_as needs teach_line"),
+            ("teach_line = 4\nteach_as = \"good\"\n", "teach_as"),
+            (
+                "teach_line = 4\n[source.outputs]\nfail = { line = 4 }\n",
+                "is an input of this source",
+            ),
         ] {
             let err = with(extra).unwrap_err();
             assert!(err.contains(expect), "{extra}: {err}");
@@ -1929,6 +1957,8 @@ path = "/srv/drop"
                         ]
                         .into(),
                     }),
+                    teach_line: Some(9),
+                    teach_as: crate::recipe_dir::Set::Shot,
                 }),
             ],
         );

@@ -256,6 +256,10 @@ pub(super) struct RawSource {
     pub recipe_codes: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outputs: Option<RawOutputs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub teach_line: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub teach_as: Option<crate::recipe_dir::Set>,
 }
 
 /// A gpio source's `[source.outputs]`: PLC output lines.
@@ -308,6 +312,8 @@ impl RawSource {
             ("recipe_lines_active_low", self.recipe_lines_active_low.is_some()),
             ("recipe_codes", self.recipe_codes.is_some()),
             ("outputs", self.outputs.is_some()),
+            ("teach_line", self.teach_line.is_some()),
+            ("teach_as", self.teach_as.is_some()),
         ];
         set.into_iter().filter(|(_, s)| *s).map(|(k, _)| k).collect()
     }

@@ -7,7 +7,10 @@
 //! the reply, so a client matches answers to questions (MQTT 3.1.1 has no
 //! correlation data). Anything that cannot be read as one of the commands
 //! below gets an error reply and changes nothing. `{"command": "recipe",
-//! "name": "bottle-b", "source": "cam1"}` switches a source's recipe.
+//! "name": "bottle-b", "source": "cam1"}` switches a source's recipe;
+//! `{"command": "teach", "id": "<inspection id>", "as": "calibration"}`
+//! adds a kept picture to its recipe and rebuilds the bank in the background;
+//! `{"command": "rollback", "recipe": "bottle-b"}` returns to the version before.
 
 use serde_json::{json, Value};
 
@@ -48,10 +51,37 @@ pub enum Command {
         /// The recipe.
         name: Option<String>,
     },
+    /// Add the picture of inspection `id` (or of `source`'s last kept
+    /// result) to a recipe's shots or calibration set and rebuild its bank
+    /// (`recipe` `None`: the one it was inspected with).
+    Teach {
+        /// The inspection.
+        id: Option<String>,
+        /// Or the source whose last kept picture it is (a teach button).
+        source: Option<String>,
+        /// Which set.
+        set: crate::recipe_dir::Set,
+        /// The recipe.
+        recipe: Option<String>,
+    },
+    /// Return a recipe to the bank version before the current one (`recipe`
+    /// `None`: the one every source uses).
+    Rollback {
+        /// The recipe.
+        recipe: Option<String>,
+    },
 }
 
 /// Every command's name, as the error for an unknown one lists them.
-pub const NAMES: [&str; 5] = ["status", "pause", "resume", "threshold", "recipe"];
+pub const NAMES: [&str; 7] = [
+    "status",
+    "pause",
+    "resume",
+    "threshold",
+    "recipe",
+    "teach",
+    "rollback",
+];
 
 /// One command and its requester's id.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +130,8 @@ pub fn parse(payload: &[u8]) -> Result<Request, Refused> {
     let allowed: &[&str] = match name {
         "threshold" => &["command", "request_id", "value", "recipe"],
         "recipe" => &["command", "request_id", "name", "source"],
+        "teach" => &["command", "request_id", "id", "source", "as", "recipe"],
+        "rollback" => &["command", "request_id", "recipe"],
         _ => &["command", "request_id"],
     };
     if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
@@ -127,6 +159,35 @@ pub fn parse(payload: &[u8]) -> Result<Request, Refused> {
                 name: text("name")?,
             }
         }
+        "teach" => {
+            let (inspection, source) = (text("id")?, text("source")?);
+            if inspection.is_some() == source.is_some() {
+                return Err(refuse(
+                    &id,
+                    "teach: give \"id\" (the inspection id of a kept result) or \"source\" (its last one)"
+                        .into(),
+                ));
+            }
+            let set = match text("as")?.as_deref() {
+                Some("shot") => crate::recipe_dir::Set::Shot,
+                Some("calibration") => crate::recipe_dir::Set::Calibration,
+                _ => {
+                    return Err(refuse(
+                        &id,
+                        "teach: give \"as\": \"shot\" (a reference picture) or \"calibration\" (a good part the threshold must pass)".into(),
+                    ))
+                }
+            };
+            Command::Teach {
+                id: inspection,
+                source,
+                set,
+                recipe: text("recipe")?,
+            }
+        }
+        "rollback" => Command::Rollback {
+            recipe: text("recipe")?,
+        },
         "pause" => Command::Pause,
         "resume" => Command::Resume,
         "threshold" => match o.get("value") {
@@ -225,6 +286,34 @@ mod tests {
                 name: None
             }
         );
+        assert_eq!(
+            cmd(r#"{"command":"teach","id":"cam1-7","as":"calibration"}"#)
+                .unwrap()
+                .command,
+            Command::Teach {
+                id: Some("cam1-7".into()),
+                source: None,
+                set: crate::recipe_dir::Set::Calibration,
+                recipe: None
+            }
+        );
+        assert_eq!(
+            cmd(r#"{"command":"teach","source":"cam1","as":"shot"}"#)
+                .unwrap()
+                .command,
+            Command::Teach {
+                id: None,
+                source: Some("cam1".into()),
+                set: crate::recipe_dir::Set::Shot,
+                recipe: None
+            }
+        );
+        assert_eq!(
+            cmd(r#"{"command":"rollback","recipe":"b"}"#).unwrap().command,
+            Command::Rollback {
+                recipe: Some("b".into())
+            }
+        );
     }
 
     #[test]
@@ -249,6 +338,22 @@ mod tests {
             ),
             (r#"{"command":"recipe","request_id":"r"}"#, "give \"name\""),
             (r#"{"command":"recipe","name":3,"request_id":"r"}"#, "not a name"),
+            (
+                r#"{"command":"teach","as":"shot","request_id":"r"}"#,
+                "give \"id\"",
+            ),
+            (
+                r#"{"command":"teach","id":"a","source":"cam1","as":"shot","request_id":"r"}"#,
+                "or \"source\"",
+            ),
+            (
+                r#"{"command":"teach","id":"x","as":"good","request_id":"r"}"#,
+                "give \"as\"",
+            ),
+            (
+                r#"{"command":"rollback","to":3,"request_id":"r"}"#,
+                "unknown field",
+            ),
         ] {
             let e = cmd(text).unwrap_err();
             assert!(e.error.contains(needle), "{text}: {}", e.error);

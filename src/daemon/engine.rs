@@ -49,9 +49,11 @@ pub fn load_peak(pack: &ModelPack) -> u64 {
     2 * (f.embed.bytes + f.encoder.bytes)
 }
 
+/// A bank file, or a recipe directory's current bank.
 fn read_bank(path: &Path) -> anyhow::Result<Bank> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading bank {}", path.display()))?;
-    Bank::from_bytes(&bytes).with_context(|| format!("bank {}", path.display()))
+    let file = crate::recipe_dir::bank_file(path);
+    let bytes = std::fs::read(&file).with_context(|| format!("reading bank {}", file.display()))?;
+    Bank::from_bytes(&bytes).with_context(|| format!("bank {}", file.display()))
 }
 
 fn open_pack(path: &Path) -> anyhow::Result<ModelPack> {
@@ -108,6 +110,38 @@ fn configure(inspector: &mut Inspector, t: &Tuning) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The bank path of recipe `name` in `config` (`None`: no such recipe).
+pub fn bank_path<'a>(config: &'a Config, name: &str) -> Option<&'a Path> {
+    if name == config.model.recipe {
+        return Some(&config.model.bank);
+    }
+    config
+        .recipes
+        .iter()
+        .find(|r| r.name == name)
+        .map(|r| r.bank.as_path())
+}
+
+/// Recipe `name`'s inspector with `bank` on `base`'s model, with the
+/// recipe's threshold override and early-exit setting from `config`.
+pub fn retune(base: &Inspector, bank: Bank, config: &Config, name: &str) -> anyhow::Result<Inspector> {
+    let tuning = if name == config.model.recipe {
+        Tuning::model(&config.model)
+    } else {
+        let r = config
+            .recipes
+            .iter()
+            .find(|r| r.name == name)
+            .with_context(|| format!("there is no recipe {name:?}"))?;
+        Tuning::recipe(r)
+    };
+    let mut inspector = base
+        .with_bank(bank)
+        .with_context(|| format!("{}: bank {}", tuning.key, tuning.bank.display()))?;
+    configure(&mut inspector, &tuning)?;
+    Ok(inspector)
 }
 
 /// Every recipe of `config` on `primary`'s model: `[model]`'s is `primary`

@@ -329,6 +329,21 @@ pub fn build(cfg: &GpioSource, ctx: SourceContext, lines: &dyn Lines) -> io::Res
         )
     })?;
     let plc = Plc::request(cfg, lines)?;
+    let button = cfg
+        .teach_line
+        .map(|l| {
+            lines.request(&button_line(cfg, l)).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "source {}: teach button, GPIO {} line {l}: {e}",
+                        cfg.name,
+                        cfg.chip.display()
+                    ),
+                )
+            })
+        })
+        .transpose()?;
     log::info!(
         "source {}: GPIO {} line {}, {:?} edge{}{}",
         cfg.name,
@@ -360,8 +375,100 @@ pub fn build(cfg: &GpioSource, ctx: SourceContext, lines: &dyn Lines) -> io::Res
         },
         sink: ctx.sink.clone(),
     };
-    let task = tokio::spawn(trigger.run(line, plc, ctx.jobs, ctx.shutdown.clone()));
-    Ok(SourceHandle::new(&cfg.name, ctx.shutdown, vec![task]))
+    let mut tasks = vec![tokio::spawn(trigger.run(
+        line,
+        plc,
+        ctx.jobs,
+        ctx.shutdown.clone(),
+    ))];
+    if let Some(b) = button {
+        let debounce = if b.kernel_debounce() {
+            Duration::ZERO
+        } else {
+            cfg.debounce
+        };
+        log::info!(
+            "source {}: teach button on line {}: a press teaches the last picture as {}",
+            cfg.name,
+            cfg.teach_line.unwrap_or_default(),
+            cfg.teach_as.name()
+        );
+        tasks.push(tokio::spawn(teach_button(
+            b,
+            cfg.name.clone(),
+            cfg.teach_as,
+            debounce,
+            ctx.commands,
+            ctx.shutdown.clone(),
+        )));
+    }
+    Ok(SourceHandle::new(&cfg.name, ctx.shutdown, tasks))
+}
+
+/// The teach button's line: same chip, polarity and debounce as the trigger, a press is a rising edge.
+fn button_line(cfg: &GpioSource, line: u32) -> GpioSource {
+    GpioSource {
+        line,
+        edge: Edge::Rising,
+        recipe_lines: Vec::new(),
+        recipe_codes: Vec::new(),
+        outputs: None,
+        teach_line: None,
+        ..cfg.clone()
+    }
+}
+
+/// Each press sends `{"command": "teach", "source": <name>, "as": …}` to the
+/// station's command queue and logs the answer.
+async fn teach_button(
+    mut line: Box<dyn Line>,
+    source: String,
+    set: crate::recipe_dir::Set,
+    debounce: Duration,
+    commands: mpsc::Sender<crate::daemon::commands::Incoming>,
+    shutdown: CancellationToken,
+) {
+    let mut last: Option<Instant> = None;
+    loop {
+        let at = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            edge = line.next_edge() => match edge {
+                Ok(at) => at,
+                Err(e) => {
+                    log::error!("source {source}: teach button line failed: {e}");
+                    break;
+                }
+            },
+        };
+        if last.is_some_and(|l| at.duration_since(l) < debounce) {
+            continue;
+        }
+        last = Some(at);
+        let payload = serde_json::json!({
+            "command": "teach",
+            "source": source,
+            "as": set.name(),
+            "request_id": format!("teach button of {source}"),
+        });
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let incoming = crate::daemon::commands::Incoming {
+            payload: payload.to_string().into_bytes(),
+            reply: Some(reply),
+        };
+        if commands.send(incoming).await.is_err() {
+            break;
+        }
+        let source = source.clone();
+        tokio::spawn(async move {
+            let Ok(bytes) = answer.await else { return };
+            let r: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            if r["ok"] == true {
+                log::info!("source {source}: teach button pressed: teaching its last picture");
+            } else {
+                log::warn!("source {source}: teach button pressed, refused: {}", r["error"]);
+            }
+        });
+    }
 }
 
 /// The trigger → capture → inspect logic of one GPIO source.
@@ -871,6 +978,8 @@ mod tests {
             recipe_lines_active_low: false,
             recipe_codes: Vec::new(),
             outputs: None,
+            teach_line: None,
+            teach_as: crate::recipe_dir::Set::Calibration,
         }
     }
 
@@ -1095,6 +1204,7 @@ mod tests {
             sink: rig.sink.clone(),
             shutdown: CancellationToken::new(),
             state_dir: dir.path().to_owned(),
+            commands: mpsc::channel(1).0,
         };
         let handle = build(&plc_config(dir.path()), ctx, &*chip).unwrap();
         for l in [17, 3, 4, READY, BUSY, PASS, FAIL, ERROR, VALID] {
@@ -1187,6 +1297,7 @@ mod tests {
             sink: rig.sink.clone(),
             shutdown: token,
             state_dir: dir.path().to_owned(),
+            commands: mpsc::channel(1).0,
         };
         let cfg = config(dir.path(), 17);
         let handle = build(&cfg, ctx(CancellationToken::new()), &chip).unwrap();

@@ -224,6 +224,16 @@ impl History {
         items.iter().filter_map(|i| self.read_record(i)).collect()
     }
 
+    /// The inspection id of `source`'s newest kept result.
+    pub fn latest_of(&self, source: &str) -> Option<String> {
+        let items: Vec<Item> = self.lock().ok()?.items.iter().rev().cloned().collect();
+        items
+            .iter()
+            .filter_map(|i| Some((i, self.read_record(i)?)))
+            .find(|(_, r)| r["source"] == source)
+            .map(|(i, _)| i.id.clone())
+    }
+
     /// The result with inspection id `id`.
     pub fn get(&self, id: &str) -> Option<Value> {
         let item = self.find(id)?;

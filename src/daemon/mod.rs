@@ -43,6 +43,7 @@ pub mod sink;
 pub mod source;
 pub mod state_lock;
 pub mod stats;
+pub mod teach;
 pub mod topics;
 pub mod worker;
 
@@ -124,6 +125,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         })
         .await?;
         let mut commands = daemon.take_commands();
+        let mut taught = daemon.take_taught();
         // Signals and commands are handled here, one at a time: a reload and
         // a command never change the station at once.
         // A script switches recipes by writing <state_dir>/active-recipe.
@@ -135,7 +137,8 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
                     Some(Signal::Reload) => daemon.reload().await,
                     Some(Signal::Shutdown) | None => break,
                 },
-                Some(c) = next_command(&mut commands) => daemon.command(c).await,
+                Some(c) = next(&mut commands) => daemon.command(c).await,
+                Some(t) = next(&mut taught) => daemon.taught(t).await,
                 _ = poll.tick() => daemon.check_choices().await,
             }
         }
@@ -144,8 +147,8 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
     })
 }
 
-/// The next command, or never when commands are off.
-async fn next_command(rx: &mut Option<mpsc::Receiver<commands::Incoming>>) -> Option<commands::Incoming> {
+/// The next message, or never once the channel is taken away (commands off).
+async fn next<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -188,6 +191,30 @@ fn identities(
             Some((source.clone(), id))
         })
         .collect()
+}
+
+/// A finished bank rebuild: what was built and how it ended.
+pub type Taught = (teach::Building, anyhow::Result<teach::Taught>);
+
+/// Remove what a rebuild killed midway left in the recipe directories
+/// (the old version stays current; see [`crate::recipe_dir`]).
+fn clean_recipe_dirs(config: &Config) {
+    for name in config.recipe_names() {
+        let Some(path) = engine::bank_path(config, name) else {
+            continue;
+        };
+        if !crate::recipe_dir::RecipeDir::is_recipe_dir(path) {
+            continue;
+        }
+        match crate::recipe_dir::RecipeDir::open(path).and_then(|d| d.clean()) {
+            Ok(removed) if !removed.is_empty() => log::warn!(
+                "recipe {name}: removed what an interrupted rebuild left ({}); the bank in use is the version before it",
+                removed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ),
+            Ok(_) => {}
+            Err(e) => log::error!("recipe {name}: {e}"),
+        }
+    }
 }
 
 /// A file's size and modification time (`None`: there is none).
@@ -249,8 +276,17 @@ pub struct Daemon {
     commands: Option<mpsc::Receiver<commands::Incoming>>,
     /// Where the page sends commands (with `[commands]` on and an `[http]` token).
     commands_tx: Option<mpsc::Sender<commands::Incoming>>,
+    /// The same queue for the sources' teach buttons (there also with `[commands]` off).
+    queue: mpsc::Sender<commands::Incoming>,
     /// The state published retained on `…/state`.
     state: watch::Sender<Vec<u8>>,
+    /// The bank rebuild a `teach` started, while it runs (one at a time).
+    teaching: Option<teach::Building>,
+    /// How the last one ended, for `…/state`.
+    last_taught: Option<serde_json::Value>,
+    /// Where rebuilds report, and the main loop's end of it (until taken).
+    taught_tx: mpsc::Sender<Taught>,
+    taught_rx: Option<mpsc::Receiver<Taught>>,
     notifier: Arc<dyn Notifier>,
     sink: ResultSink,
     settings: watch::Sender<Settings>,
@@ -369,6 +405,8 @@ impl Daemon {
             paused: o.operator.paused,
         });
         let (commands_tx, commands_rx) = mpsc::channel(16);
+        let (taught_tx, taught_rx) = mpsc::channel(1);
+        clean_recipe_dirs(&config);
         let commands_on = config.commands.enabled;
         let (state, state_rx) = watch::channel(Vec::new());
         let (mqtt_settings, mqtt_rx) = watch::channel(config.mqtt.clone());
@@ -381,9 +419,14 @@ impl Daemon {
             file,
             choices_seen: file_stamp(&recipes::Choices::path(&config.station.state_dir)),
             choices,
-            commands: commands_on.then_some(commands_rx),
+            commands: Some(commands_rx),
             commands_tx: commands_on.then(|| commands_tx.clone()),
+            queue: commands_tx.clone(),
             state,
+            teaching: None,
+            last_taught: None,
+            taught_tx,
+            taught_rx: Some(taught_rx),
             notifier: o.notifier,
             sink: sink.clone(),
             settings,
@@ -466,9 +509,14 @@ impl Daemon {
         &self.config
     }
 
-    /// The commands from the broker and the page (once; `None` with `[commands]` off).
+    /// The commands from the broker, the page and the teach buttons (once).
     pub fn take_commands(&mut self) -> Option<mpsc::Receiver<commands::Incoming>> {
         self.commands.take()
+    }
+
+    /// Where finished bank rebuilds arrive (once): the main loop hands them to [`Daemon::taught`].
+    pub fn take_taught(&mut self) -> Option<mpsc::Receiver<Taught>> {
+        self.taught_rx.take()
     }
 
     /// The station's state: what `…/state` and command replies carry.
@@ -490,6 +538,9 @@ impl Daemon {
                     "threshold": as_printed(i.threshold()),
                     "threshold_override": self.operator.thresholds.get(name).copied().map(as_printed),
                     "roi": i.bank().meta.roi,
+                    "version": engine::bank_path(&self.config, name)
+                        .filter(|p| crate::recipe_dir::RecipeDir::is_recipe_dir(p))
+                        .and_then(|p| crate::recipe_dir::RecipeDir::open(p).ok()?.current().ok()),
                 });
                 (name.to_string(), v)
             })
@@ -506,6 +557,7 @@ impl Daemon {
             "recipe_codes": self.recipe_codes(),
             "recipes": recipes,
             "commands_enabled": self.config.commands.enabled,
+            "teaching": self.teaching.as_ref().map(teach::Building::state).or_else(|| self.last_taught.clone()),
             "version": env!("CARGO_PKG_VERSION"),
         })
     }
@@ -537,9 +589,15 @@ impl Daemon {
         let (id, outcome) = match commands::parse(&incoming.payload) {
             Ok(r) => {
                 log::info!("command: {:?} (request {})", r.command, r.request_id);
+                let t0 = std::time::Instant::now();
                 let outcome = self.carry_out(r.command).await;
-                if let Err(e) = &outcome {
-                    log::warn!("command refused: {e}");
+                match &outcome {
+                    Ok(()) => log::info!(
+                        "command carried out in {:.2} ms (request {})",
+                        t0.elapsed().as_secs_f64() * 1e3,
+                        r.request_id
+                    ),
+                    Err(e) => log::warn!("command refused: {e}"),
                 }
                 (r.request_id, outcome)
             }
@@ -583,22 +641,7 @@ impl Daemon {
                     .status(if paused { "paused by command" } else { "inspecting" });
             }
             Command::Threshold { recipe, value } => {
-                let common = self.settings.borrow().active.common().map(str::to_string);
-                let recipe = match recipe.or(common) {
-                    Some(r) => r,
-                    None => {
-                        return Err(format!(
-                            "the sources inspect with different recipes ({}): name one with \"recipe\"",
-                            self.active_list()
-                        ))
-                    }
-                };
-                if !self.config.recipe_names().any(|n| n == recipe) {
-                    return Err(format!(
-                        "there is no recipe {recipe:?} (recipes: {})",
-                        self.config.recipe_names().collect::<Vec<_>>().join(", ")
-                    ));
-                }
+                let recipe = self.named_recipe(recipe)?;
                 match value {
                     Some(t) => next.thresholds.insert(recipe.clone(), t),
                     None => next.thresholds.remove(&recipe),
@@ -670,7 +713,244 @@ impl Daemon {
                 }
                 self.switch(choices, "by command", true).await?;
             }
+            Command::Teach {
+                id,
+                source,
+                set,
+                recipe,
+            } => {
+                let id = match (id, source) {
+                    (Some(id), _) => id,
+                    (None, Some(source)) => self.sink.history().latest_of(&source).ok_or_else(|| {
+                        format!(
+                            "source {source} has no kept result to teach (or there is no source {source:?})"
+                        )
+                    })?,
+                    (None, None) => return Err("teach: give \"id\" or \"source\"".into()),
+                };
+                self.start_teach(&id, set, recipe)?
+            }
+            Command::Rollback { recipe } => self.rollback(recipe).await?,
         }
+        Ok(())
+    }
+
+    /// `recipe`, or the one every source uses; an error names the recipes there are.
+    fn named_recipe(&self, recipe: Option<String>) -> Result<String, String> {
+        let common = self.settings.borrow().active.common().map(str::to_string);
+        let Some(recipe) = recipe.or(common) else {
+            return Err(format!(
+                "the sources inspect with different recipes ({}): name one with \"recipe\"",
+                self.active_list()
+            ));
+        };
+        if !self.config.recipe_names().any(|n| n == recipe) {
+            return Err(format!(
+                "there is no recipe {recipe:?} (recipes: {})",
+                self.config.recipe_names().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        Ok(recipe)
+    }
+
+    /// Recipe `name`'s directory, where its bank is a recipe directory.
+    fn recipe_dir(&self, name: &str) -> Result<PathBuf, String> {
+        let path =
+            engine::bank_path(&self.config, name).ok_or_else(|| format!("there is no recipe {name:?}"))?;
+        if !crate::recipe_dir::RecipeDir::is_recipe_dir(path) {
+            return Err(format!(
+                "recipe {name}'s bank {} is a file, not a recipe directory: the station can rebuild only a \
+                 bank made with `winclip-edge bank --recipe-dir DIR` (name DIR as the recipe's bank)",
+                path.display()
+            ));
+        }
+        Ok(path.to_owned())
+    }
+
+    /// `teach`: start rebuilding the bank of the recipe inspection `id` was
+    /// judged with (or `recipe`) with its picture added to `set`.
+    fn start_teach(
+        &mut self,
+        id: &str,
+        set: crate::recipe_dir::Set,
+        recipe: Option<String>,
+    ) -> Result<(), String> {
+        if let Some(b) = &self.teaching {
+            return Err(format!(
+                "recipe {}'s bank is being rebuilt (teaching {}): wait until …/state says it is done",
+                b.recipe, b.inspection
+            ));
+        }
+        let history = Arc::clone(self.sink.history());
+        let kept = format!(
+            "the station keeps the last {} results ([history] results)",
+            self.config.history.results
+        );
+        let record = history
+            .get(id)
+            .ok_or_else(|| format!("no inspection {id:?} among the kept results ({kept})"))?;
+        let recipe = match recipe {
+            Some(r) => r,
+            None => record["recipe"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| format!("inspection {id} names no recipe: name one with \"recipe\""))?,
+        };
+        let recipe = self.named_recipe(Some(recipe))?;
+        let dir = self.recipe_dir(&recipe)?;
+        let picture = history.picture(id).ok_or_else(|| {
+            format!("the picture of {id} was not kept ([history] pictures = true keeps them; {kept})")
+        })?;
+        // Refused in the reply, not later: a picture the recipe has already.
+        crate::recipe_dir::RecipeDir::open(&dir)
+            .map_err(anyhow::Error::new)
+            .and_then(|d| teach::check_new(&d, &recipe, &picture.bytes))
+            .map_err(|e| format!("{e:#}"))?;
+        let inspector = self
+            .recipes()
+            .and_then(|r| r.get(&recipe).cloned())
+            .ok_or_else(|| "no model is loaded: restart the service".to_string())?;
+        let building = teach::Building {
+            recipe: recipe.clone(),
+            inspection: id.to_string(),
+            set,
+            started: std::time::Instant::now(),
+        };
+        let job = teach::Job {
+            recipe,
+            dir,
+            inspector,
+            config: self.config.clone(),
+            inspection: id.to_string(),
+            picture: picture.bytes,
+            extension: picture.format.extensions_str().first().copied().unwrap_or("img"),
+            set,
+        };
+        log::info!(
+            "teaching: recipe {} gets the picture of {id} as a {} picture; rebuilding its bank in the background",
+            building.recipe,
+            set.name()
+        );
+        let tx = self.taught_tx.clone();
+        let b = building.clone();
+        tokio::task::spawn_blocking(move || {
+            let outcome = teach::rebuild(job);
+            let _ = tx.blocking_send((b, outcome));
+        });
+        self.teaching = Some(building);
+        Ok(())
+    }
+
+    /// A rebuild finished: use the new bank (already current on disk), or say why not.
+    pub async fn taught(&mut self, (building, outcome): Taught) {
+        self.teaching = None;
+        let installed = outcome.and_then(|t| {
+            let set = self.recipes().context("no model is loaded")?;
+            let current = set
+                .get(&t.recipe)
+                .with_context(|| format!("recipe {} is gone (reloaded meanwhile)", t.recipe))?;
+            // On the running model and settings, which a reload may have changed meanwhile.
+            let bank = t.inspector.bank().clone();
+            match engine::retune(current, bank, &self.config, &t.recipe) {
+                Ok(inspector) => Ok((t, inspector, set)),
+                Err(e) => {
+                    if let Ok(dir) = crate::recipe_dir::RecipeDir::open(
+                        &self.recipe_dir(&t.recipe).map_err(anyhow::Error::msg)?,
+                    ) {
+                        let _ = dir.switch(t.previous);
+                    }
+                    Err(e)
+                }
+            }
+        });
+        self.last_taught = Some(match installed {
+            Ok((t, inspector, set)) => {
+                let before = set.get(&t.recipe).map(|i| i.threshold());
+                let after = inspector.threshold();
+                log::info!(
+                    "teaching: recipe {} is now version {} (from {}), threshold {} -> {after}, bank {}, rebuilt in {:.1} s",
+                    t.recipe,
+                    t.version,
+                    t.previous,
+                    before.map_or("?".into(), |b| b.to_string()),
+                    inspector.bank_id(),
+                    t.seconds
+                );
+                let value = serde_json::json!({
+                    "state": "done",
+                    "recipe": t.recipe,
+                    "inspection": building.inspection,
+                    "as": building.set,
+                    "version": t.version,
+                    "previous": t.previous,
+                    "bank": inspector.bank_id(),
+                    "threshold": as_printed(after),
+                    "seconds": t.seconds,
+                });
+                self.install(&t.recipe, inspector, &set);
+                value
+            }
+            Err(e) => {
+                log::error!(
+                    "teaching recipe {} failed: {e:#}; it keeps its bank",
+                    building.recipe
+                );
+                serde_json::json!({
+                    "state": "failed",
+                    "recipe": building.recipe,
+                    "inspection": building.inspection,
+                    "as": building.set,
+                    "error": format!("{e:#}"),
+                })
+            }
+        });
+        self.publish_state();
+    }
+
+    /// Make `inspector` recipe `name`'s, from the next picture on.
+    fn install(&self, name: &str, inspector: Inspector, set: &recipes::Recipes) {
+        let mut next = set.clone();
+        next.insert(name, inspector);
+        let active = Arc::clone(&self.settings.borrow().active);
+        self.sink.set_identities(identities(&next, &active));
+        self.settings.send_modify(|s| s.recipes = Some(Arc::new(next)));
+    }
+
+    /// `rollback`: the recipe's bank version before the current one.
+    async fn rollback(&mut self, recipe: Option<String>) -> Result<(), String> {
+        let recipe = self.named_recipe(recipe)?;
+        if self.teaching.as_ref().is_some_and(|b| b.recipe == recipe) {
+            return Err(format!(
+                "recipe {recipe}'s bank is being rebuilt: wait until …/state says it is done"
+            ));
+        }
+        let path = self.recipe_dir(&recipe)?;
+        let set = self.recipes().ok_or("no model is loaded: restart the service")?;
+        let current = Arc::clone(
+            set.get(&recipe)
+                .ok_or("no model is loaded: restart the service")?,
+        );
+        let config = self.config.clone();
+        let name = recipe.clone();
+        let done = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let dir = crate::recipe_dir::RecipeDir::open(&path)?;
+            let (from, to) = (dir.current()?, dir.previous()?);
+            let bytes = std::fs::read(dir.bank_path(to)).with_context(|| format!("version {to}"))?;
+            let bank = crate::bank::Bank::from_bytes(&bytes).with_context(|| format!("version {to}"))?;
+            let inspector = engine::retune(&current, bank, &config, &name)?;
+            dir.switch(to)?;
+            Ok((from, to, inspector))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{e:#}; the recipe keeps its bank"))?;
+        let (from, to, inspector) = done;
+        log::info!(
+            "rollback: recipe {recipe} from version {from} to {to} (bank {}, threshold {})",
+            inspector.bank_id(),
+            inspector.threshold()
+        );
+        self.install(&recipe, inspector, &set);
         Ok(())
     }
 
@@ -771,6 +1051,7 @@ impl Daemon {
             sink: self.sink.clone(),
             shutdown: self.sources_shutdown.child_token(),
             state_dir: self.config.station.state_dir.clone(),
+            commands: self.queue.clone(),
         };
         match s {
             Source::Directory(d) => dirwatch::build(d, ctx, &self.claims),
@@ -1162,6 +1443,8 @@ mod tests {
             recipe_lines_active_low: false,
             recipe_codes: Vec::new(),
             outputs: None,
+            teach_line: None,
+            teach_as: crate::recipe_dir::Set::Calibration,
         })
     }
 
@@ -1209,6 +1492,74 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("fewer than {n} results: {:?}", results(dir));
+    }
+
+    /// Issue #17: a teach button on a GPIO source teaches that source's last
+    /// kept picture: the recipe directory gets version 2 with it among the
+    /// calibration pictures, and the recipe's bank is the new one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_teach_button_teaches_the_sources_last_picture() {
+        use crate::recipe_dir::{RecipeDir, Set};
+        let dir = tempfile::tempdir().unwrap();
+        let chip = Arc::new(FakeChip::default());
+        let mut c = station(dir.path(), &tiny_pack());
+        // A recipe directory: the zero-shot bank and five good pictures (not
+        // the one the trigger captures, queries/good.png).
+        let calibration: Vec<_> = [
+            "shots/000.png",
+            "shots/001.png",
+            "shots/002.png",
+            "shots/003.png",
+            "queries/scratch.png",
+        ]
+        .iter()
+        .map(|n| (n.replace('/', "-"), std::fs::read(fixture(n)).unwrap()))
+        .collect();
+        let recipe = dir.path().join("recipe");
+        RecipeDir::create(&recipe, &std::fs::read(&c.model.bank).unwrap(), &[], &calibration).unwrap();
+        c.model.bank = recipe.clone();
+        let Source::Gpio(g) = &mut c.sources[0] else {
+            unreachable!()
+        };
+        g.teach_line = Some(7);
+        let mut daemon = start(dir.path(), c, &chip).await;
+        let mut commands = daemon.take_commands().unwrap();
+        let mut taught = daemon.take_taught().unwrap();
+        let bank_before = daemon.inspector().unwrap().bank_id().to_string();
+        assert!(chip.is_held(7));
+        assert!(chip.edge(5));
+        wait_results(dir.path(), 1).await;
+        for _ in 0..2400 {
+            if daemon.sink.history().latest_of("trig").is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(chip.edge(7));
+        let press = tokio::time::timeout(Duration::from_secs(60), commands.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        daemon.command(press).await;
+        let done = tokio::time::timeout(Duration::from_secs(120), taught.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        daemon.taught(done).await;
+        let state = daemon.state();
+        assert_eq!(state["teaching"]["state"], "done", "{state}");
+        assert_eq!(state["recipes"]["default"]["version"], 2, "{state}");
+        let names: Vec<String> = RecipeDir::open(&recipe)
+            .unwrap()
+            .pictures(2, Set::Calibration)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names.len(), 6, "{names:?}");
+        assert!(names.iter().any(|n| n.starts_with("taught-")), "{names:?}");
+        assert_ne!(daemon.inspector().unwrap().bank_id(), bank_before);
+        daemon.shutdown().await;
     }
 
     /// Issue #17: a PLC chooses each trigger's recipe by the code on its

@@ -25,6 +25,9 @@ pub struct SourceContext {
     pub shutdown: CancellationToken,
     /// The station's state directory (records of kept files).
     pub state_dir: PathBuf,
+    /// The station's command queue (a teach button sends `teach` here, also
+    /// with `[commands]` off: the button is configured on purpose).
+    pub commands: tokio::sync::mpsc::Sender<crate::daemon::commands::Incoming>,
 }
 
 /// How long [`SourceHandle::stop`] waits for a task before giving up on it.
