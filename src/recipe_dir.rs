@@ -114,9 +114,14 @@ fn fsync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir).and_then(|f| f.sync_all()).map_err(io_at(dir))
 }
 
+/// Write a new file (never through an existing one: it may be a hard link) and fsync it.
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     use std::io::Write;
-    let mut f = File::create(path).map_err(io_at(path))?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_at(path))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(io_at(path))
@@ -361,7 +366,8 @@ impl Staged {
         self.number
     }
 
-    /// Add a picture to `set` (written and fsynced).
+    /// Add a picture to `set` (written and fsynced). A name the set has
+    /// already is refused: it may be a hard link to the version's own file.
     pub fn add(&mut self, set: Set, name: &str, bytes: &[u8]) -> Result<(), Error> {
         write_synced(&self.dir.join(set.dir()).join(name), bytes)
     }
@@ -419,6 +425,9 @@ mod tests {
 
         let mut s = dir.stage_from(1).unwrap();
         s.add(Set::Calibration, "c2.png", &[3; 8]).unwrap();
+        // A name already there (a hard link to version 1's file) is never written through.
+        assert!(s.add(Set::Shot, "a.png", &[9; 8]).is_err());
+        assert_eq!(dir.pictures(1, Set::Shot).unwrap(), vec![pic("a.png", 1)]);
         assert_eq!(s.pictures(Set::Calibration).unwrap().len(), 2);
         assert_eq!(s.pictures(Set::Shot).unwrap(), vec![pic("a.png", 1)]);
         // Not current until switched.

@@ -147,7 +147,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
     })
 }
 
-/// The next message, or never once the channel is taken away (commands off).
+/// The next message, or never without a channel.
 async fn next<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
@@ -834,7 +834,9 @@ impl Daemon {
         let tx = self.taught_tx.clone();
         let b = building.clone();
         tokio::task::spawn_blocking(move || {
-            let outcome = teach::rebuild(job);
+            // Always answered, so that a later teach is not refused for ever.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| teach::rebuild(job)))
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the rebuild failed unexpectedly (a panic)")));
             let _ = tx.blocking_send((b, outcome));
         });
         self.teaching = Some(building);
@@ -845,20 +847,16 @@ impl Daemon {
     pub async fn taught(&mut self, (building, outcome): Taught) {
         self.teaching = None;
         let installed = outcome.and_then(|t| {
-            let set = self.recipes().context("no model is loaded")?;
-            let current = set
-                .get(&t.recipe)
-                .with_context(|| format!("recipe {} is gone (reloaded meanwhile)", t.recipe))?;
             // On the running model and settings, which a reload may have changed meanwhile.
-            let bank = t.inspector.bank().clone();
-            match engine::retune(current, bank, &self.config, &t.recipe) {
+            let set = self.recipes().context("no model is loaded")?;
+            let built = set
+                .get(&t.recipe)
+                .with_context(|| format!("recipe {} is gone (reloaded meanwhile)", t.recipe))
+                .and_then(|current| engine::retune(current, t.bank.clone(), &self.config, &t.recipe));
+            match built {
                 Ok(inspector) => Ok((t, inspector, set)),
                 Err(e) => {
-                    if let Ok(dir) = crate::recipe_dir::RecipeDir::open(
-                        &self.recipe_dir(&t.recipe).map_err(anyhow::Error::msg)?,
-                    ) {
-                        let _ = dir.switch(t.previous);
-                    }
+                    self.switch_back(&t);
                     Err(e)
                 }
             }
@@ -905,6 +903,22 @@ impl Daemon {
             }
         });
         self.publish_state();
+    }
+
+    /// Make the version `t` was built from current again (its bank cannot be used now).
+    fn switch_back(&self, t: &teach::Taught) {
+        let back = self
+            .recipe_dir(&t.recipe)
+            .map_err(anyhow::Error::msg)
+            .and_then(|d| Ok(crate::recipe_dir::RecipeDir::open(&d)?.switch(t.previous)?));
+        if let Err(e) = back {
+            log::error!(
+                "recipe {}: cannot make version {} current again ({e:#}): the station still judges with it, but the directory points at {} (a restart would use that)",
+                t.recipe,
+                t.previous,
+                t.version
+            );
+        }
     }
 
     /// Make `inspector` recipe `name`'s, from the next picture on.

@@ -77,8 +77,8 @@ pub struct Taught {
     pub version: u32,
     /// The version it was made from.
     pub previous: u32,
-    /// The recipe's inspector with the new bank.
-    pub inspector: Inspector,
+    /// The new bank (checked: the recipe's settings accept it).
+    pub bank: crate::bank::Bank,
     /// How long the rebuild took, seconds.
     pub seconds: f64,
 }
@@ -149,7 +149,7 @@ pub fn rebuild(job: Job) -> anyhow::Result<Taught> {
     let bank = job.inspector.rebuild(&shots, &calibration)?;
     let bytes = bank.to_bytes()?;
     // Checked as the station will use it before anything becomes current.
-    let inspector = engine::retune(&job.inspector, bank, &job.config, &job.recipe)?;
+    engine::retune(&job.inspector, bank.clone(), &job.config, &job.recipe)?;
     let version = staged.commit(&bytes)?;
     dir.switch(version)?;
     if let Err(e) = dir.prune() {
@@ -159,7 +159,7 @@ pub fn rebuild(job: Job) -> anyhow::Result<Taught> {
         recipe: job.recipe,
         version,
         previous: base,
-        inspector,
+        bank,
         seconds: t0.elapsed().as_secs_f64(),
     })
 }
