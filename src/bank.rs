@@ -199,6 +199,10 @@ pub struct Meta {
     /// judged with it is cropped the same way); `None`: the whole picture.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roi: Option<crate::roi::Roi>,
+    /// The patches inside the region of interest that are inspected (a mask
+    /// picture, white = inspect); `None`: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<crate::roi::PatchMask>,
 }
 
 /// A file that went into a bank.
@@ -440,6 +444,15 @@ impl Bank {
     /// Check that tensor shapes agree with the metadata.
     pub fn check_shapes(&self) -> Result<(), Error> {
         let m = &self.meta;
+        if let Some(mask) = &m.mask {
+            if mask.grid != m.model.grid {
+                return Err(Error::Inconsistent(format!(
+                    "the patch mask is for a {0}×{0} grid, the model's is {1}×{1}",
+                    mask.grid, m.model.grid
+                )));
+            }
+            mask.patches().map_err(Error::Inconsistent)?;
+        }
         let d = m.model.embed_dim;
         if self.text.normal.len() != d || self.text.anomalous.len() != d {
             return Err(Error::Inconsistent(format!(
@@ -696,6 +709,7 @@ mod tests {
                 created: "2026-11-27T00:00:00Z".into(),
                 creator: "test".into(),
                 roi: None,
+                mask: None,
             },
             text: TextPrototypes {
                 normal: ndarray::arr1(&[1.0, 0.0]),

@@ -246,7 +246,15 @@ impl Inspector {
     /// [`Inspector::new`] for a model whose pack is described by `model`.
     fn with_model(vision: VisionModel, model: ModelRef, bank: Bank) -> Result<Self, Error> {
         bank.check_model(&model)?;
-        let scorer = Scorer::new(bank.config(), model.grid, &bank.text, bank.references.as_ref())?;
+        let mask = bank
+            .meta
+            .mask
+            .as_ref()
+            .map(|m| m.patches())
+            .transpose()
+            .map_err(Error::Roi)?;
+        let scorer = Scorer::new(bank.config(), model.grid, &bank.text, bank.references.as_ref())?
+            .with_mask(mask.as_deref())?;
         Ok(Self {
             vision,
             scorer,
@@ -357,6 +365,7 @@ impl Inspector {
             threshold: (m.threshold_source == ThresholdSource::Explicit).then_some(m.threshold),
             sigmas: m.calibration.as_ref().map_or(bank::DEFAULT_SIGMAS, |c| c.sigmas),
             roi: m.roi,
+            mask: m.mask.clone(),
         };
         build_for(
             &self.model,
@@ -456,6 +465,8 @@ pub struct BankSpec {
     /// The region of interest the shots, the calibration pictures and
     /// every picture judged with the bank are cropped to.
     pub roi: Option<crate::roi::Roi>,
+    /// The patches of the (cropped) picture that are inspected.
+    pub mask: Option<crate::roi::PatchMask>,
 }
 
 impl BankSpec {
@@ -469,6 +480,7 @@ impl BankSpec {
             threshold: None,
             sigmas: bank::DEFAULT_SIGMAS,
             roi: None,
+            mask: None,
         }
     }
 }
@@ -538,7 +550,14 @@ fn build_for(
             .collect::<Result<Vec<_>, _>>()?;
         Some(References::from_features(&feats)?)
     };
-    let scorer = Scorer::new(spec.config.clone(), grid, &prototypes, references.as_ref())?;
+    let mask = spec
+        .mask
+        .as_ref()
+        .map(|m| m.patches())
+        .transpose()
+        .map_err(Error::Roi)?;
+    let scorer = Scorer::new(spec.config.clone(), grid, &prototypes, references.as_ref())?
+        .with_mask(mask.as_deref())?;
     let mut scores = Vec::with_capacity(calibration.len());
     let mut maxima = Vec::with_capacity(calibration.len());
     let mut maps = Vec::with_capacity(calibration.len());
@@ -579,6 +598,7 @@ fn build_for(
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             creator: concat!("winclip-edge ", env!("CARGO_PKG_VERSION")).to_string(),
             roi: spec.roi,
+            mask: spec.mask.clone(),
         },
         text: prototypes,
         references,

@@ -138,9 +138,114 @@ impl FromStr for Roi {
     }
 }
 
+/// Which patches of the model's grid are inspected: a mask picture (white =
+/// inspect) cropped as the pictures are and reduced to the patch grid. The
+/// model sees every pixel of the crop; the mask decides which patches can
+/// raise an alarm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchMask {
+    /// Grid side.
+    pub grid: usize,
+    /// One string per grid row: `#` inspected, `.` not.
+    pub rows: Vec<String>,
+    /// sha256 of the mask picture's file.
+    pub sha256: String,
+}
+
+impl PatchMask {
+    /// The mask of `picture` (grey levels, white = inspect; the camera
+    /// picture's size when `roi` is in pixels), cropped to `roi`, on a
+    /// `grid`×`grid` patch grid: a patch is inspected when at least half of
+    /// its pixels are white (≥ 128).
+    pub fn from_picture(
+        picture: &image::GrayImage,
+        roi: Option<Roi>,
+        grid: usize,
+        sha256: String,
+    ) -> Result<Self, String> {
+        let crop = match roi {
+            Some(roi) => {
+                let r = roi
+                    .rect(picture.width(), picture.height())
+                    .map_err(|e| format!("the mask picture: {e}"))?;
+                image::imageops::crop_imm(picture, r.x, r.y, r.width, r.height).to_image()
+            }
+            None => picture.clone(),
+        };
+        let (w, h) = (crop.width() as usize, crop.height() as usize);
+        if w < grid || h < grid {
+            return Err(format!(
+                "the mask is {w}×{h} after the crop: smaller than the {grid}×{grid} patch grid"
+            ));
+        }
+        let rows: Vec<String> = (0..grid)
+            .map(|i| {
+                (0..grid)
+                    .map(|j| {
+                        let (y0, y1) = (i * h / grid, (i + 1) * h / grid);
+                        let (x0, x1) = (j * w / grid, (j + 1) * w / grid);
+                        let white = (y0..y1)
+                            .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+                            .filter(|&(x, y)| crop.get_pixel(x as u32, y as u32)[0] >= 128)
+                            .count();
+                        if 2 * white >= (y1 - y0) * (x1 - x0) {
+                            '#'
+                        } else {
+                            '.'
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let mask = Self { grid, rows, sha256 };
+        if mask.inspected() == 0 {
+            return Err("the mask leaves no patch to inspect (white = inspect)".into());
+        }
+        Ok(mask)
+    }
+
+    /// The inspected patches, row-major; an error when the rows do not make a grid.
+    pub fn patches(&self) -> Result<Vec<bool>, String> {
+        if self.rows.len() != self.grid || self.rows.iter().any(|r| r.chars().count() != self.grid) {
+            return Err(format!("the patch mask is not {0}×{0}", self.grid));
+        }
+        Ok(self
+            .rows
+            .iter()
+            .flat_map(|r| r.chars().map(|c| c == '#'))
+            .collect())
+    }
+
+    /// How many patches are inspected.
+    pub fn inspected(&self) -> usize {
+        self.rows.iter().map(|r| r.matches('#').count()).sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mask_picture_becomes_the_patches_half_white_or_more_after_the_crop() {
+        // 40×20, the right half white; cropped to its right 30 columns and a 2×2 grid.
+        let pic = image::GrayImage::from_fn(40, 20, |x, _| image::Luma([if x >= 20 { 255 } else { 0 }]));
+        let m = PatchMask::from_picture(&pic, Some(Roi::Pixels([10, 0, 30, 20])), 2, "s".into()).unwrap();
+        // Columns 10..25 are 1/3 white (not inspected), 25..40 all white.
+        assert_eq!(m.rows, [".#", ".#"]);
+        assert_eq!(m.patches().unwrap(), [false, true, false, true]);
+        assert_eq!(m.inspected(), 2);
+        let black = image::GrayImage::new(8, 8);
+        let e = PatchMask::from_picture(&black, None, 2, "s".into()).unwrap_err();
+        assert!(e.contains("no patch"), "{e}");
+        assert!(PatchMask::from_picture(&pic, Some(Roi::Pixels([30, 0, 30, 20])), 2, "s".into()).is_err());
+        let torn = PatchMask {
+            grid: 2,
+            rows: vec!["#".into()],
+            sha256: String::new(),
+        };
+        assert!(torn.patches().is_err());
+    }
 
     #[test]
     fn whole_numbers_are_pixels_and_decimals_fractions() {

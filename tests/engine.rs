@@ -593,3 +593,60 @@ fn a_region_of_interest_hides_a_defect_outside_it_and_keeps_one_inside() {
         "{text}"
     );
 }
+
+/// Issue #17: a mask picture (white = inspect) keeps what it leaves out from
+/// failing a WinCLIP+ part: the few-shot maximum, the map's peak and the
+/// verdict come from the inspected patches only. (The tiny pack's random
+/// weights do not find the drawn hole; the part left out is where its map
+/// peaks on the hole fixture, which is what a mask must keep quiet.)
+#[test]
+fn a_roi_mask_keeps_the_part_it_leaves_out_from_failing_the_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = fixtures();
+    let hole = fx.join("queries/hole.png");
+    let h = hole.to_str().unwrap();
+    let shots = [fx.join("shots/000.png"), fx.join("shots/001.png")];
+    let args = [
+        "--threshold",
+        "0.5",
+        "--shots",
+        shots[0].to_str().unwrap(),
+        shots[1].to_str().unwrap(),
+    ];
+    let whole_dir = dir.path().join("whole");
+    std::fs::create_dir_all(&whole_dir).unwrap();
+    let whole_bank = bank_cmd(&whole_dir, &args);
+    let whole = &inspect_json(&whole_bank, &[h]).unwrap()[0];
+    let [px, py] = [0, 1].map(|i| whole["map"]["argmax"][i].as_u64().unwrap() as u32);
+    // The mask: white but for two patches (of 15 on the 256-pixel side) around the peak.
+    let margin = 2 * 256 / 15;
+    let left_out = |x: u32, y: u32| x.abs_diff(px) <= margin && y.abs_diff(py) <= margin;
+    let mask = image::GrayImage::from_fn(256, 256, |x, y| {
+        image::Luma([if left_out(x, y) { 0 } else { 255 }])
+    });
+    let mask_path = dir.path().join("mask.png");
+    mask.save(&mask_path).unwrap();
+    let masked_dir = dir.path().join("masked");
+    std::fs::create_dir_all(&masked_dir).unwrap();
+    let mut masked_args = args.to_vec();
+    masked_args.extend(["--roi-mask", mask_path.to_str().unwrap()]);
+    let masked_bank = bank_cmd(&masked_dir, &masked_args);
+    let masked = &inspect_json(&masked_bank, &[h]).unwrap()[0];
+    let (sw, sm) = (
+        whole["score"].as_f64().unwrap(),
+        masked["score"].as_f64().unwrap(),
+    );
+    assert!(sm < sw, "without its peak the score drops: {sm} vs {sw}");
+    let [ax, ay] = [0, 1].map(|i| masked["map"]["argmax"][i].as_u64().unwrap() as u32);
+    assert!(
+        !left_out(ax, ay),
+        "the masked peak lies where the mask inspects: {masked}"
+    );
+    // Between the two scores: the whole picture fails, the masked one passes.
+    let t = ((sw + sm) / 2.0).to_string();
+    let verdicts: Vec<_> = [&whole_bank, &masked_bank]
+        .iter()
+        .map(|b| inspect_json(b, &[h, "--threshold", &t]).unwrap()[0]["verdict"].clone())
+        .collect();
+    assert_eq!(verdicts, ["fail", "pass"]);
+}

@@ -14,6 +14,8 @@ use crate::model::{ModelPack, TextModel, VisionModel};
 pub(crate) struct Args {
     pub model: PathBuf,
     pub spec: BankSpec,
+    /// The mask picture (`--roi-mask`).
+    pub roi_mask: Option<PathBuf>,
     pub shots: Vec<PathBuf>,
     pub calibrate: Option<PathBuf>,
     pub uncalibrated: bool,
@@ -28,10 +30,24 @@ pub(crate) enum Output {
     RecipeDir(PathBuf),
 }
 
-pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
     let pack = ModelPack::open(&args.model)
         .with_context(|| format!("opening model pack {}", args.model.display()))?;
+    if let Some(path) = &args.roi_mask {
+        let bytes = crate::imageio::read_limited(path, &crate::imageio::Limits::DEFAULT)?;
+        let picture = image::load_from_memory(&bytes)
+            .with_context(|| format!("--roi-mask {}: not a picture", path.display()))?
+            .to_luma8();
+        let mask = crate::roi::PatchMask::from_picture(
+            &picture,
+            args.spec.roi,
+            pack.architecture().grid,
+            FileRef::of("", &bytes).sha256,
+        )
+        .map_err(|e| anyhow::anyhow!("--roi-mask {}: {e}", path.display()))?;
+        args.spec.mask = Some(mask);
+    }
     let shot_files = crate::fsutil::image_files(&args.shots).context("listing --shots")?;
     if !args.shots.is_empty() && shot_files.is_empty() {
         bail!("--shots: no image files found in {:?}", args.shots);
@@ -151,6 +167,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             "roi          {roi} (x,y,width,height): the shots, the calibration pictures and every picture judged are cropped to it"
         ),
         None => println!("roi          the whole picture"),
+    }
+    if let Some(mask) = &m.mask {
+        println!(
+            "mask         {} of {} patches inspected (white in the mask picture); the zero-shot image score sees the whole crop",
+            mask.inspected(),
+            mask.grid * mask.grid
+        );
     }
     if m.uncalibrated_few_shot() {
         eprintln!(

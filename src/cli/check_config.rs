@@ -266,10 +266,18 @@ pub(crate) fn run(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
                 _ => println!("device        {backend}"),
             }
             let roi = |i: &crate::inspector::Inspector| {
-                i.bank()
-                    .meta
+                let m = &i.bank().meta;
+                let mut s = m
                     .roi
-                    .map_or(String::new(), |r| format!(", region of interest {r}"))
+                    .map_or(String::new(), |r| format!(", region of interest {r}"));
+                if let Some(mask) = &m.mask {
+                    s.push_str(&format!(
+                        ", mask {} of {} patches",
+                        mask.inspected(),
+                        mask.grid * mask.grid
+                    ));
+                }
+                s
             };
             // A recipe directory: its version in use (teach and rollback make others).
             let version = |bank: &Path| match crate::recipe_dir::RecipeDir::is_recipe_dir(bank) {

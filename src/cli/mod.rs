@@ -188,6 +188,11 @@ pub struct BankArgs {
     /// picture judged with the bank are cropped to it; outside it nothing can fail.
     #[arg(long)]
     pub roi: Option<crate::roi::Roi>,
+    /// A mask picture (white = inspect), of the camera picture's size (cropped
+    /// to --roi as the pictures are): only its patches can fail a part. The
+    /// zero-shot image score still sees the whole crop; --roi is the hard limit.
+    #[arg(long, value_name = "PNG")]
+    pub roi_mask: Option<PathBuf>,
     /// Output bank file.
     #[arg(
         short,
@@ -469,7 +474,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     threshold: a.threshold,
                     sigmas: a.sigmas,
                     roi: a.roi,
+                    mask: None,
                 },
+                roi_mask: a.roi_mask,
                 shots: a.shots,
                 calibrate: a.calibrate,
                 uncalibrated: a.uncalibrated,

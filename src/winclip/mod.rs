@@ -184,6 +184,8 @@ pub struct Scorer {
     sets: Vec<WindowSet>,
     incidence: Vec<Incidence>,
     refs: Option<NormalizedRefs>,
+    /// The patches inspected (row-major, grid²); `None`: all of them.
+    mask: Option<Vec<bool>>,
 }
 
 impl Scorer {
@@ -255,7 +257,50 @@ impl Scorer {
             sets,
             incidence,
             refs,
+            mask: None,
         })
+    }
+
+    /// Inspect only the patches `mask` marks (row-major over the grid,
+    /// grid² values, at least one set); `None`: every patch. Outside it the
+    /// maps are flattened to their lowest value inside, so nothing there can
+    /// make a region, and the few-shot maximum is taken inside only. The
+    /// zero-shot image score comes from the whole picture's embedding, which
+    /// a mask cannot restrict.
+    pub fn with_mask(mut self, mask: Option<&[bool]>) -> Result<Self, Error> {
+        if let Some(m) = mask {
+            if m.len() != self.grid * self.grid || !m.contains(&true) {
+                return Err(Error::Config(format!(
+                    "a patch mask needs {} values with at least one patch inspected, got {} with {} inspected",
+                    self.grid * self.grid,
+                    m.len(),
+                    m.iter().filter(|&&b| b).count()
+                )));
+            }
+        }
+        self.mask = mask.map(<[bool]>::to_vec);
+        Ok(self)
+    }
+
+    /// Whether patch `i` (row-major) is inspected.
+    fn inspected(&self, i: usize) -> bool {
+        self.mask.as_ref().is_none_or(|m| m[i])
+    }
+
+    /// Outside the mask, the lowest value inside.
+    fn flatten(&self, v: &mut Array1<f32>) {
+        let Some(m) = &self.mask else { return };
+        let low = v
+            .iter()
+            .zip(m)
+            .filter(|(_, &inside)| inside)
+            .map(|(x, _)| *x)
+            .fold(f32::INFINITY, f32::min);
+        for (x, &inside) in v.iter_mut().zip(m) {
+            if !inside {
+                *x = low;
+            }
+        }
     }
 
     /// The configuration.
@@ -359,7 +404,8 @@ impl Scorer {
         let s_img = Array1::from_elem(p, image_score);
         let mut terms: Vec<ArrayView1<'_, f32>> = vec![s_img.view()];
         terms.extend(per_scale.iter().map(|m| m.view()));
-        let zero_shot = score::harmonic_mean(&terms);
+        let mut zero_shot = score::harmonic_mean(&terms);
+        self.flatten(&mut zero_shot);
 
         let (score, fewshot_max, few_shot, map) = match &self.refs {
             None => (image_score, None, None, zero_shot.clone()),
@@ -385,7 +431,13 @@ impl Scorer {
                     few += &inc.harmonic(score::association(q.view(), r.view()).view());
                 }
                 few /= (1 + incidence.len()) as f32;
-                let max = few.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                self.flatten(&mut few);
+                let max = few
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| self.inspected(*i))
+                    .map(|(_, v)| *v)
+                    .fold(f32::NEG_INFINITY, f32::max);
                 let map = (&zero_shot + &few) / 2.0;
                 ((image_score + max) / 2.0, Some(max), Some(few), map)
             }
@@ -486,6 +538,36 @@ mod tests {
         assert!((o.score - (o.image_score + max) / 2.0).abs() < 1e-6);
         let avg = (o.zero_shot[[1, 1]] + few[[1, 1]]) / 2.0;
         assert!((o.map[[1, 1]] - avg).abs() < 1e-6);
+    }
+
+    /// Issue #17: a mask keeps the few-shot maximum and the map's peaks to
+    /// the patches it marks; the zero-shot image score stays the picture's.
+    #[test]
+    fn a_mask_keeps_what_is_outside_it_from_the_score_and_the_map() {
+        let normal = features([1.0, 0.0], [[1.0, 0.0]; 4], 0.0);
+        let refs = References::from_features(std::slice::from_ref(&normal)).unwrap();
+        let odd = features([1.0, 0.0], [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], 1.0);
+        let all = Scorer::new(config(), 3, &text(), Some(&refs)).unwrap();
+        let whole = all.score(&odd).unwrap();
+        // Patch (2,2), the most anomalous, left out.
+        let mut mask = vec![true; 9];
+        mask[8] = false;
+        let masked = all.clone().with_mask(Some(&mask)).unwrap();
+        let o = masked.score(&odd).unwrap();
+        let few = whole.few_shot.as_ref().unwrap();
+        let inside_max = few.iter().take(8).copied().fold(f32::NEG_INFINITY, f32::max);
+        assert!(inside_max < few[[2, 2]]);
+        assert_eq!(o.fewshot_max, Some(inside_max));
+        assert_eq!(o.score, (o.image_score + inside_max) / 2.0);
+        assert_eq!(o.image_score, whole.image_score);
+        let low = o.map.iter().take(8).copied().fold(f32::INFINITY, f32::min);
+        assert_eq!(o.map[[2, 2]], low, "flattened outside");
+        assert_eq!(o.map[[1, 1]], whole.map[[1, 1]], "unchanged inside");
+        // The early-exit path sees the same mask: the two stages agree bit for bit.
+        let pre = masked.prescore(&odd).unwrap();
+        assert_eq!(masked.score_after(&odd, &pre).unwrap().score, o.score);
+        assert!(all.clone().with_mask(Some(&[false; 9])).is_err());
+        assert!(all.with_mask(Some(&[true; 4])).is_err());
     }
 
     #[test]
