@@ -246,15 +246,10 @@ impl Inspector {
     /// [`Inspector::new`] for a model whose pack is described by `model`.
     fn with_model(vision: VisionModel, model: ModelRef, bank: Bank) -> Result<Self, Error> {
         bank.check_model(&model)?;
-        let mask = bank
-            .meta
-            .mask
-            .as_ref()
-            .map(|m| m.patches())
-            .transpose()
-            .map_err(Error::Roi)?;
-        let scorer = Scorer::new(bank.config(), model.grid, &bank.text, bank.references.as_ref())?
-            .with_mask(mask.as_deref())?;
+        let scorer = masked(
+            Scorer::new(bank.config(), model.grid, &bank.text, bank.references.as_ref())?,
+            bank.meta.mask.as_ref(),
+        )?;
         Ok(Self {
             vision,
             scorer,
@@ -447,6 +442,12 @@ impl Inspector {
     }
 }
 
+/// `scorer` inspecting only the patches `mask` marks (`None`: all of them).
+fn masked(scorer: Scorer, mask: Option<&crate::roi::PatchMask>) -> Result<Scorer, Error> {
+    let patches = mask.map(|m| m.patches()).transpose().map_err(Error::Roi)?;
+    Ok(scorer.with_mask(patches.as_deref())?)
+}
+
 /// What to put in a new bank.
 #[derive(Debug, Clone)]
 pub struct BankSpec {
@@ -550,14 +551,10 @@ fn build_for(
             .collect::<Result<Vec<_>, _>>()?;
         Some(References::from_features(&feats)?)
     };
-    let mask = spec
-        .mask
-        .as_ref()
-        .map(|m| m.patches())
-        .transpose()
-        .map_err(Error::Roi)?;
-    let scorer = Scorer::new(spec.config.clone(), grid, &prototypes, references.as_ref())?
-        .with_mask(mask.as_deref())?;
+    let scorer = masked(
+        Scorer::new(spec.config.clone(), grid, &prototypes, references.as_ref())?,
+        spec.mask.as_ref(),
+    )?;
     let mut scores = Vec::with_capacity(calibration.len());
     let mut maxima = Vec::with_capacity(calibration.len());
     let mut maps = Vec::with_capacity(calibration.len());

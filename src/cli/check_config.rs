@@ -280,14 +280,16 @@ pub(crate) fn run(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
                 s
             };
             // A recipe directory: its version in use (teach and rollback make others).
-            let version = |bank: &Path| match crate::recipe_dir::RecipeDir::is_recipe_dir(bank) {
-                true => crate::recipe_dir::RecipeDir::open(bank)
+            let version = |bank: &Path| {
+                if !crate::recipe_dir::RecipeDir::is_recipe_dir(bank) {
+                    return String::new();
+                }
+                crate::recipe_dir::RecipeDir::open(bank)
                     .and_then(|d| d.current())
                     .map_or_else(
                         |e| format!(" [recipe directory: {e}]"),
                         |v| format!(" [recipe directory, version {v}]"),
-                    ),
-                false => String::new(),
+                    )
             };
             println!(
                 "bank          {}{} (id {}, {:?}, {} shots, threshold {}{}; recipe {})",

@@ -112,31 +112,23 @@ fn configure(inspector: &mut Inspector, t: &Tuning) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What recipe `name` of `config` sets (`None`: no such recipe).
+fn tuning<'a>(config: &'a Config, name: &str) -> Option<Tuning<'a>> {
+    if name == config.model.recipe {
+        return Some(Tuning::model(&config.model));
+    }
+    config.recipes.iter().find(|r| r.name == name).map(Tuning::recipe)
+}
+
 /// The bank path of recipe `name` in `config` (`None`: no such recipe).
 pub fn bank_path<'a>(config: &'a Config, name: &str) -> Option<&'a Path> {
-    if name == config.model.recipe {
-        return Some(&config.model.bank);
-    }
-    config
-        .recipes
-        .iter()
-        .find(|r| r.name == name)
-        .map(|r| r.bank.as_path())
+    tuning(config, name).map(|t| t.bank)
 }
 
 /// Recipe `name`'s inspector with `bank` on `base`'s model, with the
 /// recipe's threshold override and early-exit setting from `config`.
 pub fn retune(base: &Inspector, bank: Bank, config: &Config, name: &str) -> anyhow::Result<Inspector> {
-    let tuning = if name == config.model.recipe {
-        Tuning::model(&config.model)
-    } else {
-        let r = config
-            .recipes
-            .iter()
-            .find(|r| r.name == name)
-            .with_context(|| format!("there is no recipe {name:?}"))?;
-        Tuning::recipe(r)
-    };
+    let tuning = tuning(config, name).with_context(|| format!("there is no recipe {name:?}"))?;
     let mut inspector = base
         .with_bank(bank)
         .with_context(|| format!("{}: bank {}", tuning.key, tuning.bank.display()))?;
