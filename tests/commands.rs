@@ -442,18 +442,21 @@ fn recipe_dir(dir: &std::path::Path, calibration: usize) -> std::path::PathBuf {
     recipe
 }
 
-/// A station judging with the recipe directory `recipe`, commands on.
-fn teaching_station(dir: &std::path::Path, port: u16, recipe: &std::path::Path) -> Station {
-    let st = Station::new(dir, Some(port), "");
-    let config = std::fs::read_to_string(&st.config).unwrap();
-    let line = config
-        .lines()
-        .find(|l| l.starts_with("bank = "))
-        .unwrap()
-        .to_string();
-    let config = config.replacen(&line, &format!("bank = \"{}\"", recipe.display()), 1) + COMMANDS_ON;
-    std::fs::write(&st.config, config).unwrap();
-    st
+/// A broker, a subscriber to everything, and a started station judging with
+/// a recipe directory of `calibration` pictures (see [`recipe_dir`]), commands on.
+fn teaching_station(
+    dir: &std::path::Path,
+    calibration: usize,
+) -> (std::path::PathBuf, Mosquitto, Subscriber, Station) {
+    let recipe = recipe_dir(dir, calibration);
+    let broker = Mosquitto::start(&dir.join("broker"));
+    let sub = Subscriber::start(&dir.join("sub"), broker.port, "winclip/#");
+    let mut st = Station::new(dir, Some(broker.port), "");
+    let config = st.edit_line("bank = ", |_| format!("bank = \"{}\"", recipe.display()));
+    std::fs::write(&st.config, config + COMMANDS_ON).unwrap();
+    st.start();
+    listening(&st, 1);
+    (recipe, broker, sub, st)
 }
 
 /// The retained state once `teaching.state` is `want` (`done` or `failed`).
@@ -470,12 +473,7 @@ fn taught(sub: &Subscriber, want: &str) -> Value {
 #[test]
 fn teaching_a_false_reject_moves_the_threshold_and_rollback_restores_the_old_verdicts_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
-    let recipe = recipe_dir(dir.path(), 6);
-    let broker = Mosquitto::start(&dir.path().join("broker"));
-    let sub = Subscriber::start(&dir.path().join("sub"), broker.port, "winclip/#");
-    let mut st = teaching_station(dir.path(), broker.port, &recipe);
-    st.start();
-    listening(&st, 1);
+    let (recipe, broker, sub, mut st) = teaching_station(dir.path(), 6);
     let p = broker.port;
 
     // A part the station rejects: the operator says it is good.
@@ -573,12 +571,7 @@ fn a_kill_in_the_middle_of_a_rebuild_leaves_the_old_bank_active_and_nothing_half
     let dir = tempfile::tempdir().unwrap();
     // Enough calibration pictures that the rebuild takes a while (each is inspected
     // again; ≈ 30 ms each in a release build, far longer in the tests' debug build).
-    let recipe = recipe_dir(dir.path(), 12);
-    let broker = Mosquitto::start(&dir.path().join("broker"));
-    let sub = Subscriber::start(&dir.path().join("sub"), broker.port, "winclip/#");
-    let mut st = teaching_station(dir.path(), broker.port, &recipe);
-    st.start();
-    listening(&st, 1);
+    let (recipe, broker, sub, mut st) = teaching_station(dir.path(), 12);
     st.drop_file(&dir.path().join("synth/bad/001.png"), "part1.png");
     let r1 = result(&sub, 1);
     let teach = json!({"command": "teach", "id": r1["id"], "as": "shot", "request_id": "t1"});

@@ -256,14 +256,9 @@ fn an_embedded_broker_beyond_loopback_needs_credentials_or_an_explicit_yes() {
     let dir = tempfile::tempdir().unwrap();
     let mut st = Station::new(dir.path(), None, "");
     let port = crate::util::free_port();
-    let text = std::fs::read_to_string(&st.config).unwrap();
-    let listen_line = text
-        .lines()
-        .find(|l| l.starts_with("embedded_listen"))
-        .unwrap()
-        .to_string();
-    let open = text.replace(&listen_line, &format!("embedded_listen = \"0.0.0.0:{port}\""));
-    std::fs::write(&st.config, &open).unwrap();
+    let open = st.edit_line("embedded_listen", |_| {
+        format!("embedded_listen = \"0.0.0.0:{port}\"")
+    });
     let o = bin()
         .args(["check-config", "--config"])
         .arg(&st.config)

@@ -113,14 +113,21 @@ path = "{incoming}"
     /// queries/good.png and fails queries/hole.png with the tiny pack (their
     /// scores are ≈ 0.280 and ≈ 0.299; the bank's own 0.3 passes both).
     pub fn set_threshold(&self, threshold: f32) {
+        self.edit_line("bank = ", |line| format!("{line}\nthreshold = {threshold}"));
+    }
+
+    /// Replace the configuration's first line starting with `prefix` by
+    /// `new(line)`; returns the configuration as written.
+    pub fn edit_line(&self, prefix: &str, new: impl FnOnce(&str) -> String) -> String {
         let config = std::fs::read_to_string(&self.config).unwrap();
         let line = config
             .lines()
-            .find(|l| l.starts_with("bank = "))
+            .find(|l| l.starts_with(prefix))
             .unwrap()
             .to_string();
-        let config = config.replacen(&line, &format!("{line}\nthreshold = {threshold}"), 1);
-        std::fs::write(&self.config, config).unwrap();
+        let config = config.replacen(&line, &new(&line), 1);
+        std::fs::write(&self.config, &config).unwrap();
+        config
     }
 
     /// `config` (this station's text) with `[http]` requiring `token`, which
