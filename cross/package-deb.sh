@@ -26,7 +26,8 @@ DEB=$(cargo deb "${args[@]}" | tail -1)
 echo "built $DEB"
 CONTENTS=$(dpkg-deb -c "$DEB")
 for f in ./usr/bin/winclip-edge ./etc/winclip-edge/config.toml ./usr/share/winclip-edge/models/tiny/manifest.toml \
-         ./usr/share/winclip-edge/models/tiny/reference/reference.safetensors ./usr/lib/systemd/system/winclip-edge.service; do
+         ./usr/share/winclip-edge/models/tiny/reference/reference.safetensors ./usr/lib/systemd/system/winclip-edge.service \
+         ./usr/lib/udev/rules.d/60-winclip-edge-gpio.rules; do
     grep -q " $f\$" <<<"$CONTENTS" || { echo "missing in $DEB: $f" >&2; exit 1; }
 done
 TMP=$(mktemp -d)

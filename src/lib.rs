@@ -24,6 +24,7 @@ mod fuzz;
 pub mod heatmap;
 pub mod imageio;
 pub mod inspector;
+pub mod logging;
 pub mod model;
 pub mod recipe_dir;
 pub mod record;

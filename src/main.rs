@@ -5,10 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,rumqttd=off,tracing::span=off"),
-    )
-    .init();
+    winclip_edge::logging::init();
     let cli = winclip_edge::cli::Cli::parse();
     if !cli.command.serves() {
         // A tool whose output is piped into `head` ends quietly when the pipe

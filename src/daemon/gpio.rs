@@ -75,6 +75,37 @@ pub trait Lines: Send + Sync {
 #[derive(Debug, Default)]
 pub struct Gpiocdev;
 
+/// The environment variable that forces a GPIO uAPI version (`v1` or `v2`) instead of
+/// the newest one the kernel offers: for a kernel whose v2 misbehaves, and for testing
+/// the v1 path on a kernel that has both (tests/vm).
+pub const UAPI_ENV: &str = "WINCLIP_GPIO_UAPI";
+
+/// The uAPI version `value` (of [`UAPI_ENV`]) asks for; `None`: the newest the kernel has.
+pub fn parse_uapi(value: &str) -> Result<Option<gpiocdev::AbiVersion>, String> {
+    match value.trim() {
+        "" | "auto" => Ok(None),
+        "v1" => Ok(Some(gpiocdev::AbiVersion::V1)),
+        "v2" => Ok(Some(gpiocdev::AbiVersion::V2)),
+        other => Err(format!("{UAPI_ENV}={other:?} is none of v1, v2, auto")),
+    }
+}
+
+/// A request builder for `chip`, with the forced uAPI version if there is one (an
+/// unknown value is ignored, loudly: the newest version is the safe choice).
+fn builder(chip: &Path) -> gpiocdev::request::Builder {
+    let mut b = gpiocdev::Request::builder();
+    b.on_chip(chip).with_consumer("winclip-edge");
+    match std::env::var(UAPI_ENV).map(|v| parse_uapi(&v)) {
+        Ok(Ok(Some(abi))) => {
+            log::info!("GPIO: uAPI {abi:?} on {} ({UAPI_ENV})", chip.display());
+            b.using_abi_version(abi);
+        }
+        Ok(Err(e)) => log::warn!("GPIO: {e}; using the newest uAPI the kernel has"),
+        Ok(Ok(None)) | Err(_) => {}
+    }
+    b
+}
+
 struct CdevLine {
     request: gpiocdev::tokio::AsyncRequest,
     offset: u32,
@@ -127,13 +158,25 @@ impl Inputs for CdevInputs {
     }
 }
 
-struct CdevOutputs(gpiocdev::Request);
+/// The output lines of one request and the level each is driven to.
+struct CdevOutputs {
+    request: gpiocdev::Request,
+    levels: std::collections::BTreeMap<u32, bool>,
+}
 
 impl OutputLines for CdevOutputs {
+    /// Sets every line of the request at once, the changed one included: uAPI v1 can only
+    /// set all the lines of a request together (v2 could set one alone).
     fn set(&mut self, line: u32, active: bool) -> io::Result<()> {
-        self.0
-            .set_value(line, gpiocdev::line::Value::from(active))
-            .map_err(io::Error::other)
+        let mut levels = self.levels.clone();
+        levels.insert(line, active);
+        let mut values = gpiocdev::line::Values::default();
+        for (l, a) in &levels {
+            values.set(*l, gpiocdev::line::Value::from(*a));
+        }
+        self.request.set_values(&values).map_err(io::Error::other)?;
+        self.levels = levels;
+        Ok(())
     }
 }
 
@@ -146,11 +189,8 @@ impl Lines for Gpiocdev {
             Edge::Both => EdgeDetection::BothEdges,
         };
         let build = |with_debounce: bool| {
-            let mut b = gpiocdev::Request::builder();
-            b.on_chip(&cfg.chip)
-                .with_consumer("winclip-edge")
-                .with_line(cfg.line)
-                .with_edge_detection(detection);
+            let mut b = builder(&cfg.chip);
+            b.with_line(cfg.line).with_edge_detection(detection);
             if cfg.active_low {
                 b.as_active_low();
             }
@@ -174,11 +214,8 @@ impl Lines for Gpiocdev {
     }
 
     fn request_inputs(&self, chip: &Path, lines: &[u32], active_low: bool) -> io::Result<Box<dyn Inputs>> {
-        let mut b = gpiocdev::Request::builder();
-        b.on_chip(chip)
-            .with_consumer("winclip-edge")
-            .with_lines(lines)
-            .as_input();
+        let mut b = builder(chip);
+        b.with_lines(lines).as_input();
         if active_low {
             b.as_active_low();
         }
@@ -189,8 +226,7 @@ impl Lines for Gpiocdev {
     }
 
     fn request_outputs(&self, outputs: &Outputs) -> io::Result<Box<dyn OutputLines>> {
-        let mut b = gpiocdev::Request::builder();
-        b.on_chip(&outputs.chip).with_consumer("winclip-edge");
+        let mut b = builder(&outputs.chip);
         for l in outputs.lines.values() {
             b.with_line(l.line).as_output(gpiocdev::line::Value::Inactive);
             if l.active_low {
@@ -199,7 +235,11 @@ impl Lines for Gpiocdev {
                 b.as_active_high();
             }
         }
-        Ok(Box::new(CdevOutputs(b.request().map_err(io::Error::other)?)))
+        Ok(Box::new(CdevOutputs {
+            request: b.request().map_err(io::Error::other)?,
+            // Requested inactive, every one.
+            levels: outputs.lines.values().map(|l| (l.line, false)).collect(),
+        }))
     }
 }
 
@@ -913,6 +953,19 @@ mod tests {
     use super::*;
     use crate::daemon::outbox::Outbox;
     use crate::daemon::stats::Stats;
+
+    #[test]
+    fn the_uapi_version_is_forced_only_by_a_known_value() {
+        assert_eq!(parse_uapi("v1"), Ok(Some(gpiocdev::AbiVersion::V1)));
+        assert_eq!(parse_uapi(" v2\n"), Ok(Some(gpiocdev::AbiVersion::V2)));
+        assert_eq!(parse_uapi(""), Ok(None));
+        assert_eq!(parse_uapi("auto"), Ok(None));
+        let e = parse_uapi("V1").unwrap_err();
+        assert!(
+            e.contains("WINCLIP_GPIO_UAPI=\"V1\" is none of v1, v2, auto"),
+            "{e}"
+        );
+    }
 
     /// A line whose edges come from a channel; it ends when the sender is dropped.
     struct ChannelLine(mpsc::Receiver<Instant>);

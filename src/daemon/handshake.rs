@@ -15,7 +15,7 @@
 //! reads them on its rising edge reads the new result. A line configured as
 //! a pulse goes low again after its pulse, whatever the trigger does.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::time::Instant;
 
@@ -49,6 +49,9 @@ pub struct Handshake {
     pulses: BTreeMap<Signal, Instant>,
     /// What each wired signal is driven to now.
     levels: BTreeMap<Signal, bool>,
+    /// Signals whose last drive failed: logged once, not at every retry (`ready` is
+    /// brought up to date 20 times a second).
+    failing: BTreeSet<Signal>,
     name: String,
 }
 
@@ -62,6 +65,7 @@ impl Handshake {
             phase: Phase::Idle,
             pulses: BTreeMap::new(),
             levels,
+            failing: BTreeSet::new(),
             name: name.to_string(),
         }
     }
@@ -177,12 +181,22 @@ impl Handshake {
         match self.out.set(line, active) {
             Ok(()) => {
                 self.levels.insert(signal, active);
+                if self.failing.remove(&signal) {
+                    log::info!(
+                        "source {}: output {signal} (line {line}) is driven again",
+                        self.name
+                    );
+                }
             }
-            Err(e) => log::error!(
-                "source {}: cannot drive output {signal} (line {line}) {}: {e}",
-                self.name,
-                if active { "active" } else { "inactive" }
-            ),
+            Err(e) => {
+                if self.failing.insert(signal) {
+                    log::error!(
+                        "source {}: cannot drive output {signal} (line {line}) {}: {e}",
+                        self.name,
+                        if active { "active" } else { "inactive" }
+                    );
+                }
+            }
         }
     }
 }
@@ -294,6 +308,39 @@ mod tests {
         );
         assert!(!h.holding());
         assert_eq!(h.next_deadline(), None);
+    }
+
+    /// Logs every write like [`Logged`]; the first `.1` of them fail.
+    struct Flaky(Log, usize);
+
+    impl OutputLines for Flaky {
+        fn set(&mut self, line: u32, active: bool) -> io::Result<()> {
+            self.0.lock().unwrap().push((line, active));
+            if self.1 > 0 {
+                self.1 -= 1;
+                return Err(io::Error::other("uAPI ABI v1 requires all requested lines"));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_output_that_cannot_be_driven_is_tried_again_at_every_update_until_it_can() {
+        let log = Log::default();
+        let mut h = Handshake::new("t", outputs(Duration::ZERO), Box::new(Flaky(log.clone(), 3)));
+        for _ in 0..3 {
+            h.set_ready(true);
+        }
+        assert_eq!(take(&log), [(READY, true); 3], "every failed write is retried");
+        assert!(
+            h.failing.contains(&Signal::Ready),
+            "and remembered, so it is logged once"
+        );
+        h.set_ready(true);
+        assert_eq!(take(&log), [(READY, true)]);
+        assert!(h.failing.is_empty());
+        h.set_ready(true);
+        assert!(take(&log).is_empty(), "driven: nothing more to write");
     }
 
     #[test]

@@ -1107,6 +1107,7 @@ impl Daemon {
                 self.publish_state();
                 let summary = plan.summary();
                 log::info!("reloaded: {summary}");
+                self.sink.stats().set_reload_problem(None);
                 self.notifier.ready();
                 self.notifier.status(&format!("reloaded: {summary}"));
             }
@@ -1326,6 +1327,10 @@ impl Daemon {
 
     fn reload_failed(&self, why: &str) {
         log::error!("reload failed, keeping the running configuration: {why}");
+        // One line: a status (and its line in `systemctl status`) ends at a newline, and
+        // TOML's errors span several.
+        let why = why.split_whitespace().collect::<Vec<_>>().join(" ");
+        self.sink.stats().set_reload_problem(Some(why.clone()));
         self.notifier.ready();
         self.notifier.status(&format!(
             "reload failed, running the previous configuration: {why}"

@@ -72,6 +72,8 @@ pub struct Stats {
     store_problem: Mutex<Option<String>>,
     /// Why the HTTP endpoint is not serving, if it is not.
     http_problem: Mutex<Option<String>>,
+    /// Why the last reload was refused, until one succeeds.
+    reload_problem: Mutex<Option<String>>,
     /// What each source is doing, where it is not simply at work.
     sources: Mutex<BTreeMap<String, String>>,
     inspect_ms: Mutex<VecDeque<f64>>,
@@ -105,6 +107,7 @@ impl Default for Stats {
             latency_seconds: Family::new_with_constructor(seconds_histogram),
             store_problem: Mutex::new(None),
             http_problem: Mutex::new(None),
+            reload_problem: Mutex::new(None),
             sources: Mutex::new(BTreeMap::new()),
             inspect_ms: Mutex::new(VecDeque::new()),
             latency_ms: Mutex::new(VecDeque::new()),
@@ -205,6 +208,14 @@ impl Stats {
         }
     }
 
+    /// The last reload succeeded (`None`) or was refused, and why: said in every status
+    /// line until a reload succeeds, so `systemctl status` still shows it minutes later.
+    pub fn set_reload_problem(&self, problem: Option<String>) {
+        if let Ok(mut p) = self.reload_problem.lock() {
+            *p = problem;
+        }
+    }
+
     /// Source `name` is at work (`None`) or in trouble (what it waits for).
     pub fn set_source_problem(&self, name: &str, problem: Option<String>) {
         if let Ok(mut s) = self.sources.lock() {
@@ -227,6 +238,11 @@ impl Stats {
         }
         if let Some(p) = self.http_problem.lock().ok().and_then(|p| p.clone()) {
             out.push(format!("http: {p}"));
+        }
+        if let Some(p) = self.reload_problem.lock().ok().and_then(|p| p.clone()) {
+            out.push(format!(
+                "last reload refused, running the previous configuration: {p}"
+            ));
         }
         (!out.is_empty()).then(|| out.join("; "))
     }
@@ -277,5 +293,20 @@ mod tests {
         assert_eq!(snap["inspect_ms"]["p99"], 99.0);
         assert_eq!(snap["latency_ms"]["max"], 200.0);
         assert!(Stats::default().snapshot("x")["latency_ms"].is_null());
+    }
+
+    #[test]
+    fn a_refused_reload_stays_among_the_problems_until_one_succeeds() {
+        let s = Stats::default();
+        assert_eq!(s.problems(), None);
+        s.set_reload_problem(Some("TOML parse error at line 3".into()));
+        s.set_http_problem(Some("port in use".into()));
+        assert_eq!(
+            s.problems().as_deref(),
+            Some("http: port in use; last reload refused, running the previous configuration: TOML parse error at line 3")
+        );
+        s.set_reload_problem(None);
+        s.set_http_problem(None);
+        assert_eq!(s.problems(), None);
     }
 }
