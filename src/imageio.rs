@@ -175,6 +175,103 @@ pub fn decode_rgb_within(bytes: &[u8], path: &Path, limits: &Limits) -> Result<R
     Ok(img.to_rgb8())
 }
 
+/// A picture decoded at a reduced scale ([`decode_rgb_reduced`]).
+#[derive(Debug, Clone)]
+pub struct Reduced {
+    /// The pixels decoded.
+    pub image: RgbImage,
+    /// How many times smaller each side is than the file's picture: 1, 2, 4 or 8.
+    pub factor: u32,
+}
+
+/// Decode as [`decode_rgb_within`], but let a JPEG's decoder skip the detail
+/// nobody will look at: its inverse DCT runs at ½, ¼ or ⅛ scale (the largest
+/// reduction that keeps the picture's shorter side at least `min_side`), so
+/// the colour conversion and everything after work on 4–64 × fewer pixels.
+/// Each output pixel is then the mean of a 2×2 … 8×8 block rather than a
+/// pixel, which is *not* the reference pipeline (torchvision resizes the full
+/// picture): an opt-in, with its difference measured by `bench
+/// --picture-size`. Other formats, and JPEGs too small to reduce, are
+/// decoded in full (`factor` 1).
+pub fn decode_rgb_reduced(
+    bytes: &[u8],
+    path: &Path,
+    limits: &Limits,
+    min_side: u32,
+) -> Result<Reduced, Error> {
+    let full = || decode_rgb_within(bytes, path, limits).map(|image| Reduced { image, factor: 1 });
+    let is_jpeg = matches!(image::guess_format(bytes), Ok(ImageFormat::Jpeg));
+    if !is_jpeg {
+        return full();
+    }
+    let decode_error = |e: jpeg_decoder::Error| {
+        let message = e.to_string();
+        if is_premature_end(&message) {
+            Error::Truncated {
+                path: path.to_owned(),
+                message,
+            }
+        } else {
+            Error::Decode {
+                path: path.to_owned(),
+                message,
+            }
+        }
+    };
+    let mut decoder = jpeg_decoder::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.read_info().map_err(decode_error)?;
+    let Some(info) = decoder.info() else {
+        return full();
+    };
+    let (w, h) = (u32::from(info.width), u32::from(info.height));
+    let factor = reduction(w, h, min_side);
+    let reducible = matches!(
+        info.pixel_format,
+        jpeg_decoder::PixelFormat::RGB24 | jpeg_decoder::PixelFormat::L8
+    );
+    if factor == 1 || !reducible {
+        // Nothing to gain, or a format (16-bit grey, CMYK) left to the full decoder.
+        return full();
+    }
+    // The same checks as a full decode: limits (the full decoder's refusal
+    // says why), then a complete file.
+    if w > MAX_SIDE || h > MAX_SIDE || u64::from(w) * u64::from(h) > limits.max_pixels {
+        return full();
+    }
+    if !ends_like_a_jpeg(bytes) {
+        return Err(Error::Truncated {
+            path: path.to_owned(),
+            message: "no end-of-image marker: the file was cut short or is still being written".into(),
+        });
+    }
+    let scaled = |len: u32| len.div_ceil(factor);
+    let (rw, rh) = decoder
+        .scale(scaled(w) as u16, scaled(h) as u16)
+        .map_err(decode_error)?;
+    decoder.set_max_decoding_buffer_size(limits.max_pixels as usize * 3 + (16 << 20));
+    let pixels = decoder.decode().map_err(decode_error)?;
+    let (rw, rh) = (u32::from(rw), u32::from(rh));
+    let rgb = match info.pixel_format {
+        jpeg_decoder::PixelFormat::L8 => pixels.iter().flat_map(|&g| [g, g, g]).collect(),
+        _ => pixels,
+    };
+    let image = RgbImage::from_raw(rw, rh, rgb).ok_or_else(|| Error::Decode {
+        path: path.to_owned(),
+        message: format!("the decoder returned too few pixels for {rw} × {rh}"),
+    })?;
+    Ok(Reduced { image, factor })
+}
+
+/// The largest DCT reduction (8, 4, 2, else 1) that keeps the shorter side
+/// of a `w` × `h` picture at least `min_side` pixels.
+fn reduction(w: u32, h: u32, min_side: u32) -> u32 {
+    let short = w.min(h);
+    [8, 4, 2]
+        .into_iter()
+        .find(|f| short.div_ceil(*f) >= min_side)
+        .unwrap_or(1)
+}
+
 /// A complete JPEG ends with its EOI marker (FF D9); some writers pad after
 /// it. Inside the entropy-coded data FF is always followed by 00 or a restart
 /// marker, so FF D9 near the end is the real end.
@@ -244,6 +341,57 @@ mod tests {
         let mut padded = jpg.clone();
         padded.extend_from_slice(&[0; 100]);
         decode_rgb(&padded, Path::new("padded.jpg")).unwrap();
+    }
+
+    #[test]
+    fn the_reduction_keeps_the_shorter_side() {
+        assert_eq!(reduction(5472, 3648, 480), 4);
+        assert_eq!(reduction(2448, 2048, 480), 4);
+        assert_eq!(reduction(1280, 1024, 480), 2);
+        assert_eq!(reduction(640, 480, 480), 1);
+        assert_eq!(reduction(4000, 4000, 480), 8);
+    }
+
+    /// A JPEG decoded at ½ scale is the full decode averaged over 2×2
+    /// blocks, to a few grey levels; a PNG is decoded in full.
+    #[test]
+    fn a_reduced_jpeg_is_the_block_mean_of_the_full_decode() {
+        let img = RgbImage::from_fn(480, 320, |x, y| {
+            image::Rgb([(x / 2) as u8, (y / 2) as u8, ((x + y) / 4) as u8])
+        });
+        let mut jpg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 95)
+            .encode_image(&img)
+            .unwrap();
+        let full = decode_rgb(&jpg, Path::new("a.jpg")).unwrap();
+        let r = decode_rgb_reduced(&jpg, Path::new("a.jpg"), &Limits::DEFAULT, 160).unwrap();
+        assert_eq!((r.factor, r.image.dimensions()), (2, (240, 160)));
+        let mut worst = 0f32;
+        for (x, y, p) in r.image.enumerate_pixels() {
+            for c in 0..3 {
+                let mean = (0..4)
+                    .map(|i| f32::from(full.get_pixel(2 * x + i % 2, 2 * y + i / 2).0[c]))
+                    .sum::<f32>()
+                    / 4.0;
+                worst = worst.max((mean - f32::from(p.0[c])).abs());
+            }
+        }
+        assert!(worst <= 6.0, "{worst} grey levels");
+
+        let png = encoded(ImageFormat::Png, 600);
+        let r = decode_rgb_reduced(&png, Path::new("a.png"), &Limits::DEFAULT, 100).unwrap();
+        assert_eq!(r.factor, 1);
+        assert_eq!(r.image, decode_rgb(&png, Path::new("a.png")).unwrap());
+    }
+
+    #[test]
+    fn a_cut_jpeg_is_truncated_when_reduced_too() {
+        let jpg = encoded(ImageFormat::Jpeg, 512);
+        let cut = &jpg[..jpg.len() * 90 / 100];
+        let err = decode_rgb_reduced(cut, Path::new("cut.jpg"), &Limits::DEFAULT, 64).unwrap_err();
+        assert!(matches!(err, Error::Truncated { .. }), "{err}");
+        let ok = decode_rgb_reduced(&jpg, Path::new("whole.jpg"), &Limits::DEFAULT, 64).unwrap();
+        assert_eq!((ok.factor, ok.image.dimensions()), (8, (64, 64)));
     }
 
     #[test]

@@ -104,3 +104,32 @@ fn bench_precision_f16_measures_the_difference_to_f32() {
     assert!(p["map_pearson_r"].as_f64().unwrap() > 0.99, "{p}");
     assert_eq!(r["device"]["kind"], "cpu");
 }
+
+/// `--picture-size` (issue #19): decode, resize and heatmap at camera
+/// resolution, full and at reduced DCT scale, with the difference measured.
+#[test]
+fn bench_times_camera_resolutions_full_and_reduced() {
+    let (out, r) = bench(&["--images", "1", "--k", "0", "--picture-size", "1280x1024,500x300"]);
+    assert!(out.contains("camera resolution"), "{out}");
+    let p = r["pictures"].as_array().unwrap();
+    assert_eq!(p.len(), 2, "{r}");
+    assert_eq!(p[0]["size"]["width"], 1280);
+    // 1024 / 2 = 512 ≥ 2 × 240 (the tiny pack's input); 300 cannot shrink.
+    assert_eq!(p[0]["reduced_factor"], 2);
+    assert_eq!(p[1]["reduced_factor"], 1);
+    assert_eq!(p[1]["reduced_input_max_diff"], 0.0, "a full decode both ways");
+    let moved = p[0]["reduced_input_mean_diff"].as_f64().unwrap();
+    assert!(moved > 0.0 && moved < 0.05, "{moved}");
+    for key in ["decode_ms", "preprocess_ms", "reduced_decode_ms", "heatmap_ms"] {
+        assert!(p[0][key].as_f64().unwrap() > 0.0, "{key}: {r}");
+    }
+    let bad = run(&[
+        "bench",
+        "--model",
+        tiny_pack().to_str().unwrap(),
+        "--picture-size",
+        "2448",
+    ]);
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("is not WIDTHxHEIGHT"), "{}", text(&bad));
+}

@@ -137,7 +137,8 @@ winclip-edge eval --model models/tiny --dataset folder:my-part/ -o eval-part")]
     Eval(EvalArgs),
     /// Time every stage on this machine: median ms, GFLOP/s, peak RSS.
     #[command(after_help = "Examples:\n  winclip-edge bench --model models/tiny\n  \
-winclip-edge bench --model models/vit-b-16-plus-240 --k 1,4 --stream 40 --json bench.json")]
+winclip-edge bench --model models/vit-b-16-plus-240 --k 1,4 --stream 40 --json bench.json\n  \
+winclip-edge bench --model models/tiny --picture-size 1280x1024,2448x2048,5472x3648")]
     Bench(BenchArgs),
     /// Model pack tools.
     #[command(subcommand)]
@@ -324,6 +325,11 @@ pub struct BenchArgs {
     /// and an NVIDIA GPU) or auto (CUDA when it can be used, else the CPU).
     #[arg(long, value_enum, default_value_t = crate::model::Device::Cpu)]
     pub device: crate::model::Device,
+    /// Also time JPEG decode, the resize to the model's input and the heatmap
+    /// at these camera resolutions (WIDTHxHEIGHT, comma-separated), full and
+    /// at reduced DCT scale, and measure what the reduced decode changes.
+    #[arg(long = "picture-size", value_name = "WxH", value_delimiter = ',')]
+    pub picture_sizes: Vec<bench::PictureSize>,
     #[command(flatten)]
     pub threads: Threads,
 }
@@ -513,6 +519,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             calibration: a.calibration,
             precision: a.precision,
             device: a.device,
+            picture_sizes: a.picture_sizes,
         }),
         Command::Eval(a) => {
             threads(a.threads);

@@ -7,8 +7,11 @@
 //! Pictures are synthetic (a fixed seed), so runs are comparable across
 //! machines and commits. Timing happens here, never in tests.
 
+mod picture_size;
 mod precision;
 mod stream;
+
+pub(crate) use picture_size::PictureSize;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +41,8 @@ pub(crate) struct Args {
     pub precision: Precision,
     /// Where the token encoder runs.
     pub device: Device,
+    /// Camera picture sizes to time decode, preprocess and heatmap at.
+    pub picture_sizes: Vec<PictureSize>,
 }
 
 /// One timed stage.
@@ -80,6 +85,8 @@ struct Report {
     gpu_memory_used_bytes: Option<u64>,
     precision_check: Option<precision::PrecisionReport>,
     stream: Option<stream::StreamReport>,
+    /// Decode, preprocess and heatmap at camera resolution.
+    pictures: Vec<picture_size::PictureReport>,
 }
 
 /// The object the bench's prompts name, for the main run and the stream's bank
@@ -318,6 +325,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.calibration,
         )?),
     };
+    let pictures = picture_size::run(&vision, &zero, &args.picture_sizes, args.images)?;
     let report = Report {
         model: pack.manifest().source.model.clone(),
         pack_id: pack.id().to_string(),
@@ -336,6 +344,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         gpu_memory_used_bytes: gpu_memory,
         precision_check,
         stream,
+        pictures,
     };
     print_report(&report);
     if let Some(path) = &args.json {
@@ -422,5 +431,8 @@ fn print_report(r: &Report) {
     }
     if let Some(s) = &r.stream {
         stream::print(s);
+    }
+    if !r.pictures.is_empty() {
+        picture_size::print(&r.pictures);
     }
 }
