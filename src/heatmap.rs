@@ -100,6 +100,9 @@ pub struct Legend<'a> {
     /// The region of interest the map covers, `[x0, y0, x1, y1]` in the
     /// picture's pixels; `None`: the map covers the whole picture.
     pub roi: Option<[u32; 4]>,
+    /// The size of the picture these coordinates are in, where the picture
+    /// drawn was decoded smaller (JPEG DCT scaling); `None`: its own size.
+    pub picture: Option<[u32; 2]>,
 }
 
 const PASS_BAND: Rgb<u8> = Rgb([20, 120, 50]);
@@ -122,9 +125,10 @@ pub fn explained(
 ) -> RgbImage {
     let thumb = thumbnail(picture, max_side);
     let (w, h) = thumb.dimensions();
+    let [pw, ph] = legend.picture.unwrap_or([picture.width(), picture.height()]);
     let (sx, sy) = (
-        f64::from(w) / f64::from(picture.width().max(1)),
-        f64::from(h) / f64::from(picture.height().max(1)),
+        f64::from(w) / f64::from(pw.max(1)),
+        f64::from(h) / f64::from(ph.max(1)),
     );
     // The map covers the region of interest (the whole picture without one);
     // outside it the picture is dimmed: nothing there was inspected.
@@ -355,6 +359,7 @@ mod tests {
             regions: &regions,
             argmax: [112, 120],
             roi: None,
+            picture: None,
         };
         let out = explained(&picture, map.view(), [0.2, 0.8], &legend, 400);
         // 400 × 200 picture, a 22-px header and a 16-px scale with its labels.
@@ -379,6 +384,40 @@ mod tests {
         assert_eq!(out.width(), 120);
     }
 
+    /// A picture decoded at half scale, with the legend in the full
+    /// picture's pixels, is drawn as the full picture would be.
+    #[test]
+    fn a_picture_decoded_smaller_is_drawn_in_the_full_pictures_coordinates() {
+        let map = Array2::from_elem((15, 15), 0.2f32);
+        let regions = [[200, 100, 300, 150]];
+        let legend = |picture| Legend {
+            failed: true,
+            score: 0.9,
+            threshold: 0.5,
+            pixel_threshold: 0.5,
+            regions: &regions,
+            argmax: [250, 120],
+            roi: Some([100, 0, 400, 200]),
+            picture,
+        };
+        let draw = |w, h, picture| {
+            explained(
+                &RgbImage::from_pixel(w, h, Rgb([90; 3])),
+                map.view(),
+                [0.0, 1.0],
+                &legend(picture),
+                100,
+            )
+        };
+        let full = draw(400, 200, None);
+        assert_eq!(draw(200, 100, Some([400, 200])), full);
+        assert_ne!(
+            draw(200, 100, None),
+            full,
+            "the coordinates read as the small picture's"
+        );
+    }
+
     #[test]
     fn with_a_region_of_interest_the_map_lies_inside_it_outlined_and_the_rest_is_dimmed() {
         let picture = RgbImage::from_pixel(480, 240, Rgb([150, 150, 150]));
@@ -391,6 +430,7 @@ mod tests {
             regions: &[],
             argmax: [300, 120],
             roi: Some([240, 0, 480, 240]),
+            picture: None,
         };
         // 1:1 scale: the picture is 480 wide; the header is 22 px.
         let out = explained(&picture, map.view(), [0.0, 1.0], &legend, 480);

@@ -153,10 +153,7 @@ pub fn decode_rgb_within(bytes: &[u8], path: &Path, limits: &Limits) -> Result<R
         });
     }
     if format == Some(ImageFormat::Jpeg) && !ends_like_a_jpeg(bytes) {
-        return Err(Error::Truncated {
-            path: path.to_owned(),
-            message: "no end-of-image marker: the file was cut short or is still being written".into(),
-        });
+        return Err(no_end_marker(path));
     }
     let mut reader = reader()?;
     let mut l = image::Limits::default();
@@ -182,11 +179,29 @@ pub struct Reduced {
     pub image: RgbImage,
     /// How many times smaller each side is than the file's picture: 1, 2, 4 or 8.
     pub factor: u32,
+    /// The file's picture, in pixels: what coordinates in results refer to.
+    pub width: u32,
+    /// See [`Reduced::width`].
+    pub height: u32,
+}
+
+impl Reduced {
+    /// A picture decoded in full.
+    pub fn full(image: RgbImage) -> Self {
+        Reduced {
+            width: image.width(),
+            height: image.height(),
+            image,
+            factor: 1,
+        }
+    }
 }
 
 /// Decode as [`decode_rgb_within`], but let a JPEG's decoder skip the detail
 /// nobody will look at: its inverse DCT runs at ½, ¼ or ⅛ scale (the largest
-/// reduction that keeps the picture's shorter side at least `min_side`), so
+/// reduction that keeps the picture's shorter side at least twice
+/// `model_input`, the model's input side, so that the antialiased resize
+/// still does the last step), so
 /// the colour conversion and everything after work on 4–64 × fewer pixels.
 /// Each output pixel is then the mean of a 2×2 … 8×8 block rather than a
 /// pixel, which is *not* the reference pipeline (torchvision resizes the full
@@ -197,9 +212,9 @@ pub fn decode_rgb_reduced(
     bytes: &[u8],
     path: &Path,
     limits: &Limits,
-    min_side: u32,
+    model_input: u32,
 ) -> Result<Reduced, Error> {
-    let full = || decode_rgb_within(bytes, path, limits).map(|image| Reduced { image, factor: 1 });
+    let full = || decode_rgb_within(bytes, path, limits).map(Reduced::full);
     let is_jpeg = matches!(image::guess_format(bytes), Ok(ImageFormat::Jpeg));
     if !is_jpeg {
         return full();
@@ -224,7 +239,7 @@ pub fn decode_rgb_reduced(
         return full();
     };
     let (w, h) = (u32::from(info.width), u32::from(info.height));
-    let factor = reduction(w, h, min_side);
+    let factor = reduction(w, h, 2 * model_input);
     let reducible = matches!(
         info.pixel_format,
         jpeg_decoder::PixelFormat::RGB24 | jpeg_decoder::PixelFormat::L8
@@ -239,10 +254,7 @@ pub fn decode_rgb_reduced(
         return full();
     }
     if !ends_like_a_jpeg(bytes) {
-        return Err(Error::Truncated {
-            path: path.to_owned(),
-            message: "no end-of-image marker: the file was cut short or is still being written".into(),
-        });
+        return Err(no_end_marker(path));
     }
     let scaled = |len: u32| len.div_ceil(factor);
     let (rw, rh) = decoder
@@ -259,7 +271,12 @@ pub fn decode_rgb_reduced(
         path: path.to_owned(),
         message: format!("the decoder returned too few pixels for {rw} × {rh}"),
     })?;
-    Ok(Reduced { image, factor })
+    Ok(Reduced {
+        image,
+        factor,
+        width: w,
+        height: h,
+    })
 }
 
 /// The largest DCT reduction (8, 4, 2, else 1) that keeps the shorter side
@@ -270,6 +287,13 @@ fn reduction(w: u32, h: u32, min_side: u32) -> u32 {
         .into_iter()
         .find(|f| short.div_ceil(*f) >= min_side)
         .unwrap_or(1)
+}
+
+fn no_end_marker(path: &Path) -> Error {
+    Error::Truncated {
+        path: path.to_owned(),
+        message: "no end-of-image marker: the file was cut short or is still being written".into(),
+    }
 }
 
 /// A complete JPEG ends with its EOI marker (FF D9); some writers pad after
@@ -364,8 +388,9 @@ mod tests {
             .encode_image(&img)
             .unwrap();
         let full = decode_rgb(&jpg, Path::new("a.jpg")).unwrap();
-        let r = decode_rgb_reduced(&jpg, Path::new("a.jpg"), &Limits::DEFAULT, 160).unwrap();
+        let r = decode_rgb_reduced(&jpg, Path::new("a.jpg"), &Limits::DEFAULT, 80).unwrap();
         assert_eq!((r.factor, r.image.dimensions()), (2, (240, 160)));
+        assert_eq!((r.width, r.height), (480, 320));
         let mut worst = 0f32;
         for (x, y, p) in r.image.enumerate_pixels() {
             for c in 0..3 {
@@ -379,7 +404,7 @@ mod tests {
         assert!(worst <= 6.0, "{worst} grey levels");
 
         let png = encoded(ImageFormat::Png, 600);
-        let r = decode_rgb_reduced(&png, Path::new("a.png"), &Limits::DEFAULT, 100).unwrap();
+        let r = decode_rgb_reduced(&png, Path::new("a.png"), &Limits::DEFAULT, 50).unwrap();
         assert_eq!(r.factor, 1);
         assert_eq!(r.image, decode_rgb(&png, Path::new("a.png")).unwrap());
     }
@@ -388,9 +413,9 @@ mod tests {
     fn a_cut_jpeg_is_truncated_when_reduced_too() {
         let jpg = encoded(ImageFormat::Jpeg, 512);
         let cut = &jpg[..jpg.len() * 90 / 100];
-        let err = decode_rgb_reduced(cut, Path::new("cut.jpg"), &Limits::DEFAULT, 64).unwrap_err();
+        let err = decode_rgb_reduced(cut, Path::new("cut.jpg"), &Limits::DEFAULT, 32).unwrap_err();
         assert!(matches!(err, Error::Truncated { .. }), "{err}");
-        let ok = decode_rgb_reduced(&jpg, Path::new("whole.jpg"), &Limits::DEFAULT, 64).unwrap();
+        let ok = decode_rgb_reduced(&jpg, Path::new("whole.jpg"), &Limits::DEFAULT, 32).unwrap();
         assert_eq!((ok.factor, ok.image.dimensions()), (8, (64, 64)));
     }
 

@@ -374,10 +374,24 @@ impl Inspector {
 
     /// Inspect one decoded image.
     pub fn inspect(&self, img: &RgbImage) -> Result<Inspection, Error> {
+        self.inspect_reduced(img, 1, img.dimensions())
+    }
+
+    /// Inspect `img`, a `width` × `height` picture decoded `factor` times
+    /// smaller (JPEG DCT scaling): the region of interest is placed in the
+    /// picture's own pixels, and so is the [`Inspection::roi`] returned.
+    pub fn inspect_reduced(
+        &self,
+        img: &RgbImage,
+        factor: u32,
+        (width, height): (u32, u32),
+    ) -> Result<Inspection, Error> {
         match self.bank.meta.roi {
             None => self.inspect_whole(img),
             Some(roi) => {
-                let (part, rect) = roi.crop(img).map_err(Error::Roi)?;
+                let rect = roi.rect(width, height).map_err(Error::Roi)?;
+                let r = rect.reduced(factor, img.width(), img.height());
+                let part = image::imageops::crop_imm(img, r.x, r.y, r.width, r.height).to_image();
                 let mut ins = self.inspect_whole(&part)?;
                 ins.roi = Some(rect);
                 Ok(ins)

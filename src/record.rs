@@ -142,6 +142,10 @@ pub struct Record {
     /// The bank's region of interest, `[x0, y0, x1, y1]` in picture pixels
     /// (right and bottom exclusive): only it was inspected. `null`: the whole picture.
     pub roi: Option<[u32; 4]>,
+    /// How many times smaller each side of the picture was decoded (JPEG DCT
+    /// scaling, `station.jpeg_dct_scaling`): 2, 4 or 8; absent: in full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_scale: Option<u32>,
     /// Milliseconds per stage.
     pub timings_ms: Option<serde_json::Value>,
     /// Milliseconds from detection to the result being stored (daemon).
@@ -208,6 +212,7 @@ impl Record {
             map: None,
             regions: Vec::new(),
             roi: None,
+            decode_scale: None,
             timings_ms: None,
             latency_ms: None,
             heatmap: None,
@@ -288,6 +293,7 @@ impl Record {
             regions: boxes,
             argmax: self.map.as_ref().map_or([0, 0], |m| m.argmax),
             roi: self.roi,
+            picture: self.map.as_ref().map(|m| m.picture),
         }
     }
 

@@ -39,6 +39,24 @@ impl Rect {
     pub fn corners(self) -> [u32; 4] {
         [self.x, self.y, self.x + self.width, self.y + self.height]
     }
+
+    /// The same rectangle in the picture decoded `factor` times smaller
+    /// (`width` × `height`): every pixel it touches, at least one.
+    pub fn reduced(self, factor: u32, width: u32, height: u32) -> Rect {
+        let f = factor.max(1);
+        let x0 = (self.x / f).min(width.saturating_sub(1));
+        let y0 = (self.y / f).min(height.saturating_sub(1));
+        let x1 = (self.x + self.width).div_ceil(f).clamp(x0 + 1, width.max(x0 + 1));
+        let y1 = (self.y + self.height)
+            .div_ceil(f)
+            .clamp(y0 + 1, height.max(y0 + 1));
+        Rect {
+            x: x0,
+            y: y0,
+            width: x1 - x0,
+            height: y1 - y0,
+        }
+    }
 }
 
 impl Roi {
@@ -286,5 +304,25 @@ mod tests {
         assert_eq!(part.dimensions(), (30, 40));
         assert_eq!(part.get_pixel(0, 0).0, [10, 20, 0]);
         assert_eq!(at.corners(), [10, 20, 40, 60]);
+    }
+
+    #[test]
+    fn a_reduced_rectangle_covers_every_pixel_it_touches() {
+        let r = Rect {
+            x: 10,
+            y: 21,
+            width: 30,
+            height: 40,
+        };
+        assert_eq!(r.reduced(1, 100, 100), r);
+        assert_eq!(r.reduced(4, 25, 25).corners(), [2, 5, 10, 16]);
+        // A sliver at the far edge still covers one pixel.
+        let edge = Rect {
+            x: 99,
+            y: 0,
+            width: 1,
+            height: 100,
+        };
+        assert_eq!(edge.reduced(8, 13, 13).corners(), [12, 0, 13, 13]);
     }
 }

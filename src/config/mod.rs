@@ -157,6 +157,8 @@ pub struct Station {
     pub queue_capacity: usize,
     /// What a picture may cost before it is refused unread.
     pub limits: crate::imageio::Limits,
+    /// Decode JPEGs at reduced DCT scale ([`crate::imageio::decode_rgb_reduced`]).
+    pub jpeg_dct_scaling: bool,
 }
 
 /// The model pack and bank to inspect with.
@@ -548,6 +550,7 @@ impl Config {
                 threads: 0,
                 queue_capacity: DEFAULT_QUEUE_CAPACITY,
                 limits: crate::imageio::Limits::DEFAULT,
+                jpeg_dct_scaling: false,
             },
             model,
             mqtt: Mqtt::new(
@@ -867,6 +870,7 @@ fn check_station(s: RawStation, base: &Path, r: &mut Report) -> Station {
             max_bytes: mb.saturating_mul(1 << 20),
             max_pixels: mp.saturating_mul(1_000_000),
         },
+        jpeg_dct_scaling: s.jpeg_dct_scaling.unwrap_or(false),
     }
 }
 
@@ -1387,6 +1391,7 @@ impl From<&Config> for RawConfig {
                 queue_capacity: Some(c.station.queue_capacity),
                 max_image_mb: Some(c.station.limits.max_bytes >> 20),
                 max_image_megapixels: Some(c.station.limits.max_pixels / 1_000_000),
+                jpeg_dct_scaling: Some(c.station.jpeg_dct_scaling),
             },
             model: Some(RawModel {
                 pack: c.model.pack.clone(),

@@ -59,6 +59,8 @@ pub(super) struct RawStation {
     pub max_image_mb: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_image_megapixels: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jpeg_dct_scaling: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -65,6 +65,8 @@ pub enum Change {
     Heatmap,
     /// `station.max_image_mb`, `station.max_image_megapixels`.
     ImageLimits,
+    /// `station.jpeg_dct_scaling`.
+    JpegDctScaling,
     /// A `[[source]]` that was not there before: started.
     SourceAdded(String),
     /// A `[[source]]` that is gone: stopped.
@@ -117,6 +119,7 @@ impl std::fmt::Display for Change {
             Change::HomeAssistant => f.write_str("mqtt.homeassistant"),
             Change::Heatmap => f.write_str("[heatmap]"),
             Change::ImageLimits => f.write_str("station.max_image_mb / max_image_megapixels"),
+            Change::JpegDctScaling => f.write_str("station.jpeg_dct_scaling"),
             Change::SourceAdded(n) => write!(f, "source {n} (new)"),
             Change::SourceRemoved(n) => write!(f, "source {n} (removed)"),
             Change::SourceChanged(n) => write!(f, "source {n}"),
@@ -162,6 +165,7 @@ impl ReloadPlan {
         note(os.threads != ns.threads, Change::Threads);
         note(os.queue_capacity != ns.queue_capacity, Change::QueueCapacity);
         note(os.limits != ns.limits, Change::ImageLimits);
+        note(os.jpeg_dct_scaling != ns.jpeg_dct_scaling, Change::JpegDctScaling);
         note(old.outbox != new.outbox, Change::OutboxBounds);
         note(old.http != new.http, Change::Http);
         note(old.history != new.history, Change::History);

@@ -402,6 +402,7 @@ impl Daemon {
             active: Arc::new(active),
             heatmap: config.heatmap,
             limits: config.station.limits,
+            jpeg_dct_scaling: config.station.jpeg_dct_scaling,
             paused: o.operator.paused,
         });
         let (commands_tx, commands_rx) = mpsc::channel(16);
@@ -1238,6 +1239,7 @@ impl Daemon {
             active: Arc::new(active),
             heatmap: new.heatmap,
             limits: new.station.limits,
+            jpeg_dct_scaling: new.station.jpeg_dct_scaling,
             paused: self.operator.paused,
         });
         self.mqtt_settings.send_if_modified(|m| {

@@ -39,6 +39,8 @@ pub struct Settings {
     pub heatmap: Heatmap,
     /// What a picture may cost.
     pub limits: Limits,
+    /// Decode JPEGs at reduced DCT scale.
+    pub jpeg_dct_scaling: bool,
     /// Paused by command: jobs wait, as while a model is swapped.
     pub paused: bool,
 }
@@ -205,26 +207,34 @@ impl Worker {
         let id = inspection_id(station, &job.source, &name, &bytes);
         let captured_at = before.modified().ok().map(timestamp);
         let t0 = Instant::now();
-        let img = match imageio::decode_rgb_within(&bytes, path, &settings.limits) {
-            Ok(img) => img,
+        let decoded = if settings.jpeg_dct_scaling {
+            let input = inspector.vision().architecture().image_size as u32;
+            imageio::decode_rgb_reduced(&bytes, path, &settings.limits, input)
+        } else {
+            imageio::decode_rgb_within(&bytes, path, &settings.limits).map(imageio::Reduced::full)
+        };
+        let decoded = match decoded {
+            Ok(d) => d,
             Err(e) => {
                 let rec = self.file_error(job, id, e.to_string());
                 return self.store(&rec, None, None, Outcome::Rejected);
             }
         };
         let decode_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let ins = match inspector.inspect(&img) {
+        let img = &decoded.image;
+        let ins = match inspector.inspect_reduced(img, decoded.factor, (decoded.width, decoded.height)) {
             Ok(i) => i,
             Err(e) => {
                 let rec = self.file_error(job, id, format!("inspection failed: {e}"));
                 return self.store(&rec, None, None, Outcome::Rejected);
             }
         };
-        let mut rec = Record::inspected(inspector, &ins, img.width(), img.height());
+        let mut rec = Record::inspected(inspector, &ins, decoded.width, decoded.height);
+        rec.decode_scale = (decoded.factor > 1).then_some(decoded.factor);
         rec.recipe = Some(recipe.to_string());
         let t1 = Instant::now();
         let (heat, info) = if settings.heatmap.enabled {
-            render_heatmap(&img, &ins, &rec, inspector, &settings.heatmap, path)
+            render_heatmap(img, &ins, &rec, inspector, &settings.heatmap, path)
         } else {
             (None, None)
         };
@@ -405,6 +415,7 @@ mod tests {
                 active: Arc::default(),
                 heatmap: Heatmap::default(),
                 limits: Limits::DEFAULT,
+                jpeg_dct_scaling: false,
             });
             let (jobs, jobs_rx) = flume::bounded(8);
             let stop = CancellationToken::new();
@@ -591,6 +602,7 @@ mod tests {
                 quality: 50,
             },
             limits: Limits::DEFAULT,
+            jpeg_dct_scaling: false,
         });
         assert_eq!(rig.outcome(), Outcome::Judged(inspector::Verdict::Fail));
         let r = &rig.results()[0];
@@ -603,5 +615,52 @@ mod tests {
         rig.send(Path::new("hole.png"));
         assert_eq!(rig.outcome(), Outcome::Judged(inspector::Verdict::Fail));
         assert!(rig.results()[1]["heatmap"].is_null());
+    }
+
+    /// `station.jpeg_dct_scaling`: a 1280 × 1024 JPEG is decoded at ½ scale,
+    /// judged as with the full decode to within the measured difference, and
+    /// everything is said in the picture's own pixels, the region of
+    /// interest included.
+    #[test]
+    fn a_jpeg_decoded_at_reduced_scale_is_reported_in_its_own_pixels() {
+        let rig = Rig::new(true);
+        let good = image::open(fixture("queries/good.png")).unwrap().to_rgb8();
+        let big = image::imageops::resize(&good, 1280, 1024, image::imageops::FilterType::Triangle);
+        let jpeg = crate::heatmap::jpeg(&big, 90).unwrap();
+        for name in ["full.jpg", "reduced.jpg"] {
+            std::fs::write(rig.dir.path().join(name), &jpeg).unwrap();
+        }
+        let mut bank = rig.inspector.bank().clone();
+        bank.meta.roi = Some(crate::roi::Roi::Pixels([320, 256, 640, 512]));
+        let with_roi = rig.inspector.with_bank(bank).unwrap();
+        for (name, scaling) in [("full.jpg", false), ("reduced.jpg", true)] {
+            rig.settings.send_replace(Settings {
+                paused: false,
+                recipes: Some(Arc::new(Recipes::new("default", with_roi.clone()))),
+                active: Arc::default(),
+                heatmap: Heatmap {
+                    enabled: true,
+                    side: 64,
+                    quality: 50,
+                },
+                limits: Limits::DEFAULT,
+                jpeg_dct_scaling: scaling,
+            });
+            rig.send(Path::new(name));
+            assert!(matches!(rig.outcome(), Outcome::Judged(_)), "{name}");
+        }
+        let r = rig.results();
+        let (full, reduced) = (&r[0], &r[1]);
+        assert!(full.get("decode_scale").is_none(), "{full}");
+        assert_eq!(reduced["decode_scale"], 2, "{reduced}");
+        for x in [full, reduced] {
+            assert_eq!(x["map"]["picture"], serde_json::json!([1280, 1024]), "{x}");
+            assert_eq!(x["roi"], serde_json::json!([320, 256, 960, 768]), "{x}");
+            let [ax, ay] = [0, 1].map(|i| x["map"]["argmax"][i].as_u64().unwrap());
+            assert!((320..960).contains(&ax) && (256..768).contains(&ay), "{x}");
+            assert!(x["heatmap"].is_object(), "{x}");
+        }
+        let moved = (full["score"].as_f64().unwrap() - reduced["score"].as_f64().unwrap()).abs();
+        assert!(moved < 1e-2, "the score moved by {moved}");
     }
 }

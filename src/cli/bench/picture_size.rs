@@ -146,7 +146,7 @@ pub(super) fn run(
             let x = vision.preprocess(&full);
             pre.push(ms(t));
             let t = Instant::now();
-            let reduced = imageio::decode_rgb_reduced(&jpeg, path, &limits, 2 * input)?;
+            let reduced = imageio::decode_rgb_reduced(&jpeg, path, &limits, input)?;
             rdec.push(ms(t));
             let t = Instant::now();
             let rx = vision.preprocess(&reduced.image);
@@ -163,6 +163,7 @@ pub(super) fn run(
                 regions: &regions,
                 argmax: [size.width / 4, size.height / 2],
                 roi: None,
+                picture: None,
             };
             let t = Instant::now();
             let shown = heatmap::explained(
