@@ -430,6 +430,25 @@ path = "/srv/drop"
     }
 
     #[test]
+    fn image_limits_and_jpeg_dct_scaling_are_live() {
+        let p = plan(|s| {
+            s.replace(
+                "[station]\n",
+                "[station]\nmax_image_mb = 8\njpeg_dct_scaling = true\n",
+            )
+        });
+        assert_eq!(p.changes, vec![Change::ImageLimits, Change::JpegDctScaling]);
+        assert!(p.needs_restart().next().is_none());
+        assert!(p.effective.station.jpeg_dct_scaling);
+        assert!(!cfg(BASE).station.jpeg_dct_scaling, "off unless asked for");
+        assert!(
+            p.summary().contains("station.jpeg_dct_scaling"),
+            "{}",
+            p.summary()
+        );
+    }
+
+    #[test]
     fn sources_are_compared_by_name() {
         let extra = "[[source]]\ntype = \"directory\"\nname = \"cam2\"\npath = \"/srv/two\"\n";
         let p = plan(|s| format!("{s}{extra}"));
