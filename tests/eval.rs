@@ -306,3 +306,77 @@ fn identical_draws_are_flagged_and_an_interrupt_says_how_to_resume() {
         String::from_utf8_lossy(&seen)
     );
 }
+
+/// `eval --jpeg-dct-scaling` (issue #19): the test pictures are decoded at
+/// reduced DCT scale, as the station does with `station.jpeg_dct_scaling`;
+/// the scores move a little, and the runs never mix with full-decode ones.
+#[test]
+fn eval_can_judge_jpegs_decoded_at_reduced_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("part");
+    for (sub, n, defect) in [("good", 2, false), ("bad", 2, true)] {
+        std::fs::create_dir_all(data.join(sub)).unwrap();
+        for i in 0..n {
+            let img = image::RgbImage::from_fn(1000, 1000, |x, y| {
+                let hole = defect && (400..400 + 60 * (i + 1)).contains(&x) && (300..380).contains(&y);
+                let v = if hole {
+                    20
+                } else {
+                    ((x / 7 + y / 5 + i * 13) % 200) as u8 + 30
+                };
+                image::Rgb([v, v / 2 + 60, 255 - v])
+            });
+            let mut jpg = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut jpg, image::ImageFormat::Jpeg).unwrap();
+            std::fs::write(data.join(sub).join(format!("{i}.jpg")), jpg.into_inner()).unwrap();
+        }
+    }
+    let (pack, dataset) = (tiny_pack(), format!("folder:{}", data.display()));
+    let eval = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            pack.to_str().unwrap(),
+            "--dataset",
+            &dataset,
+            "--k",
+            "0",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        run(&args)
+    };
+    let scores = |out: &Path| -> Vec<f64> {
+        // A folder dataset is one category, named after its directory.
+        let run = std::fs::read(out.join("runs/part/k0-s0.json")).unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&run).unwrap();
+        r["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i[2].as_f64().unwrap())
+            .collect()
+    };
+    let (full, reduced) = (dir.path().join("full"), dir.path().join("reduced"));
+    let o = eval(&full, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = eval(&reduced, &["--jpeg-dct-scaling"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let settings = std::fs::read_to_string(reduced.join("runs/settings.json")).unwrap();
+    assert!(settings.contains("\"jpeg_dct_scaling\": true"), "{settings}");
+    let (a, b) = (scores(&full), scores(&reduced));
+    assert_eq!(a.len(), 4);
+    let moved: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    assert!(
+        moved > 0.0 && moved < 0.01,
+        "scores moved by {moved}: {a:?} {b:?}"
+    );
+    // A directory of full-decode runs refuses the option, and the other way round.
+    let o = eval(&full, &["--jpeg-dct-scaling"]);
+    assert!(
+        !o.status.success() && text(&o).contains("other settings"),
+        "{}",
+        text(&o)
+    );
+}

@@ -284,6 +284,11 @@ pub struct EvalArgs {
     /// Softmax temperature.
     #[arg(long, default_value_t = crate::winclip::DEFAULT_TAU)]
     pub tau: f32,
+    /// Decode the test pictures at reduced JPEG DCT scale, as the station
+    /// does with `station.jpeg_dct_scaling` (the shots in full, as in a
+    /// bank): compare the report with one made without it.
+    #[arg(long)]
+    pub jpeg_dct_scaling: bool,
     #[command(flatten)]
     pub threads: Threads,
 }
@@ -540,6 +545,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         tau: a.tau,
                         ..crate::winclip::Config::default()
                     },
+                    jpeg_dct_scaling: a.jpeg_dct_scaling,
                 },
             })
         }

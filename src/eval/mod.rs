@@ -48,6 +48,9 @@ pub struct Spec {
     pub prompt_set: TemplateSet,
     /// Algorithm settings.
     pub config: Config,
+    /// Decode the test pictures (not the shots) at reduced JPEG DCT scale,
+    /// as the station does with `station.jpeg_dct_scaling`.
+    pub jpeg_dct_scaling: bool,
 }
 
 /// Metrics of one scored run.
@@ -107,10 +110,13 @@ impl Progress for Silent {
 }
 
 /// The cache key of an image's features for this model and configuration.
-fn cache_key(pack: &ModelPack, config: &Config, image: &Path) -> String {
+fn cache_key(pack: &ModelPack, config: &Config, image: &Path, reduced: bool) -> String {
     let mut h = Sha256::new();
     h.update(pack.id().as_str().as_bytes());
     h.update(format!("{:?}|{}", config.scales, config.stride).as_bytes());
+    if reduced {
+        h.update(b"|jpeg-dct-scaling");
+    }
     h.update(image.to_string_lossy().as_bytes());
     if let Ok(m) = std::fs::metadata(image) {
         h.update(m.len().to_le_bytes());
@@ -179,20 +185,29 @@ fn load_features(path: &Path, scales: usize) -> Option<Features> {
     })
 }
 
-/// Features of `image`, from the cache or computed (and cached).
+/// Features of `image`, from the cache or computed (and cached); `reduced`:
+/// a JPEG decoded at reduced DCT scale, as the station does with
+/// `station.jpeg_dct_scaling`.
 fn features(
     pack: &ModelPack,
     vision: &VisionModel,
     sets: &[winclip::WindowSet],
     config: &Config,
     cache: &Path,
-    image: &Path,
+    (image, reduced): (&Path, bool),
 ) -> anyhow::Result<Features> {
-    let path = cache.join(format!("{}.safetensors", cache_key(pack, config, image)));
+    let path = cache.join(format!("{}.safetensors", cache_key(pack, config, image, reduced)));
     if let Some(f) = load_features(&path, sets.len()) {
         return Ok(f);
     }
-    let img = crate::imageio::load_rgb(image)?;
+    let img = if reduced {
+        use crate::imageio::{self, Limits};
+        let bytes = imageio::read_limited(image, &Limits::DEFAULT)?;
+        let input = vision.architecture().image_size as u32;
+        imageio::decode_rgb_reduced(&bytes, image, &Limits::DEFAULT, input)?.image
+    } else {
+        crate::imageio::load_rgb(image)?
+    };
     let (f, _) =
         inspector::extract(vision, sets, &img).with_context(|| format!("features of {}", image.display()))?;
     save_features(&path, &f)?;
@@ -291,7 +306,8 @@ pub fn run(
             progress.phase(&format!("{}: features", cat.name));
             let mut test_feats = Vec::with_capacity(cat.test.len());
             for s in &cat.test {
-                test_feats.push(features(pack, vision, &sets, &spec.config, &cache, &s.image)?);
+                let image = (s.image.as_path(), spec.jpeg_dct_scaling);
+                test_feats.push(features(pack, vision, &sets, &spec.config, &cache, image)?);
                 progress.step();
             }
             let masks: Vec<Option<Vec<bool>>> = cat
@@ -308,7 +324,8 @@ pub fn run(
                 let mut shot_feats = Vec::new();
                 for p in &chosen {
                     if !train_cache.contains_key(p) {
-                        let f = features(pack, vision, &sets, &spec.config, &cache, p)?;
+                        // Shots as in a bank: decoded in full.
+                        let f = features(pack, vision, &sets, &spec.config, &cache, (p, false))?;
                         train_cache.insert(p.clone(), f);
                     }
                     shot_feats.push(train_cache[p].clone());
@@ -346,7 +363,7 @@ pub fn run(
 /// Saved runs are only reused with the settings that made them: the first run
 /// records them in `runs/settings.json`, later runs must match.
 fn check_settings(pack: &ModelPack, spec: &Spec) -> anyhow::Result<()> {
-    let settings = serde_json::json!({
+    let mut settings = serde_json::json!({
         "model": pack.id().as_str(),
         "dataset": spec.dataset.root.canonicalize().unwrap_or_else(|_| spec.dataset.root.clone()),
         "prompt_set": format!("{:?}", spec.prompt_set),
@@ -354,6 +371,10 @@ fn check_settings(pack: &ModelPack, spec: &Spec) -> anyhow::Result<()> {
         "scales": spec.config.scales,
         "stride": spec.config.stride,
     });
+    // Only when on, so that the runs saved before the option existed still match.
+    if spec.jpeg_dct_scaling {
+        settings["jpeg_dct_scaling"] = true.into();
+    }
     let path = spec.out.join("runs/settings.json");
     match std::fs::read(&path) {
         Ok(bytes) => {
