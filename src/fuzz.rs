@@ -143,4 +143,38 @@ mod tests {
             }
         });
     }
+
+    /// The JPEG decoder behind `station.jpeg_dct_scaling` (a second decoder:
+    /// it must refuse what it cannot read, never panic, within the limits).
+    #[test]
+    fn reduced_jpeg_decoding() {
+        let png = std::fs::read(root().join("tests/fixtures/winclip/queries/good.png")).unwrap();
+        let img = image::load_from_memory(&png).unwrap().to_rgb8();
+        let gray = image::DynamicImage::ImageRgb8(img.clone()).to_luma8();
+        let seeds: Vec<Vec<u8>> = [
+            image::DynamicImage::ImageRgb8(img),
+            image::DynamicImage::ImageLuma8(gray),
+        ]
+        .iter()
+        .map(|i| {
+            let mut jpg = Vec::new();
+            i.write_to(&mut std::io::Cursor::new(&mut jpg), image::ImageFormat::Jpeg)
+                .unwrap();
+            jpg
+        })
+        .collect();
+        let limits = crate::imageio::Limits {
+            max_bytes: 1 << 20,
+            max_pixels: 1_000_000,
+        };
+        let whole = crate::imageio::decode_rgb_reduced(&seeds[0], Path::new("fuzz"), &limits, 16).unwrap();
+        assert!(whole.factor > 1, "the seed is decoded reduced");
+        fuzz(1500, (any::<u8>(), edits()), |(which, e)| {
+            let bytes = apply(&seeds[*which as usize % seeds.len()], e);
+            if let Ok(r) = crate::imageio::decode_rgb_reduced(&bytes, Path::new("fuzz"), &limits, 16) {
+                assert!(u64::from(r.width) * u64::from(r.height) <= limits.max_pixels);
+                assert_eq!(r.image.width(), r.width.div_ceil(r.factor));
+            }
+        });
+    }
 }
