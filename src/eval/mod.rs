@@ -194,7 +194,8 @@ fn features(
     sets: &[winclip::WindowSet],
     config: &Config,
     cache: &Path,
-    (image, reduced): (&Path, bool),
+    image: &Path,
+    reduced: bool,
 ) -> anyhow::Result<Features> {
     let path = cache.join(format!("{}.safetensors", cache_key(pack, config, image, reduced)));
     if let Some(f) = load_features(&path, sets.len()) {
@@ -306,8 +307,16 @@ pub fn run(
             progress.phase(&format!("{}: features", cat.name));
             let mut test_feats = Vec::with_capacity(cat.test.len());
             for s in &cat.test {
-                let image = (s.image.as_path(), spec.jpeg_dct_scaling);
-                test_feats.push(features(pack, vision, &sets, &spec.config, &cache, image)?);
+                let reduced = spec.jpeg_dct_scaling;
+                test_feats.push(features(
+                    pack,
+                    vision,
+                    &sets,
+                    &spec.config,
+                    &cache,
+                    &s.image,
+                    reduced,
+                )?);
                 progress.step();
             }
             let masks: Vec<Option<Vec<bool>>> = cat
@@ -325,7 +334,7 @@ pub fn run(
                 for p in &chosen {
                     if !train_cache.contains_key(p) {
                         // Shots as in a bank: decoded in full.
-                        let f = features(pack, vision, &sets, &spec.config, &cache, (p, false))?;
+                        let f = features(pack, vision, &sets, &spec.config, &cache, p, false)?;
                         train_cache.insert(p.clone(), f);
                     }
                     shot_feats.push(train_cache[p].clone());
