@@ -126,6 +126,13 @@ in_chroot '
     QEMU="qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu"
     $QEMU "$BIN" --version
     $QEMU "$BIN" model verify --model models/tiny | tail -1
+    # The int8 and bf16 kernels against the portable ones on three Arm CPUs: no dot product
+    # (Cortex-A53: the portable kernels only), dot product (A76, as an Orin), and "max"
+    # (dot product, i8mm and BF16: the bfdot kernel).
+    for cpu in cortex-a53 cortex-a76 max; do
+        echo "int8 and bf16 kernels on qemu -cpu $cpu:"
+        qemu-aarch64 -cpu $cpu -L /usr/aarch64-linux-gnu "$BIN" model kernels
+    done
     rm -rf /tmp/aarch64-demo
     $QEMU "$BIN" demo --images 4 --dir /tmp/aarch64-demo 2>/dev/null | grep -E "results and|latency|throughput"
 '

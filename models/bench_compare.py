@@ -11,10 +11,19 @@ thread count:
      open_clip's own modules (clip_reference.py);
 and writes the ratio table to docs/benchmarks.md (or --out).
 
+With --precisions int8,bf16 it also runs reduced precision side by side, each
+engine doing the same reduced work: `winclip-edge bench --precision P` (which
+measures its differences to our f32 and a verdict stream), onnxruntime's
+dynamic int8 quantisation of the same encoder
+(`onnxruntime.quantization.quantize_dynamic`: int8 weights per output channel,
+activations quantised at run time, the final projection kept f32 as ours is),
+and PyTorch's bf16 autocast; the table then has a row per precision and stage.
+
 Outside the product: needs the exporter's venv (models/requirements.txt).
 
     python3 models/bench_compare.py --pack models/tiny
     python3 models/bench_compare.py --pack /path/to/vit-b-16-plus-240 --images 5
+    python3 models/bench_compare.py --pack /path/to/vit-b-16-plus-240 --images 3 --precisions int8,bf16
 """
 
 from __future__ import annotations
@@ -55,18 +64,22 @@ def window_batches(fmap: np.ndarray, grid: int) -> dict[int, np.ndarray]:
     return {k: fmap[np.array(ref.window_indices(grid, k))] for k in (2, 3)}
 
 
-def bench_ours(binary: str, pack: str, threads: int, images: int) -> dict:
+def bench_ours(binary: str, pack: str, threads: int, images: int, precision: str = "f32",
+               verdicts: int | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "bench.json")
         cmd = [binary, "bench", "--threads", str(threads), "--model", pack, "--images", str(images),
-               "--k", "1,4", "--json", out]
+               "--k", "1,4", "--json", out, "--precision", precision]
+        if verdicts is not None:
+            cmd += ["--verdicts", str(verdicts)]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         with open(out) as f:
             return json.load(f)
 
 
-def bench_ort(pack: str, arch: dict, pixels: np.ndarray, threads: int, runs: int) -> dict:
+def bench_ort(pack: str, arch: dict, pixels: np.ndarray, threads: int, runs: int,
+              encoder: str | None = None) -> dict:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -74,7 +87,8 @@ def bench_ort(pack: str, arch: dict, pixels: np.ndarray, threads: int, runs: int
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     embed = ort.InferenceSession(os.path.join(pack, "embed.onnx"), opts, providers=["CPUExecutionProvider"])
-    enc = ort.InferenceSession(os.path.join(pack, "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
+    enc = ort.InferenceSession(encoder or os.path.join(pack, "encoder.onnx"), opts,
+                               providers=["CPUExecutionProvider"])
     e_in, t_in = embed.get_inputs()[0].name, enc.get_inputs()[0].name
     fmap = embed.run(None, {e_in: pixels[None]})[0]
     batches = window_batches(fmap[0], arch["grid"])
@@ -87,7 +101,22 @@ def bench_ort(pack: str, arch: dict, pixels: np.ndarray, threads: int, runs: int
     return out, fmap, cls
 
 
-def bench_torch(manifest: dict, checkpoint: str | None, pixels: np.ndarray, threads: int, runs: int):
+def quantize_encoder(pack: str, out: str) -> str:
+    """onnxruntime's dynamic int8 quantisation of the pack's encoder: int8 weights per
+    output channel, activations quantised at run time; the final projection (the MatMul
+    with the `proj` initializer) is kept f32, as winclip-edge keeps it."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = os.path.join(pack, "encoder.onnx")
+    graph = onnx.load(src, load_external_data=False).graph
+    keep = [n.name for n in graph.node if n.op_type == "MatMul" and "proj" in n.input]
+    quantize_dynamic(src, out, weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep)
+    return out
+
+
+def bench_torch(manifest: dict, checkpoint: str | None, pixels: np.ndarray, threads: int, runs: int,
+                bf16: bool = False):
     import torch
 
     import clip_reference as ref
@@ -107,7 +136,11 @@ def bench_torch(manifest: dict, checkpoint: str | None, pixels: np.ndarray, thre
     visual = model.visual
     grid = manifest["architecture"]["grid"]
     x = torch.from_numpy(pixels)[None]
-    with torch.no_grad():
+    import contextlib
+
+    # bf16: PyTorch's autocast (oneDNN's bf16 kernels: AVX-512 BF16 / AMX where the CPU has them).
+    cast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with torch.no_grad(), cast:
         fmap = ref.token_map(visual, x)
         idx = {k: torch.tensor(ref.window_indices(grid, k)) for k in (2, 3)}
         out = {"image": median_ms(lambda: ref.encode_tokens(visual, ref.token_map(visual, x)), runs)}
@@ -115,7 +148,7 @@ def bench_torch(manifest: dict, checkpoint: str | None, pixels: np.ndarray, thre
             seqs = fmap[0][i]
             out[f"windows.{k}"] = median_ms(lambda s=seqs: ref.encode_tokens(visual, s), runs)
         cls, _ = ref.encode_tokens(visual, fmap)
-    return out, fmap.numpy(), cls.numpy()
+    return out, fmap.float().numpy(), cls.float().numpy()
 
 
 def versions() -> dict:
@@ -198,6 +231,85 @@ def section(pack: str, manifest: dict, ours: dict, ort_ms: dict, torch_ms: dict,
     return "\n".join(lines)
 
 
+def ours_stage_ms(ours: dict) -> dict:
+    stages = {s["name"]: s["median_ms"] for s in ours["stages"]}
+    pick = lambda prefix: next(ms for n, ms in stages.items() if n.startswith(prefix))  # noqa: E731
+    out = {"image": pick("image"), "windows.2": pick("windows 2"), "windows.3": pick("windows 3")}
+    out["forward"] = out["image"] + out["windows.2"] + out["windows.3"]
+    return out
+
+
+def precision_section(manifest: dict, ours_f32: dict, ort_f32: dict, torch_f32: dict, runs: dict) -> str:
+    """The precision x stage x engine table and the deviation table."""
+    tokens = manifest["architecture"]["tokens"]
+    rows = [(f"full image (1 × {tokens})", "image"), ("windows 2×2 (196 × 5)", "windows.2"),
+            ("windows 3×3 (169 × 10)", "windows.3"), ("**every forward pass of a picture**", "forward")]
+    with_total = lambda d: dict(d, forward=d["image"] + d["windows.2"] + d["windows.3"]) if d else None  # noqa: E731
+    f32 = ours_stage_ms(ours_f32)
+    fmt = lambda v: f"{v:.1f}" if v is not None else "–"  # noqa: E731
+    ratio = lambda a, b: f"{a / b:.2f}" if a is not None and b is not None else "–"  # noqa: E731
+    lines = [
+        "### Reduced precision, side by side (the same run)",
+        "",
+        "Each engine does the same reduced work: onnxruntime's int8 is its dynamic quantisation of the same "
+        "encoder (`quantize_dynamic`, int8 weights per channel, the projection kept f32); PyTorch's bf16 is "
+        "its autocast. \"× our f32\" is our f32 time over ours in that precision (a speed-up).",
+        "",
+        "| precision | network work per picture | winclip-edge ms | × our f32 | onnxruntime ms | PyTorch ms "
+        "| ours / ORT | ours / PyTorch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    engines = {"f32": (f32, with_total(ort_f32), with_total(torch_f32))}
+    for p, r in runs.items():
+        engines[p] = (ours_stage_ms(r["ours"]), with_total(r.get("ort")), with_total(r.get("torch")))
+    for p, (o, ort, tch) in engines.items():
+        for label, key in rows:
+            ov, rv, tv = o[key], ort[key] if ort else None, tch[key] if tch else None
+            lines.append(f"| {p} | {label} | {fmt(ov)} | {ratio(f32[key], ov)} | {fmt(rv)} | {fmt(tv)} "
+                         f"| {ratio(ov, rv)} | {ratio(ov, tv)} |")
+    for p, r in runs.items():
+        k4 = next((m for m in r["ours"]["modes"] if m.get("shots") == 4), None)
+        k4_f32 = next((m for m in ours_f32["modes"] if m.get("shots") == 4), None)
+        if k4 and k4_f32:
+            lines.append(f"| {p} | winclip-edge WinCLIP+ K=4 end to end | {k4['median_ms']:.1f} "
+                         f"| {k4_f32['median_ms'] / k4['median_ms']:.2f} | | | | |")
+    gb = lambda b: f"{b / 1e9:.2f} GB" if b else "n/a"  # noqa: E731
+    lines += [
+        "",
+        "What the precision changes, against our f32 (the same pictures and 4-shot bank; then a stream judged by "
+        "a bank built and calibrated with each encoder):",
+        "",
+        "| precision | kernel (layers kept f32) | max \\|score diff\\| | max \\|map diff\\| / f32 map range "
+        "| map Pearson r | verdicts agree | stream image AUROC f32 → this | RSS loaded / peak inspecting "
+        "/ peak loading | other engines' class embedding max \\|diff\\| to their f32 |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| f32 | gemm | – | – | – | – | – | {gb(ours_f32['rss_loaded_bytes'])} / {gb(ours_f32['peak_rss_bytes'])}"
+        f" / {gb(ours_f32.get('load_peak_rss_bytes'))} | – |",
+    ]
+    for p, r in runs.items():
+        o = r["ours"]
+        c = o.get("precision_check") or {}
+        n = o.get("numerics") or {}
+        v = c.get("verdicts")
+        agree = f"{v['agreeing']} of {v['pictures']} ({100 * v['agreeing'] / max(v['pictures'], 1):.1f} %)" \
+            if v else "–"
+        auc = lambda a: f"{a:.4f}" if a is not None else "n/a"  # noqa: E731
+        stream = f"{auc(v.get('auroc_f32'))} → {auc(v.get('auroc_measured'))}" if v else "–"
+        kernel = f"{n.get('kernel') or 'none'} ({', '.join(n.get('kept') or []) or '–'})"
+        if n.get("running") and n.get("running") != p:
+            kernel += f"; ran {n['running']}: {n.get('warning')}"
+        others = "; ".join(f"{name} {d:.2e}" for name, d in r.get("others", {}).items()) or "–"
+        rel = c.get("max_map_diff", 0) / c["map_range"] if c.get("map_range") else float("nan")
+        lines.append(
+            f"| {p} | {kernel} | {c.get('max_score_diff', float('nan')):.2e} | {c.get('max_map_diff', float('nan')):.2e}"
+            f" / {c.get('map_range', float('nan')):.3f} ({100 * rel:.2f} %) | {c.get('map_pearson_r', float('nan')):.6f}"
+            f" | {agree} | {stream} | {gb(o['rss_loaded_bytes'])} / {gb(o['peak_rss_bytes'])}"
+            f" / {gb(o.get('load_peak_rss_bytes'))} | {others} |")
+    lines += ["", "Random weights have no outlier channels: check a real pack's accuracy in int8 or bf16 with "
+              "`winclip-edge eval --precision int8` on your own pictures (README: reduced precision).", ""]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pack", default=os.path.join(ROOT, "models/tiny"))
@@ -207,7 +319,13 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", help="the checkpoint a pack was exported from (pretrained = checkpoint)")
     p.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks.md"))
     p.add_argument("--section-only", action="store_true", help="print the section, do not touch --out")
+    p.add_argument("--precisions", default="", help="also these reduced precisions side by side: int8,bf16,f16")
+    p.add_argument("--verdicts", type=int, default=200, help="pictures of winclip-edge's verdict stream per precision")
     args = p.parse_args(argv)
+    precisions = [s for s in args.precisions.split(",") if s]
+    for s in precisions:
+        if s not in ("int8", "bf16", "f16"):
+            raise SystemExit(f"--precisions: {s} is not int8, bf16 or f16")
 
     import clip_reference as ref
 
@@ -228,6 +346,24 @@ def main(argv=None) -> int:
     if agree_ort > 1e-3 or float(np.abs(ort_fmap - torch_fmap).max()) > 1e-3:
         raise SystemExit(f"PyTorch and the ONNX files disagree ({agree_ort:.2e}): not the same weights")
     text = section(pack, manifest, ours, ort_ms, torch_ms, args.threads, args.images, agree_ort)
+    if precisions:
+        runs = {}
+        for prec in precisions:
+            print(f"winclip-edge {prec}...", flush=True)
+            run = {"ours": bench_ours(args.bin, pack, args.threads, args.images, prec, args.verdicts), "others": {}}
+            if prec == "int8":
+                print("onnxruntime dynamic int8...", flush=True)
+                with tempfile.TemporaryDirectory() as tmp:
+                    q = quantize_encoder(pack, os.path.join(tmp, "encoder.int8.onnx"))
+                    run["ort"], _, cls = bench_ort(pack, arch, pixels, args.threads, args.images, encoder=q)
+                run["others"]["onnxruntime int8"] = float(np.abs(cls - ort_cls).max())
+            if prec == "bf16":
+                print("PyTorch bf16 autocast...", flush=True)
+                run["torch"], _, cls = bench_torch(manifest, args.checkpoint, pixels, args.threads, args.images,
+                                                   bf16=True)
+                run["others"]["PyTorch bf16"] = float(np.abs(cls - torch_cls).max())
+            runs[prec] = run
+        text += "\n" + precision_section(manifest, ours, ort_ms, torch_ms, runs)
     print(text)
     if args.section_only:
         return 0

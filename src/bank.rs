@@ -68,6 +68,22 @@ pub enum Error {
     /// Metadata and tensors disagree.
     #[error("bank is inconsistent: {0}")]
     Inconsistent(String),
+    /// The bank was made with an encoder of other arithmetic.
+    #[error(
+        "bank was built with the {bank} encoder, and this one runs {running}: its reference features \
+         and calibrated threshold come from other arithmetic and could pass parts they should not; \
+         rebuild the bank with `winclip-edge bank ... --precision {precision}` (a recipe directory \
+         keeps its pictures in current/shots and current/calibration), or run the precision it was \
+         built with"
+    )]
+    Numerics {
+        /// What the bank records.
+        bank: String,
+        /// What the encoder runs.
+        running: String,
+        /// The running precision, for the command.
+        precision: String,
+    },
     /// The bank was made with another model pack.
     #[error(
         "bank was made with model pack {bank_pack} ({bank_model}), but the loaded pack is {pack} ({model}); \
@@ -83,6 +99,43 @@ pub enum Error {
         /// Model name of the loaded pack.
         model: String,
     },
+}
+
+/// The arithmetic of the encoder a bank's features and threshold came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncoderRecord {
+    /// The precision the encoder's linear layers ran in.
+    pub precision: crate::model::Precision,
+    /// With int8 or bf16: the linear layers that ran in f32, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub f32_layers: Vec<String>,
+}
+
+impl EncoderRecord {
+    /// f32, as every bank was before the record existed (not written then,
+    /// so f32 banks keep their bytes and ids).
+    pub fn is_f32(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether a bank built with this encoder holds for `running`: the same
+    /// int8 or bf16 layers. f32 and f16 count as alike: f16 moves scores by
+    /// about 1e-5 (README: reduced precision), int8 and bf16 by up to 1e-3,
+    /// enough to move a calibrated threshold's verdicts.
+    pub fn holds_for(&self, running: &Self) -> bool {
+        let exact = |r: &Self| !r.precision.lowers_linear_layers();
+        (exact(self) && exact(running)) || self == running
+    }
+}
+
+impl std::fmt::Display for EncoderRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.precision)?;
+        if !self.f32_layers.is_empty() {
+            write!(f, " (f32 layers: {})", self.f32_layers.join(", "))?;
+        }
+        Ok(())
+    }
 }
 
 /// Identity and shapes of the model pack a bank belongs to.
@@ -203,6 +256,9 @@ pub struct Meta {
     /// picture, white = inspect); `None`: all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask: Option<crate::roi::PatchMask>,
+    /// The encoder's arithmetic (absent: f32).
+    #[serde(default, skip_serializing_if = "EncoderRecord::is_f32")]
+    pub encoder: EncoderRecord,
 }
 
 /// A file that went into a bank.
@@ -280,6 +336,19 @@ impl Bank {
             });
         }
         Ok(())
+    }
+
+    /// Fail unless the bank's features and threshold hold for an encoder
+    /// running `running` ([`EncoderRecord::holds_for`]).
+    pub fn check_encoder(&self, running: &EncoderRecord) -> Result<(), Error> {
+        if self.meta.encoder.holds_for(running) {
+            return Ok(());
+        }
+        Err(Error::Numerics {
+            bank: self.meta.encoder.to_string(),
+            running: running.to_string(),
+            precision: running.precision.to_string(),
+        })
     }
 
     /// Serialise to safetensors bytes.
@@ -710,6 +779,7 @@ mod tests {
                 creator: "test".into(),
                 roi: None,
                 mask: None,
+                encoder: EncoderRecord::default(),
             },
             text: TextPrototypes {
                 normal: ndarray::arr1(&[1.0, 0.0]),
@@ -718,6 +788,39 @@ mod tests {
             references,
             calibration_scores: vec![0.1, 0.2],
         }
+    }
+
+    #[test]
+    fn a_bank_holds_for_the_encoder_arithmetic_it_was_built_with() {
+        use crate::model::Precision;
+        let record = |precision, layers: &[&str]| EncoderRecord {
+            precision,
+            f32_layers: layers.iter().map(|s| s.to_string()).collect(),
+        };
+        let f32 = record(Precision::F32, &[]);
+        let int8 = record(Precision::Int8, &["proj"]);
+        let mut b = bank(1);
+        // An f32 bank writes no record: its bytes and id are as before.
+        let bytes = b.to_bytes().unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("\"encoder\""));
+        assert_eq!(Bank::from_bytes(&bytes).unwrap().meta.encoder, f32);
+        b.check_encoder(&f32).unwrap();
+        b.check_encoder(&record(Precision::F16, &[])).unwrap();
+        let err = b.check_encoder(&int8).unwrap_err().to_string();
+        assert!(
+            err.contains("built with the f32 encoder") && err.contains("--precision int8"),
+            "{err}"
+        );
+        // An int8 bank: the same layers, or refused.
+        b.meta.encoder = int8.clone();
+        let back = Bank::from_bytes(&b.to_bytes().unwrap()).unwrap();
+        assert_eq!(back.meta.encoder, int8);
+        back.check_encoder(&int8).unwrap();
+        assert!(back.check_encoder(&f32).is_err());
+        assert!(back
+            .check_encoder(&record(Precision::Int8, &["proj", "blocks.0.mlp.c_fc"]))
+            .is_err());
+        assert!(back.check_encoder(&record(Precision::Bf16, &["proj"])).is_err());
     }
 
     #[test]

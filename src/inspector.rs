@@ -10,7 +10,7 @@ use image::RgbImage;
 use ndarray::Array2;
 use serde::Serialize;
 
-use crate::bank::{self, Bank, FileRef, Meta, ModelRef, ThresholdSource};
+use crate::bank::{self, Bank, EncoderRecord, FileRef, Meta, ModelRef, ThresholdSource};
 use crate::model::{ModelPack, TextModel, VisionModel};
 use crate::winclip::{self, upsample, Config, Features, Outcome, References, Scorer, TemplateSet, WindowSet};
 
@@ -113,6 +113,22 @@ pub struct Inspection {
 /// Milliseconds since `t`.
 pub(crate) fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
+}
+
+/// The arithmetic of `vision`'s encoder as recorded in banks: what it runs
+/// (bf16 on a CPU without bf16 dot products runs f32).
+pub fn encoder_record(vision: &VisionModel) -> EncoderRecord {
+    match vision.encoder_numerics() {
+        Some(n) if n.running.lowers_linear_layers() => EncoderRecord {
+            precision: n.running,
+            f32_layers: n.kept,
+        },
+        Some(n) => EncoderRecord {
+            precision: n.running,
+            f32_layers: Vec::new(),
+        },
+        None => EncoderRecord::default(),
+    }
 }
 
 /// The identity of `pack` as recorded in banks.
@@ -246,6 +262,7 @@ impl Inspector {
     /// [`Inspector::new`] for a model whose pack is described by `model`.
     fn with_model(vision: VisionModel, model: ModelRef, bank: Bank) -> Result<Self, Error> {
         bank.check_model(&model)?;
+        bank.check_encoder(&encoder_record(&vision))?;
         let scorer = masked(
             Scorer::new(bank.config(), model.grid, &bank.text, bank.references.as_ref())?,
             bank.meta.mask.as_ref(),
@@ -610,6 +627,7 @@ fn build_for(
             creator: concat!("winclip-edge ", env!("CARGO_PKG_VERSION")).to_string(),
             roi: spec.roi,
             mask: spec.mask.clone(),
+            encoder: encoder_record(vision),
         },
         text: prototypes,
         references,

@@ -400,6 +400,74 @@ fn a_bank_from_another_model_pack_is_refused() {
     );
 }
 
+/// Issue #19: a bank records the encoder arithmetic it was built with, and
+/// only an encoder of the same arithmetic uses it (its features and
+/// calibrated threshold came from it).
+#[test]
+fn an_int8_bank_is_used_by_an_int8_encoder_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let shots = fixtures().join("shots");
+    let calib = good_pictures(&dir.path().join("calib"), 5);
+    let bank = bank_cmd(
+        dir.path(),
+        &[
+            "--shots",
+            shots.join("000.png").to_str().unwrap(),
+            "--calibrate",
+            calib.to_str().unwrap(),
+            "--precision",
+            "int8",
+        ],
+    );
+    let b = Bank::from_bytes(&std::fs::read(&bank).unwrap()).unwrap();
+    assert_eq!(b.meta.encoder.precision, winclip_edge::model::Precision::Int8);
+    assert_eq!(b.meta.encoder.f32_layers, vec!["proj".to_string()]);
+    let q = fixtures().join("queries/good.png");
+    let pack = tiny_pack();
+    let inspect = |extra: &[&str]| {
+        let mut args = vec![
+            "inspect",
+            "--model",
+            pack.to_str().unwrap(),
+            "--bank",
+            bank.to_str().unwrap(),
+            "--json",
+            q.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let o = inspect(&["--precision", "int8"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(r["score"].as_f64().unwrap().is_finite(), "{r}");
+    for (extra, running) in [
+        (&[][..], "f32"),
+        (
+            &["--precision", "int8", "--f32-layers", "blocks.0.*"][..],
+            "int8 (f32 layers: blocks.0",
+        ),
+    ] {
+        let o = inspect(extra);
+        assert!(!o.status.success(), "{extra:?}: {}", text(&o));
+        let t = text(&o);
+        assert!(
+            t.contains("built with the int8 (f32 layers: proj) encoder")
+                && t.contains(&format!("this one runs {running}"))
+                && t.contains("rebuild the bank"),
+            "{extra:?}: {t}"
+        );
+    }
+    // A pattern that names no layer is a typo, refused.
+    let o = inspect(&["--precision", "int8", "--f32-layers", "block.0.*"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("block.0.* match(es) no linear layer"),
+        "{}",
+        text(&o)
+    );
+}
+
 #[test]
 fn a_truncated_bank_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

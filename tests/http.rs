@@ -185,7 +185,7 @@ fn metrics_parse_with_prometheus_own_parser_and_count_what_the_station_did() {
         sample(
             &wait_published,
             "winclip_build_info",
-            &[("model", model), ("device", "cpu")]
+            &[("model", model), ("device", "cpu"), ("precision", "f32")]
         ),
         Some(1.0),
         "{}",

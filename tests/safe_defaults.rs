@@ -75,6 +75,65 @@ fn an_uncalibrated_winclip_plus_bank_is_refused_unless_asked_for_and_never_serve
 
 /// Observed: `--calibrate` with the shots themselves was accepted (then 12 of
 /// 12 unseen good parts failed), and one calibration picture was accepted.
+/// Issue #19: a station set to run int8 refuses a bank built in f32 (its
+/// threshold was calibrated on other arithmetic), and runs one built in int8.
+#[test]
+fn a_station_runs_only_a_bank_built_in_its_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = Station::new(dir.path(), Some(1883), "");
+    st.edit_line("bank = ", |line| format!("{line}\nprecision = \"int8\""));
+    let check = || {
+        bin()
+            .args(["check-config", "--config"])
+            .arg(&st.config)
+            .output()
+            .unwrap()
+    };
+    let o = check();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("built with the f32 encoder, and this one runs int8 (f32 layers: proj)"),
+        "{}",
+        text(&o)
+    );
+    let o = bin().args(["run", "--config"]).arg(&st.config).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+
+    let (int8, o) = bank(
+        dir.path(),
+        "int8.bank",
+        &[
+            "--shots",
+            &fixture("shots/000.png").display().to_string(),
+            "--threshold",
+            "0.3",
+            "--precision",
+            "int8",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("encoder      int8 (f32 layers: proj)"),
+        "{}",
+        text(&o)
+    );
+    st.edit_line("bank = ", |_| format!("bank = \"{}\"", int8.display()));
+    let o = check();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("encoder       int8 ("), "{}", text(&o));
+    // A layer pattern that names nothing is refused before anything runs.
+    st.edit_line("precision = ", |line| {
+        format!("{line}\nf32_layers = [\"blocks.9.*\"]")
+    });
+    let o = check();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("blocks.9.* match(es) no linear layer"),
+        "{}",
+        text(&o)
+    );
+}
+
 #[test]
 fn calibration_pictures_that_are_shots_or_too_few_are_refused() {
     let dir = tempfile::tempdir().unwrap();

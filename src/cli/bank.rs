@@ -13,6 +13,7 @@ use crate::model::{ModelPack, TextModel, VisionModel};
 /// Arguments of `bank`, already parsed.
 pub(crate) struct Args {
     pub model: PathBuf,
+    pub numerics: crate::model::Numerics,
     pub spec: BankSpec,
     /// The mask picture (`--roi-mask`).
     pub roi_mask: Option<PathBuf>,
@@ -116,7 +117,7 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
             images
         }
     };
-    let vision = VisionModel::load(&pack)?;
+    let vision = VisionModel::load_with(&pack, &args.numerics)?;
     let text = TextModel::load(&pack)?;
     let bank = inspector::build_bank(&pack, &vision, &text, &args.spec, &shots, &calibration)?;
     let bytes = bank.to_bytes()?;
@@ -146,6 +147,7 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     };
     println!("bank         {shown} (id {})", bank.id());
     println!("model pack   {} ({})", m.model.id, m.model.name);
+    println!("encoder      {}", m.encoder);
     println!(
         "object       {:?}, prompt set {}, {} normal + {} anomalous prompts",
         m.object, m.prompt_set, m.normal_prompts, m.anomalous_prompts

@@ -265,6 +265,12 @@ pub(crate) fn run(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
                 ),
                 _ => println!("device        {backend}"),
             }
+            if let Some(n) = i.vision().encoder_numerics() {
+                println!("encoder       {n}");
+                if let Some(w) = &n.warning {
+                    println!("warning: {w}");
+                }
+            }
             let roi = |i: &crate::inspector::Inspector| {
                 let m = &i.bank().meta;
                 let mut s = m

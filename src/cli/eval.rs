@@ -159,6 +159,24 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         "eval: results go to {}; an interrupted run continues where it stopped when the same command runs again",
         args.spec.out.display()
     );
+    let numerics = args.spec.numerics.clone();
+    // Reduced precision: the same evaluation in f32 first, into OUT/f32,
+    // for the report to set beside it.
+    let reference = if numerics.precision.lowers_linear_layers() {
+        let spec = eval::Spec {
+            out: args.spec.out.join("f32"),
+            numerics: Default::default(),
+            ..args.spec.clone()
+        };
+        eprintln!("eval: first in f32, into {}", spec.out.display());
+        let bar = Bar::new();
+        let runs = eval::evaluate(&args.model, &spec, &bar)?;
+        bar.finish();
+        Some((spec, runs))
+    } else {
+        None
+    };
+    eprintln!("eval: the {numerics} encoder");
     let bar = Bar::new();
     let runs = eval::evaluate(&args.model, &args.spec, &bar)?;
     bar.finish();
@@ -169,16 +187,34 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         ("none", None) => "random weights".to_string(),
         (p, _) => p.to_string(),
     };
-    let header = report::Header {
+    let header = |numerics: &crate::model::Numerics| report::Header {
         kind: args.spec.dataset.kind,
         dataset: &args.spec.dataset.root,
-        model: format!("{} / {weights} (pack id {})", src.model, pack.id()),
+        model: format!(
+            "{} / {weights} (pack id {}), token encoder in {numerics}",
+            src.model,
+            pack.id()
+        ),
         random_weights: random,
         seeds: args.spec.seeds,
         image_size: pack.architecture().image_size,
-        command: args.command,
+        command: args.command.clone(),
     };
-    let md = report::write(&args.spec.out, &header, &runs)?;
+    let mut md = String::new();
+    if let Some((spec, f32_runs)) = &reference {
+        report::write(&spec.out, &header(&spec.numerics), f32_runs)?;
+    }
+    md += &report::write(&args.spec.out, &header(&numerics), &runs)?;
+    if let Some((_, f32_runs)) = &reference {
+        let section = report::against_f32(&runs, f32_runs, &numerics.to_string())?;
+        md += &section;
+        let path = args.spec.out.join("report.md");
+        let mut file =
+            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        file += &section;
+        crate::fsutil::write_atomic(&path, file.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     println!("{md}");
     println!("report written to {}", args.spec.out.join("report.md").display());
     Ok(ExitCode::SUCCESS)

@@ -27,7 +27,7 @@ pub(crate) struct Args {
     pub heatmaps: Option<PathBuf>,
     pub threshold: Option<f32>,
     pub early_exit: bool,
-    pub precision: crate::model::Precision,
+    pub numerics: crate::model::Numerics,
     pub device: crate::model::Device,
 }
 
@@ -42,7 +42,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let pack = ModelPack::open(&args.model)
         .with_context(|| format!("opening model pack {}", args.model.display()))?;
     let bank = load_bank(&args.bank)?;
-    let vision = VisionModel::load_on(&pack, args.precision, args.device.resolve()?)?;
+    let vision = VisionModel::load_on(&pack, &args.numerics, args.device.resolve()?)?;
     let mut inspector =
         Inspector::new(&pack, vision, bank).with_context(|| format!("using bank {}", args.bank.display()))?;
     if let Some(t) = args.threshold {

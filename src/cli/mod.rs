@@ -7,6 +7,7 @@ mod demo;
 mod eval;
 mod features;
 mod inspect;
+mod kernels;
 mod model_info;
 mod synth;
 mod verify;
@@ -55,6 +56,39 @@ pub struct Threads {
     /// Threads for inference (0 = one per core).
     #[arg(long, default_value_t = 0, env = "WINCLIP_THREADS")]
     pub threads: usize,
+}
+
+/// `--precision` and `--f32-layers`, on the commands that run the vision model.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NumericsArgs {
+    /// Token encoder precision: f32 (the reference), int8 (linear layers in
+    /// 8-bit integers), bf16 (where the CPU has bf16 dot products, else f32),
+    /// f16 (native on ARMv8.2+, emulated and slow elsewhere).
+    #[arg(long, value_enum, default_value_t = crate::model::Precision::F32)]
+    pub precision: crate::model::Precision,
+    /// With int8 or bf16: linear layers kept in f32, by name or glob pattern,
+    /// comma-separated (`blocks.11.*,*.mlp.c_proj`; `model info` lists the
+    /// names). The final projection always is.
+    #[arg(long, value_name = "LAYERS", value_delimiter = ',')]
+    pub f32_layers: Vec<String>,
+}
+
+impl NumericsArgs {
+    /// The checked numerics.
+    pub fn numerics(&self) -> anyhow::Result<crate::model::Numerics> {
+        let f32_layers =
+            crate::model::F32Layers::new(&self.f32_layers).map_err(|e| anyhow::anyhow!("--{e}"))?;
+        if !f32_layers.patterns().is_empty() && !self.precision.lowers_linear_layers() {
+            anyhow::bail!(
+                "--f32-layers applies to --precision int8 and bf16 only, not {}",
+                self.precision
+            );
+        }
+        Ok(crate::model::Numerics {
+            precision: self.precision,
+            f32_layers,
+        })
+    }
 }
 
 /// Subcommands.
@@ -208,6 +242,10 @@ pub struct BankArgs {
     /// Name the directory as a bank in the configuration.
     #[arg(long, conflicts_with = "output")]
     pub recipe_dir: Option<PathBuf>,
+    /// The encoder's arithmetic the bank is built with (and recorded in it):
+    /// a station or `inspect` must run the same to use it (f32 and f16 are alike).
+    #[command(flatten)]
+    pub numerics: NumericsArgs,
     #[command(flatten)]
     pub threads: Threads,
 }
@@ -240,9 +278,8 @@ pub struct InspectArgs {
     /// its prescore plus the bank's calibrated margin is at or below the threshold.
     #[arg(long)]
     pub early_exit: bool,
-    /// Token encoder precision (f16: native on ARMv8.2+, emulated and slow elsewhere).
-    #[arg(long, value_enum, default_value_t = crate::model::Precision::F32)]
-    pub precision: crate::model::Precision,
+    #[command(flatten)]
+    pub numerics: NumericsArgs,
     /// Where the token encoder runs: cpu, cuda (a build with `--features cuda`
     /// and an NVIDIA GPU) or auto (CUDA when it can be used, else the CPU).
     #[arg(long, value_enum, default_value_t = crate::model::Device::Cpu)]
@@ -289,6 +326,10 @@ pub struct EvalArgs {
     /// bank): compare the report with one made without it.
     #[arg(long)]
     pub jpeg_dct_scaling: bool,
+    /// The token encoder's arithmetic; with int8 or bf16 the same evaluation
+    /// also runs in f32 (into OUT/f32) and the report sets the two side by side.
+    #[command(flatten)]
+    pub numerics: NumericsArgs,
     #[command(flatten)]
     pub threads: Threads,
 }
@@ -322,10 +363,11 @@ pub struct BenchArgs {
     /// Good pictures the stream's bank is calibrated on.
     #[arg(long, default_value_t = 20)]
     pub calibration: usize,
-    /// Token encoder precision; with f16 the differences to f32 on the same
-    /// pictures are measured too.
-    #[arg(long, value_enum, default_value_t = crate::model::Precision::F32)]
-    pub precision: crate::model::Precision,
+    /// The token encoder's arithmetic; with any but f32, the differences
+    /// to f32 on the same pictures, a verdict stream and (`--eval`) AUROC
+    /// are measured too.
+    #[command(flatten)]
+    pub numerics: NumericsArgs,
     /// Where the token encoder runs: cpu, cuda (a build with `--features cuda`
     /// and an NVIDIA GPU) or auto (CUDA when it can be used, else the CPU).
     #[arg(long, value_enum, default_value_t = crate::model::Device::Cpu)]
@@ -335,6 +377,12 @@ pub struct BenchArgs {
     /// at reduced DCT scale, and measure what the reduced decode changes.
     #[arg(long = "picture-size", value_name = "WxH", value_delimiter = ',')]
     pub picture_sizes: Vec<bench::PictureSize>,
+    /// With any precision but f32 (or another device): judge a stream of this
+    /// many synthetic pictures (5 % defective) with a bank of the largest --k
+    /// built and calibrated (--calibration good pictures) with each encoder,
+    /// and count the verdicts that agree; 0 skips it.
+    #[arg(long, default_value_t = 200)]
+    pub verdicts: usize,
     #[command(flatten)]
     pub threads: Threads,
 }
@@ -411,6 +459,20 @@ pub enum ModelCommand {
         #[command(flatten)]
         threads: Threads,
     },
+    /// The int8 and bf16 kernels this CPU runs: each checked against the
+    /// portable reference (exit status 1 if one differs), and with --time
+    /// timed against f32 on the encoder's shapes.
+    Kernels {
+        /// Also time every kernel on ViT-B-16-plus-240's linear layers (one thread).
+        #[arg(long)]
+        time: bool,
+        /// Timed runs per product (the median is printed).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Dump an image's features (embedding, token map, patch features, window
     /// embeddings per scale) to a safetensors file, for debugging and parity checks.
     Features {
@@ -473,6 +535,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             threads(a.threads);
             bank::run(bank::Args {
                 model: a.model,
+                numerics: a.numerics.numerics()?,
                 spec: crate::inspector::BankSpec {
                     object: a.object,
                     prompt_set: a.prompt_set,
@@ -509,7 +572,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 heatmaps: a.heatmaps,
                 threshold: a.threshold,
                 early_exit: a.early_exit,
-                precision: a.precision,
+                numerics: a.numerics.numerics()?,
                 device: a.device,
             })
         }
@@ -522,9 +585,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json: a.json,
             stream: a.stream,
             calibration: a.calibration,
-            precision: a.precision,
+            numerics: a.numerics.numerics()?,
             device: a.device,
             picture_sizes: a.picture_sizes,
+            verdicts: a.verdicts,
         }),
         Command::Eval(a) => {
             threads(a.threads);
@@ -546,6 +610,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         ..crate::winclip::Config::default()
                     },
                     jpeg_dct_scaling: a.jpeg_dct_scaling,
+                    numerics: a.numerics.numerics()?,
                 },
             })
         }
@@ -563,6 +628,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             threads(t);
             verify::run(&model, json, device)
         }
+        Command::Model(ModelCommand::Kernels { time, repeats, json }) => kernels::run(time, repeats, json),
         Command::Model(ModelCommand::Features {
             model,
             image,

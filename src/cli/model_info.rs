@@ -32,6 +32,7 @@ pub(crate) fn run(dir: &Path, verify: bool, json: bool) -> anyhow::Result<ExitCo
                 "exported": m.source.exported,
             },
             "architecture": a,
+            "linear_layers": crate::model::linear_layers(a.vision_layers),
             "files": m.files.iter().iter().map(|(role, f)| serde_json::json!({
                 "role": role, "path": f.path, "bytes": f.bytes, "sha256": f.sha256,
             })).collect::<Vec<_>>(),
@@ -63,6 +64,11 @@ pub(crate) fn run(dir: &Path, verify: bool, json: bool) -> anyhow::Result<ExitCo
         a.text_width, a.text_layers, a.text_heads, a.context_length, a.vocab_size
     );
     println!("embedding    {}", a.embed_dim);
+    println!(
+        "linear       blocks.N.attn.in_proj, .attn.out_proj, .mlp.c_fc, .mlp.c_proj for N = 0…{}, and proj \
+         (the names model.f32_layers and --f32-layers take)",
+        a.vision_layers.saturating_sub(1)
+    );
     let p = &m.preprocess;
     println!(
         "preprocess   {} to {}x{}, mean {:?}, std {:?}",

@@ -176,6 +176,8 @@ pub struct Model {
     pub early_exit: bool,
     /// Token encoder precision.
     pub precision: crate::model::Precision,
+    /// Linear layers an int8 or bf16 encoder keeps in f32.
+    pub f32_layers: crate::model::F32Layers,
     /// Where the token encoder runs.
     pub device: crate::model::Device,
     /// Resident memory (bytes) a model pack change may reach: the new model
@@ -184,6 +186,14 @@ pub struct Model {
 }
 
 impl Model {
+    /// How the token encoder computes.
+    pub fn numerics(&self) -> crate::model::Numerics {
+        crate::model::Numerics {
+            precision: self.precision,
+            f32_layers: self.f32_layers.clone(),
+        }
+    }
+
     /// `pack` and `bank` with every other setting at its default.
     pub fn new(pack: PathBuf, bank: PathBuf) -> Self {
         Self {
@@ -193,6 +203,7 @@ impl Model {
             threshold: None,
             early_exit: false,
             precision: crate::model::Precision::default(),
+            f32_layers: crate::model::F32Layers::default(),
             device: crate::model::Device::default(),
             memory_budget: DEFAULT_MEMORY_BUDGET_MB * 1_000_000,
         }
@@ -890,13 +901,27 @@ fn check_model(m: Option<RawModel>, base: &Path, r: &mut Report) -> Model {
             "model.recipe = {recipe:?}: 1 to 64 letters, digits, '-', '_' or '.'"
         ));
     }
+    let precision = m.precision.unwrap_or_default();
+    let f32_layers = match crate::model::F32Layers::new(&m.f32_layers.unwrap_or_default()) {
+        Ok(layers) => layers,
+        Err(e) => {
+            r.problem(format!("model.{e}"));
+            crate::model::F32Layers::default()
+        }
+    };
+    if !f32_layers.patterns().is_empty() && !precision.lowers_linear_layers() {
+        r.warning(format!(
+            "model.f32_layers applies to precision \"int8\" and \"bf16\" only; with \"{precision}\" every layer is {precision} anyway"
+        ));
+    }
     Model {
         pack: resolve(base, m.pack),
         bank: resolve(base, m.bank),
         recipe,
         threshold: m.threshold,
         early_exit: m.early_exit.unwrap_or(false),
-        precision: m.precision.unwrap_or_default(),
+        precision,
+        f32_layers,
         device: m.device.unwrap_or_default(),
         memory_budget: budget_mb.saturating_mul(1_000_000),
     }
@@ -1400,6 +1425,7 @@ impl From<&Config> for RawConfig {
                 threshold: c.model.threshold,
                 early_exit: Some(c.model.early_exit),
                 precision: Some(c.model.precision),
+                f32_layers: Some(c.model.f32_layers.patterns().to_vec()),
                 device: Some(c.model.device),
                 memory_budget_mb: Some(c.model.memory_budget / 1_000_000),
             }),
@@ -1569,6 +1595,31 @@ path = "/srv/drop"
             "bank = \"bottle.bank\"\nprecision = \"f8\"",
         ));
         assert!(bad.unwrap_err().contains("precision"));
+        let with = |extra: &str| {
+            parse_checked(&MINIMAL.replace(
+                "bank = \"bottle.bank\"",
+                &format!("bank = \"bottle.bank\"\n{extra}"),
+            ))
+        };
+        let int8 = with("precision = \"int8\"\nf32_layers = [\"blocks.11.*\", \"*.c_proj\"]").unwrap();
+        assert_eq!(int8.config.model.precision, crate::model::Precision::Int8);
+        assert_eq!(
+            int8.config.model.f32_layers.patterns(),
+            ["blocks.11.*", "*.c_proj"]
+        );
+        assert!(int8.warnings.is_empty(), "{:?}", int8.warnings);
+        assert!(c.model.f32_layers.patterns().is_empty());
+        let bad = with("precision = \"int8\"\nf32_layers = [\"blocks.[1\"]").unwrap_err();
+        assert!(bad.contains("model.f32 layer pattern \"blocks.[1\""), "{bad}");
+        let useless = with("f32_layers = [\"proj\"]").unwrap();
+        assert!(
+            useless
+                .warnings
+                .iter()
+                .any(|w| w.contains("model.f32_layers applies to precision")),
+            "{:?}",
+            useless.warnings
+        );
         assert_eq!(c.mqtt.prefix, "winclip");
         assert_eq!(
             c.mqtt.broker,

@@ -77,6 +77,8 @@ pub(super) struct RawModel {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precision: Option<crate::model::Precision>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub f32_layers: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<crate::model::Device>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_budget_mb: Option<u64>,

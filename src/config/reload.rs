@@ -38,6 +38,8 @@ pub enum Change {
     Pack,
     /// `model.precision`: the vision model is loaded again.
     Precision,
+    /// `model.f32_layers`: the vision model is loaded again.
+    F32Layers,
     /// `model.device`: the vision model is loaded again.
     Device,
     /// `model.bank`: read again, the loaded model is kept.
@@ -107,6 +109,7 @@ impl std::fmt::Display for Change {
             Change::EmbeddedBroker => f.write_str("the embedded broker (mqtt.host / mqtt.embedded_listen)"),
             Change::Pack => f.write_str("model.pack"),
             Change::Precision => f.write_str("model.precision"),
+            Change::F32Layers => f.write_str("model.f32_layers"),
             Change::Device => f.write_str("model.device"),
             Change::Bank => f.write_str("model.bank"),
             Change::Threshold => f.write_str("model.threshold"),
@@ -185,6 +188,7 @@ impl ReloadPlan {
         let (om, nm) = (&old.model, &new.model);
         note(om.pack != nm.pack, Change::Pack);
         note(om.precision != nm.precision, Change::Precision);
+        note(om.f32_layers != nm.f32_layers, Change::F32Layers);
         note(om.device != nm.device, Change::Device);
         note(om.bank != nm.bank, Change::Bank);
         note(om.threshold != nm.threshold, Change::Threshold);
@@ -261,7 +265,7 @@ impl ReloadPlan {
         self.changes
             .iter()
             .map(|c| match c {
-                Change::Pack | Change::Precision | Change::Device => EngineChange::Model,
+                Change::Pack | Change::Precision | Change::F32Layers | Change::Device => EngineChange::Model,
                 Change::Bank => EngineChange::Bank,
                 Change::Threshold | Change::EarlyExit => EngineChange::Settings,
                 _ => EngineChange::None,

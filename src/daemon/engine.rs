@@ -37,7 +37,8 @@ pub fn weight_bytes(pack: &ModelPack, precision: Precision) -> u64 {
     let f = &pack.manifest().files;
     match precision {
         Precision::F32 => f.embed.bytes + f.encoder.bytes,
-        Precision::F16 => f.embed.bytes + f.encoder.bytes / 2,
+        Precision::F16 | Precision::Bf16 => f.embed.bytes + f.encoder.bytes / 2,
+        Precision::Int8 => f.embed.bytes + f.encoder.bytes / 4,
     }
 }
 
@@ -166,7 +167,7 @@ fn load_checked(pack: &ModelPack, bank: Bank, model: &config::Model) -> anyhow::
     // starts: a configuration error (exit status 2), with the reason.
     let t0 = std::time::Instant::now();
     let backend = model.device.resolve()?;
-    let vision = VisionModel::load_on(pack, model.precision, backend)?;
+    let vision = VisionModel::load_on(pack, &model.numerics(), backend)?;
     log::info!("token encoder on {}", vision.backend());
     let mut inspector =
         Inspector::new(pack, vision, bank).with_context(|| format!("bank {}", model.bank.display()))?;

@@ -234,6 +234,7 @@ async fn state_json(State(shared): State<Shared>) -> Json<serde_json::Value> {
         "threshold": model.as_ref().and_then(|m| m.threshold),
         "active_recipes": &*shared.settings.borrow().active,
         "device": model.as_ref().map(|m| &m.device),
+        "precision": model.as_ref().map(|m| &m.precision),
         "mqtt_connected": s.mqtt_connected.load(Ordering::Relaxed),
         "commands_enabled": shared.commands_enabled,
         "control": shared.commands.is_some(),

@@ -26,6 +26,8 @@ pub struct ModelInfo {
     pub object: String,
     /// Where the token encoder runs ("cpu", "cuda").
     pub device: String,
+    /// The precision the token encoder's linear layers run in ("f32", "int8", …).
+    pub precision: String,
     /// The decision threshold in use.
     pub threshold: Option<f64>,
 }
@@ -38,6 +40,10 @@ impl ModelInfo {
             bank: inspector.bank_id().to_string(),
             object: inspector.bank().meta.object.clone(),
             device: inspector.vision().backend().name().to_string(),
+            precision: inspector
+                .vision()
+                .encoder_numerics()
+                .map_or_else(|| "f32".to_string(), |n| n.running.to_string()),
             threshold: Some(crate::record::as_printed(inspector.threshold())),
         }
     }
@@ -154,6 +160,7 @@ pub fn render(stats: &Stats, model: &ModelInfo) -> String {
             ("bank", model.bank.clone()),
             ("object", model.object.clone()),
             ("device", model.device.clone()),
+            ("precision", model.precision.clone()),
         ]),
     );
     let mut out = String::new();

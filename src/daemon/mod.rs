@@ -554,6 +554,7 @@ impl Daemon {
             "model": m.as_ref().map(|m| &m.model),
             "bank": m.as_ref().map(|m| &m.bank),
             "object": m.as_ref().map(|m| &m.object),
+            "precision": m.as_ref().map(|m| &m.precision),
             "active_recipes": &*settings.active,
             "recipe_codes": self.recipe_codes(),
             "recipes": recipes,

@@ -270,9 +270,34 @@ pub fn pro(images: &[MaskedMap<'_>]) -> Result<f64, Error> {
     Ok(area / PRO_MAX_FPR)
 }
 
+/// Pearson's correlation of two equally long samples (NaN when either is
+/// constant or empty).
+pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len().min(y.len()) as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx) * (a - mx);
+        syy += (b - my) * (b - my);
+    }
+    sxy / (sxx * syy).sqrt()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pearson_is_one_for_a_line_minus_one_reversed_and_nan_when_constant() {
+        let x = [1.0, 2.0, 3.0, 4.0];
+        assert!((pearson(&x, &[3.0, 5.0, 7.0, 9.0]) - 1.0).abs() < 1e-12);
+        assert!((pearson(&x, &[4.0, 3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        assert!(pearson(&x, &[2.0; 4]).is_nan());
+        assert!(pearson(&[], &[]).is_nan());
+        let r = pearson(&x, &[1.0, 3.0, 2.0, 4.0]);
+        assert!((r - 0.8).abs() < 1e-12, "{r}");
+    }
 
     #[test]
     fn perfect_and_inverted_rankings() {

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::inspector;
-use crate::model::{ModelPack, TextModel, VisionModel};
+use crate::model::{ModelPack, Numerics, TextModel, VisionModel};
 use crate::winclip::{self, upsample, Config, Features, References, Scorer, TemplateSet, TextPrototypes};
 
 /// What to evaluate.
@@ -51,6 +51,8 @@ pub struct Spec {
     /// Decode the test pictures (not the shots) at reduced JPEG DCT scale,
     /// as the station does with `station.jpeg_dct_scaling`.
     pub jpeg_dct_scaling: bool,
+    /// The token encoder's arithmetic.
+    pub numerics: Numerics,
 }
 
 /// Metrics of one scored run.
@@ -109,13 +111,17 @@ impl Progress for Silent {
     fn step(&self) {}
 }
 
-/// The cache key of an image's features for this model and configuration.
-fn cache_key(pack: &ModelPack, config: &Config, image: &Path, reduced: bool) -> String {
+/// The cache key of an image's features for this model, arithmetic and configuration.
+fn cache_key(pack: &ModelPack, numerics: &Numerics, config: &Config, image: &Path, reduced: bool) -> String {
     let mut h = Sha256::new();
     h.update(pack.id().as_str().as_bytes());
     h.update(format!("{:?}|{}", config.scales, config.stride).as_bytes());
     if reduced {
         h.update(b"|jpeg-dct-scaling");
+    }
+    // Only when not f32, so that the features cached before it existed still match.
+    if *numerics != Numerics::default() {
+        h.update(format!("|{numerics:?}").as_bytes());
     }
     h.update(image.to_string_lossy().as_bytes());
     if let Ok(m) = std::fs::metadata(image) {
@@ -188,8 +194,10 @@ fn load_features(path: &Path, scales: usize) -> Option<Features> {
 /// Features of `image`, from the cache or computed (and cached); `reduced`:
 /// a JPEG decoded at reduced DCT scale, as the station does with
 /// `station.jpeg_dct_scaling`.
+#[allow(clippy::too_many_arguments)]
 fn features(
     pack: &ModelPack,
+    numerics: &Numerics,
     vision: &VisionModel,
     sets: &[winclip::WindowSet],
     config: &Config,
@@ -197,7 +205,10 @@ fn features(
     image: &Path,
     reduced: bool,
 ) -> anyhow::Result<Features> {
-    let path = cache.join(format!("{}.safetensors", cache_key(pack, config, image, reduced)));
+    let path = cache.join(format!(
+        "{}.safetensors",
+        cache_key(pack, numerics, config, image, reduced)
+    ));
     if let Some(f) = load_features(&path, sets.len()) {
         return Ok(f);
     }
@@ -310,6 +321,7 @@ pub fn run(
                 let reduced = spec.jpeg_dct_scaling;
                 test_feats.push(features(
                     pack,
+                    &spec.numerics,
                     vision,
                     &sets,
                     &spec.config,
@@ -334,7 +346,16 @@ pub fn run(
                 for p in &chosen {
                     if !train_cache.contains_key(p) {
                         // Shots as in a bank: decoded in full.
-                        let f = features(pack, vision, &sets, &spec.config, &cache, p, false)?;
+                        let f = features(
+                            pack,
+                            &spec.numerics,
+                            vision,
+                            &sets,
+                            &spec.config,
+                            &cache,
+                            p,
+                            false,
+                        )?;
                         train_cache.insert(p.clone(), f);
                     }
                     shot_feats.push(train_cache[p].clone());
@@ -383,6 +404,10 @@ fn check_settings(pack: &ModelPack, spec: &Spec) -> anyhow::Result<()> {
     // Only when on, so that the runs saved before the option existed still match.
     if spec.jpeg_dct_scaling {
         settings["jpeg_dct_scaling"] = true.into();
+    }
+    if spec.numerics != Numerics::default() {
+        settings["precision"] = spec.numerics.precision.to_string().into();
+        settings["f32_layers"] = spec.numerics.f32_layers.patterns().into();
     }
     let path = spec.out.join("runs/settings.json");
     match std::fs::read(&path) {
@@ -498,7 +523,7 @@ fn score_run(
 /// Convenience for tests and the CLI: open, load models, evaluate.
 pub fn evaluate(model: &Path, spec: &Spec, progress: &dyn Progress) -> anyhow::Result<Vec<Run>> {
     let pack = ModelPack::open(model).with_context(|| format!("model pack {}", model.display()))?;
-    let vision = VisionModel::load(&pack)?;
+    let vision = VisionModel::load_with(&pack, &spec.numerics)?;
     let text = TextModel::load(&pack)?;
     run(&pack, &vision, &text, spec, progress)
 }

@@ -399,6 +399,81 @@ pub fn write(dir: &Path, header: &Header<'_>, runs: &[Run]) -> anyhow::Result<St
     Ok(md)
 }
 
+/// The metrics of an evaluation whose encoder ran in `numerics` beside those
+/// of the f32 encoder on the same pictures, shots and seeds (`f32_runs`):
+/// per K, the category means of every metric; per category, image and pixel
+/// AUROC; and how far the image scores moved.
+pub fn against_f32(runs: &[Run], f32_runs: &[Run], numerics: &str) -> Result<String, std::fmt::Error> {
+    let (rows, base) = (aggregate(runs), aggregate(f32_runs));
+    let find =
+        |rows: &[Row], cat: &str, k: usize| rows.iter().find(|r| r.category == cat && r.shots == k).cloned();
+    let value = |s: Option<Stat>| s.map(|s| s.mean);
+    let delta = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:+.2}", b - a),
+        _ => "–".into(),
+    };
+    let show = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
+    let mut md = String::new();
+    writeln!(md, "\n## The {numerics} encoder against f32\n")?;
+    writeln!(
+        md,
+        "The same pictures, shots and seeds through the f32 encoder (its own report: `f32/report.md`). \
+         Values in percent; Δ is {numerics} minus f32. A model with random weights has no outlier channels: \
+         this comparison on your own pictures and weights is what says whether {numerics} is safe for them.\n"
+    )?;
+    writeln!(md, "| category | K | metric | f32 | {numerics} | Δ |")?;
+    writeln!(md, "|---|---|---|---|---|---|")?;
+    for r in &rows {
+        let Some(b) = find(&base, &r.category, r.shots) else {
+            continue;
+        };
+        let mean = r.category == "mean";
+        for (i, (name, _)) in METRICS.iter().enumerate() {
+            if !mean && !matches!(*name, "image AUROC" | "pixel AUROC") {
+                continue;
+            }
+            let (f, q) = (value(b.metrics[i]), value(r.metrics[i]));
+            let cat = if mean { "**mean**" } else { &r.category };
+            writeln!(
+                md,
+                "| {cat} | {} | {name} | {} | {} | {} |",
+                r.shots,
+                show(f),
+                show(q),
+                delta(f, q)
+            )?;
+        }
+    }
+    // Image scores, picture by picture.
+    let (mut worst, mut xs, mut ys) = (0f32, Vec::new(), Vec::new());
+    let mut compared = 0;
+    for r in runs {
+        let Some(b) = f32_runs
+            .iter()
+            .find(|b| b.category == r.category && b.shots == r.shots && b.seed == r.seed)
+        else {
+            continue;
+        };
+        for ((file, _, q), (bfile, _, f)) in r.images.iter().zip(&b.images) {
+            if file == bfile {
+                worst = worst.max((q - f).abs());
+                xs.push(f64::from(*f));
+                ys.push(f64::from(*q));
+                compared += 1;
+            }
+        }
+    }
+    if compared > 0 {
+        writeln!(
+            md,
+            "\nImage scores of {compared} (picture, K, seed) pairs: largest difference {worst:.2e}, \
+             Pearson r {:.6}.",
+            metrics::pearson(&xs, &ys)
+        )?;
+    }
+    Ok(md)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

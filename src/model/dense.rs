@@ -23,32 +23,104 @@ use tract_core::ops::einsum::EinSum;
 use tract_core::ops::math::Add;
 use tract_linalg::multithread::{current_tract_executor, Executor};
 
+use super::bf16::{self, Bf16Matrix};
+use super::int8::{Int8Matrix, MAX_K};
+use super::precision::{layer_name, F32Layers, Precision};
+
 /// `x · W (+ b)` over the last axes of `x`, with `W` a constant `k × n` matrix.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct DenseProduct {
-    /// The constant, `k × n`, row-major.
-    weight: Arc<Tensor>,
+    /// The constant, in the precision it runs.
+    weight: Matrix,
     /// How many trailing axes of the input are contracted.
     contracted: usize,
     /// The output's trailing axes (the constant's non-contracted axes).
     trailing: TVec<usize>,
     /// Added to every output row, if fused.
     bias: Option<Arc<Tensor>>,
+    /// The layer's name ([`layer_name`]).
+    layer: Arc<str>,
+}
+
+/// A dense product's constant matrix, in the precision it runs. Plans share
+/// it (one `Arc`); two are the same matrix when they are the same `Arc`.
+#[derive(Debug, Clone)]
+pub(crate) enum Matrix {
+    /// f32, `k × n` row-major, run by `gemm`.
+    F32(Arc<Tensor>),
+    /// Quantised to int8 ([`super::int8`]).
+    Int8(Arc<Int8Matrix>),
+    /// Rounded to bf16 ([`super::bf16`]), with the kernel that runs it.
+    Bf16(Arc<Bf16Matrix>, bf16::Kernel),
+}
+
+impl Matrix {
+    fn address(&self) -> *const () {
+        match self {
+            Matrix::F32(m) => Arc::as_ptr(m).cast(),
+            Matrix::Int8(m) => Arc::as_ptr(m).cast(),
+            Matrix::Bf16(m, _) => Arc::as_ptr(m).cast(),
+        }
+    }
+
+    fn k(&self) -> usize {
+        match self {
+            Matrix::F32(m) => m.shape()[0],
+            Matrix::Int8(m) => m.k(),
+            Matrix::Bf16(m, _) => m.k(),
+        }
+    }
+
+    fn n(&self) -> usize {
+        match self {
+            Matrix::F32(m) => m.shape()[1],
+            Matrix::Int8(m) => m.n(),
+            Matrix::Bf16(m, _) => m.n(),
+        }
+    }
+
+    /// The precision the product runs in.
+    pub(crate) fn precision(&self) -> Precision {
+        match self {
+            Matrix::F32(_) => Precision::F32,
+            Matrix::Int8(_) => Precision::Int8,
+            Matrix::Bf16(..) => Precision::Bf16,
+        }
+    }
+}
+
+impl PartialEq for Matrix {
+    fn eq(&self, other: &Self) -> bool {
+        self.address() == other.address()
+    }
+}
+
+impl Eq for Matrix {}
+
+impl std::hash::Hash for Matrix {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.address().hash(state)
+    }
 }
 
 impl DenseProduct {
     fn k(&self) -> usize {
-        self.weight.shape()[0]
+        self.weight.k()
     }
 
     fn n(&self) -> usize {
-        self.weight.shape()[1]
+        self.weight.n()
     }
 
     /// The constant matrix.
-    #[cfg(test)]
-    pub(crate) fn weight(&self) -> &Arc<Tensor> {
+    pub(crate) fn weight(&self) -> &Matrix {
         &self.weight
+    }
+
+    /// The layer's name ([`layer_name`]).
+    #[cfg(test)]
+    pub(crate) fn layer(&self) -> &str {
+        &self.layer
     }
 }
 
@@ -59,9 +131,11 @@ impl Op for DenseProduct {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "k = {}, n = {}, bias: {}",
+            "{}: k = {}, n = {}, {}, bias: {}",
+            self.layer,
             self.k(),
             self.n(),
+            self.weight.precision(),
             self.bias.is_some()
         )])
     }
@@ -85,25 +159,68 @@ impl EvalOp for DenseProduct {
             "input {:?} does not contract {k}",
             x.shape()
         );
-        let ws = self.weight.try_as_plain_ram()?.as_slice::<f32>()?;
         let mut y = Tensor::zero::<f32>(&shape)?;
         {
             let mut view = y.try_as_plain_ram_mut()?;
             let ys = view.as_slice_mut::<f32>()?;
-            if let Some(bias) = &self.bias {
-                let bs = bias.try_as_plain_ram()?.as_slice::<f32>()?;
-                for row in ys.chunks_exact_mut(n.max(1)) {
-                    row.copy_from_slice(bs);
+            let bias = match &self.bias {
+                Some(b) => Some(b.try_as_plain_ram()?.as_slice::<f32>()?),
+                None => None,
+            };
+            match &self.weight {
+                Matrix::F32(w) => {
+                    let ws = w.try_as_plain_ram()?.as_slice::<f32>()?;
+                    if let Some(bs) = bias {
+                        for row in ys.chunks_exact_mut(n.max(1)) {
+                            row.copy_from_slice(bs);
+                        }
+                    }
+                    product(rows, k, n, xs, ws, ys, bias.is_some());
                 }
+                Matrix::Int8(w) => by_rows(rows, k, n, xs, ys, |r, x, y| w.product(r, x, bias, y)),
+                Matrix::Bf16(w, kernel) => by_rows(rows, k, n, xs, ys, |r, x, y| {
+                    w.product_with(*kernel, r, x, bias, y)
+                }),
             }
-            product(rows, k, n, xs, ws, ys, self.bias.is_some());
         }
         Ok(tvec!(y.into_tvalue()))
     }
 }
 
+/// Run `f(rows, x, y)` on blocks of rows as tract's executor says: on this
+/// thread inside a concurrent window pass, one block per thread of the
+/// executor's pool otherwise.
+fn by_rows<F>(rows: usize, k: usize, n: usize, x: &[f32], y: &mut [f32], f: F)
+where
+    F: Fn(usize, &[f32], &mut [f32]) + Sync,
+{
+    if rows == 0 || n == 0 {
+        return;
+    }
+    match current_tract_executor() {
+        Executor::MultiThread(pool) if pool.current_num_threads() > 1 && rows > 1 => {
+            let block = rows.div_ceil(pool.current_num_threads());
+            let f = &f;
+            pool.scope(|scope| {
+                for (x, y) in x.chunks(block * k).zip(y.chunks_mut(block * n)) {
+                    scope.spawn(move |_| f(y.len() / n, x, y));
+                }
+            })
+        }
+        _ => f(rows, x, y),
+    }
+}
+
 /// `y (+)= x · w`, all row-major: `x` is `rows × k`, `w` `k × n`, `y` `rows × n`.
-fn product(rows: usize, k: usize, n: usize, x: &[f32], w: &[f32], y: &mut [f32], accumulate: bool) {
+pub(crate) fn product(
+    rows: usize,
+    k: usize,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    accumulate: bool,
+) {
     if rows == 0 || k == 0 || n == 0 {
         return;
     }
@@ -335,16 +452,83 @@ fn as_dense(model: &TypedModel, node: &TypedNode) -> TractResult<Option<DensePro
     let n: usize = trailing.iter().product();
     let weight = konst.clone().into_tensor().into_shape(&[k, n])?;
     Ok(Some(DenseProduct {
-        weight: Arc::new(weight),
+        weight: Matrix::F32(Arc::new(weight)),
         contracted,
         trailing,
         bias: None,
+        layer: layer_name(&node.name).into(),
     }))
 }
 
 /// The dense products of a model.
 pub(crate) fn dense_products(model: &TypedModel) -> impl Iterator<Item = &DenseProduct> {
     model.nodes().iter().filter_map(|n| n.op_as::<DenseProduct>())
+}
+
+/// What [`lower_dense_products`] did, by layer name (once each, in graph order).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Lowering {
+    /// Layers now in the reduced precision.
+    pub lowered: Vec<String>,
+    /// Layers kept in f32.
+    pub kept: Vec<String>,
+}
+
+impl Lowering {
+    /// Every layer's name.
+    pub(crate) fn layers(&self) -> Vec<String> {
+        self.lowered.iter().chain(&self.kept).cloned().collect()
+    }
+}
+
+fn note(names: &mut Vec<String>, name: &str) {
+    if !names.iter().any(|n| n == name) {
+        names.push(name.to_string());
+    }
+}
+
+/// Turn the f32 matrices of the dense products into int8 or bf16 (with
+/// `bf16_kernel`), except those of the layers `keep` names. The other
+/// precisions change nothing.
+pub(crate) fn lower_dense_products(
+    model: &mut TypedModel,
+    precision: Precision,
+    keep: &F32Layers,
+    bf16_kernel: Option<bf16::Kernel>,
+) -> TractResult<Lowering> {
+    let mut done = Lowering::default();
+    for id in model.eval_order()? {
+        let Some(dense) = model.node(id).op_as::<DenseProduct>() else {
+            continue;
+        };
+        let Matrix::F32(w) = &dense.weight else {
+            note(&mut done.lowered, &dense.layer);
+            continue;
+        };
+        let (k, n) = (dense.k(), dense.n());
+        let ws = w.try_as_plain_ram()?.as_slice::<f32>()?;
+        let weight = match (precision, bf16_kernel) {
+            _ if keep.keeps(&dense.layer) => None,
+            (Precision::Int8, _) if k <= MAX_K => {
+                Some(Matrix::Int8(Arc::new(Int8Matrix::quantise(ws, k, n)?)))
+            }
+            (Precision::Bf16, Some(kernel)) => {
+                Some(Matrix::Bf16(Arc::new(Bf16Matrix::new(ws, k, n)), kernel))
+            }
+            _ => None,
+        };
+        let Some(weight) = weight else {
+            note(&mut done.kept, &dense.layer);
+            continue;
+        };
+        note(&mut done.lowered, &dense.layer);
+        let lowered = DenseProduct {
+            weight,
+            ..dense.clone()
+        };
+        model.node_mut(id).op = Box::new(lowered);
+    }
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -363,6 +547,17 @@ mod tests {
         dense.declutter().unwrap();
         let products: Vec<_> = dense_products(&dense).collect();
         assert_eq!(products.len(), 13);
+        // Named after their modules; the input projection is three products.
+        let names: std::collections::BTreeSet<&str> = products.iter().map(|p| p.layer()).collect();
+        assert_eq!(names.len(), 9, "{names:?}");
+        for name in [
+            "blocks.0.attn.in_proj",
+            "blocks.1.attn.out_proj",
+            "blocks.1.mlp.c_fc",
+            "proj",
+        ] {
+            assert!(names.contains(name), "{name} in {names:?}");
+        }
         // The attention output is `ambk,bkn->amn`: two contracted axes.
         assert!(products.iter().any(|p| p.contracted == 2));
         // The MLP's biases are fused. (The attention's are zero in a freshly

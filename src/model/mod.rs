@@ -7,13 +7,17 @@
 //! [`TextModel`] load the graphs and return plain `ndarray` values, so the
 //! scoring code never sees a tract type.
 
+mod bf16;
 mod contraction_split;
 mod dense;
 mod device;
 #[cfg(test)]
 mod graph_testing;
+mod int8;
+pub mod kernels;
 mod manifest;
 mod needed_rows;
+mod precision;
 mod preprocess;
 pub mod reference;
 mod runtime;
@@ -31,9 +35,12 @@ use sha2::{Digest, Sha256};
 
 pub use device::{cuda_unavailable, gpu_memory_used, Backend, Device, Gpu};
 pub use manifest::{Architecture, FileEntry, Manifest, FORMAT_VERSION};
+pub use precision::{
+    layer_name, linear_layers, EncoderNumerics, F32Layers, Numerics, PatternError, Precision, PROJECTION,
+};
 pub use preprocess::Preprocessor;
 pub(crate) use runtime::release_freed_memory;
-pub use runtime::{set_threads, Outputs, PlanSummary, Precision};
+pub use runtime::{set_threads, Outputs, PlanSummary};
 pub use text::TextModel;
 pub use vision::{ImageFeatures, VisionModel};
 
@@ -113,6 +120,17 @@ pub enum Error {
         device: Device,
         /// Why it cannot be used.
         message: String,
+    },
+    /// `f32_layers` names layers the encoder does not have.
+    #[error(
+        "f32_layers: {patterns} match(es) no linear layer of this encoder (its {layers}); \
+         see `winclip-edge model info` for the names"
+    )]
+    F32Layers {
+        /// The patterns that match nothing.
+        patterns: String,
+        /// The encoder's layers, in short.
+        layers: String,
     },
     /// The tokenizer could not be loaded or failed on a prompt.
     #[error("tokenizer {path}: {message}")]

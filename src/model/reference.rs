@@ -88,7 +88,7 @@ pub fn verify_on(pack: &ModelPack, backend: super::Backend) -> Result<ParityRepo
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(&tensors_path, e.to_string()))?;
     let get = |name: &str| load_f32(&st, name, &tensors_path);
 
-    let vision = VisionModel::load_on(pack, super::Precision::F32, backend)?;
+    let vision = VisionModel::load_on(pack, &super::Numerics::default(), backend)?;
     let grid = pack.architecture().grid;
     let sets = [WindowSet::new(grid, 2, 1), WindowSet::new(grid, 3, 1)];
     let mut report = ParityReport {

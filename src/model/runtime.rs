@@ -11,10 +11,13 @@ use tract_linalg::multithread::{
 };
 use tract_onnx::prelude::*;
 
+use super::bf16;
 use super::contraction_split::{split_long_contractions, MAX_CONTRACTION};
-use super::dense::{dense_products, use_dense_products};
+use super::dense::{dense_products, lower_dense_products, use_dense_products, Matrix};
 use super::device::Backend;
+use super::int8;
 use super::needed_rows::use_needed_rows;
+use super::precision::{EncoderNumerics, Numerics, Precision};
 use super::shared_weights::SharedWeights;
 use super::short_attention::use_short_attention;
 use super::Error;
@@ -91,30 +94,6 @@ fn outputs_to_arrays(
         .collect()
 }
 
-/// Arithmetic precision of the token encoder's plans.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// As exported: the reference numbers (the default).
-    #[default]
-    F32,
-    /// Half precision weights and activations (tract's `f32_to_f16`): native
-    /// f16 kernels on ARMv8.2+ (Jetson Orin, Cortex-A76 and later); elsewhere
-    /// tract emulates it, slower than f32. Maps move slightly (`bench --precision f16` measures it).
-    F16,
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Precision::F32 => "f32",
-            Precision::F16 => "f16",
-        })
-    }
-}
-
 /// A graph with one optimised plan per input shape (and selection of outputs).
 ///
 /// tract optimises much better when every dimension is known (measured: the
@@ -130,7 +109,9 @@ impl std::fmt::Display for Precision {
 pub(crate) struct ShapedGraph {
     role: &'static str,
     path: PathBuf,
-    precision: Precision,
+    numerics: Numerics,
+    /// What the CPU made of `numerics` (known once the graph is read).
+    running: Mutex<Option<EncoderNumerics>>,
     backend: Backend,
     plans: Mutex<Vec<Plan>>,
     /// Held while a plan is built on first use.
@@ -167,6 +148,10 @@ pub struct PlanSummary {
     pub narrowed: usize,
     /// Dense products: their matrices are the same `Arc`s in every plan.
     pub dense: usize,
+    /// Of them, in int8.
+    pub int8: usize,
+    /// Of them, in bf16.
+    pub bf16: usize,
     /// Weight operands packed for tract's kernels (f16 plans).
     pub packed: usize,
     /// Of them, shared with an earlier plan rather than copied.
@@ -180,13 +165,14 @@ impl ShapedGraph {
         role: &'static str,
         path: &Path,
         plans: &[(Vec<usize>, Outputs)],
-        precision: Precision,
+        numerics: &Numerics,
         backend: Backend,
     ) -> Result<Self, Error> {
         let graph = Self {
             role,
             path: path.to_owned(),
-            precision,
+            numerics: numerics.clone(),
+            running: Mutex::new(None),
             backend,
             plans: Mutex::new(Vec::new()),
             planning: Mutex::new(()),
@@ -215,8 +201,8 @@ impl ShapedGraph {
             .and_then(|m| m.into_typed())
             .and_then(|m| m.into_decluttered())
             .map_err(|e| self.error(e))?;
-        let mut model = match self.precision {
-            Precision::F32 => model,
+        let mut model = match self.numerics.precision {
+            Precision::F32 | Precision::Int8 | Precision::Bf16 => model,
             Precision::F16 => tract_core::transform::get_transform("f32_to_f16")
                 .and_then(|t| t.ok_or_else(|| TractError::msg("tract has no f32_to_f16 transform")))
                 .and_then(|t| t.transform_into(model))
@@ -225,7 +211,27 @@ impl ShapedGraph {
         };
         if self.backend != Backend::Cpu {
             // The rewrites below are for tract's CPU kernels; its CUDA
-            // transform wants the products as tract declares them.
+            // transform wants the products as tract declares them. int8 and
+            // bf16 are this crate's CPU kernels: on a GPU the layers stay f32.
+            let precision = self.numerics.precision;
+            let warning = precision.lowers_linear_layers().then(|| {
+                format!(
+                    "precision = \"{precision}\" runs on the CPU only; on {} the encoder runs f32",
+                    self.backend
+                )
+            });
+            self.record(EncoderNumerics {
+                asked: precision,
+                running: if warning.is_some() {
+                    Precision::F32
+                } else {
+                    precision
+                },
+                kernel: None,
+                lowered: Vec::new(),
+                kept: Vec::new(),
+                warning,
+            });
             return Ok(model);
         }
         // f32 products with constant matrices go to `gemm`; what stays with
@@ -246,7 +252,100 @@ impl ShapedGraph {
             "{}: {dense} dense products, {split} long contractions split",
             self.role
         );
+        self.lower(&mut model)?;
         Ok(model)
+    }
+
+    /// Lower the dense products to int8 or bf16 as `numerics` asks, and
+    /// record what ran.
+    fn lower(&self, model: &mut TypedModel) -> Result<(), Error> {
+        let Numerics {
+            precision,
+            f32_layers,
+        } = &self.numerics;
+        let bf16_kernel = match precision {
+            Precision::Bf16 => bf16::Kernel::best(),
+            _ => None,
+        };
+        let done =
+            lower_dense_products(model, *precision, f32_layers, bf16_kernel).map_err(|e| self.error(e))?;
+        let mut running = EncoderNumerics {
+            asked: *precision,
+            running: *precision,
+            kernel: None,
+            lowered: done.lowered.clone(),
+            kept: done.kept.clone(),
+            warning: None,
+        };
+        if precision.lowers_linear_layers() {
+            let layers = done.layers();
+            let unmatched = f32_layers.unmatched(&layers);
+            if !unmatched.is_empty() {
+                return Err(Error::F32Layers {
+                    patterns: unmatched.join(", "),
+                    layers: summary_of_layers(&layers),
+                });
+            }
+        }
+        match precision {
+            Precision::Int8 => {
+                let kernel = int8::Kernel::best();
+                running.kernel = Some(kernel.to_string());
+                if kernel.is_portable() {
+                    running.warning = Some(
+                        "precision = \"int8\": this CPU has no int8 dot products this build uses \
+                         (AVX-512 VNNI, AVX2, Arm dot product); the portable kernel is slower than f32"
+                            .into(),
+                    );
+                }
+            }
+            Precision::Bf16 => match bf16_kernel {
+                Some(kernel) => running.kernel = Some(kernel.to_string()),
+                None => {
+                    running.running = Precision::F32;
+                    running.lowered.clear();
+                    running.kept = done.layers();
+                    running.warning = Some(
+                        "precision = \"bf16\": this CPU has no bf16 dot products (AVX-512 BF16); \
+                         the encoder runs f32"
+                            .into(),
+                    );
+                }
+            },
+            Precision::F32 | Precision::F16 => {}
+        }
+        self.record(running);
+        Ok(())
+    }
+
+    /// Keep what the encoder runs in, and say it the first time.
+    fn record(&self, running: EncoderNumerics) {
+        let mut slot = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_some() {
+            return;
+        }
+        if let Some(w) = &running.warning {
+            log::warn!("{w}");
+        }
+        if running.asked.lowers_linear_layers() {
+            log::info!(
+                "{}: {} linear layers in {} ({}), {} kept f32",
+                self.role,
+                running.lowered.len(),
+                running.running,
+                running.kernel.as_deref().unwrap_or("-"),
+                running.kept.len()
+            );
+        }
+        *slot = Some(running);
+    }
+
+    /// What the encoder runs in (`None` before the graph was first read).
+    pub(crate) fn numerics(&self) -> Option<EncoderNumerics> {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Optimise `model` for `shape` (of input 0) and `outputs`, share packed
@@ -317,6 +416,12 @@ impl ShapedGraph {
             outputs,
             narrowed,
             dense: dense_products(&optimised).count(),
+            int8: dense_products(&optimised)
+                .filter(|d| matches!(d.weight(), Matrix::Int8(_)))
+                .count(),
+            bf16: dense_products(&optimised)
+                .filter(|d| matches!(d.weight(), Matrix::Bf16(..)))
+                .count(),
             packed,
             shared,
         };
@@ -353,6 +458,8 @@ impl ShapedGraph {
             outputs,
             narrowed,
             dense: 0,
+            int8: 0,
+            bf16: 0,
             packed: 0,
             shared: 0,
         };
@@ -417,8 +524,8 @@ impl ShapedGraph {
     /// Run on one f32 input; return `outputs` as f32.
     pub(crate) fn run(&self, input: Tensor, outputs: Outputs) -> Result<Vec<ArrayD<f32>>, Error> {
         let plan = self.plan(input.shape(), outputs)?;
-        let input = match self.precision {
-            Precision::F32 => input,
+        let input = match self.numerics.precision {
+            Precision::F32 | Precision::Int8 | Precision::Bf16 => input,
             Precision::F16 => input.cast_to::<f16>().map_err(|e| self.error(e))?.into_owned(),
         };
         let outputs = plan.run(tvec![input.into()]).map_err(|e| self.error(e))?;
@@ -428,6 +535,19 @@ impl ShapedGraph {
     fn error(&self, e: TractError) -> Error {
         graph_error(self.role, &self.path, e)
     }
+}
+
+/// A list of layer names short enough for an error message.
+fn summary_of_layers(layers: &[String]) -> String {
+    if layers.len() <= 8 {
+        return format!("{} layers: {}", layers.len(), layers.join(", "));
+    }
+    format!(
+        "{} layers: {}, … , {}",
+        layers.len(),
+        layers[..5].join(", "),
+        layers[layers.len() - 2..].join(", ")
+    )
 }
 
 /// Whether plans compute only the rows their outputs read
@@ -565,7 +685,10 @@ mod tests {
             .iter()
             .map(|p| {
                 let mut m: Vec<_> = dense_products(p.runnable.model())
-                    .map(|d| Arc::as_ptr(d.weight()))
+                    .map(|d| match d.weight() {
+                        Matrix::F32(w) => Arc::as_ptr(w),
+                        _ => std::ptr::null(),
+                    })
                     .collect();
                 m.sort();
                 m
@@ -580,7 +703,7 @@ mod tests {
             "encoder",
             &path,
             &all(&THREE_SHAPES),
-            Precision::F32,
+            &Precision::F32.into(),
             Backend::Cpu,
         )
         .unwrap();
@@ -617,7 +740,7 @@ mod tests {
             "encoder",
             &tiny_encoder_path(),
             &all(&THREE_SHAPES),
-            Precision::F16,
+            &Precision::F16.into(),
             Backend::Cpu,
         )
         .unwrap();
@@ -636,7 +759,7 @@ mod tests {
             "encoder",
             &tiny_encoder_path(),
             &shapes,
-            Precision::F32,
+            &Precision::F32.into(),
             Backend::Cpu,
         )
         .unwrap();
@@ -644,7 +767,7 @@ mod tests {
             "encoder",
             &tiny_encoder_path(),
             &shapes,
-            Precision::F16,
+            &Precision::F16.into(),
             Backend::Cpu,
         )
         .unwrap();
@@ -661,10 +784,105 @@ mod tests {
     }
 
     #[test]
+    fn int8_and_bf16_plans_lower_every_linear_layer_but_the_kept_ones() {
+        use super::super::precision::F32Layers;
+        let shapes = all(&[[3, 17, 64], [1, 226, 64]]);
+        let load = |numerics: &Numerics| {
+            ShapedGraph::load("encoder", &tiny_encoder_path(), &shapes, numerics, Backend::Cpu)
+        };
+        let full = load(&Precision::F32.into()).unwrap();
+        let want = full.run(tokens(3, 17), Outputs::All).unwrap();
+        assert_eq!(full.numerics().unwrap().lowered, Vec::<String>::new());
+
+        let int8 = load(&Precision::Int8.into()).unwrap();
+        let n = int8.numerics().unwrap();
+        assert_eq!((n.asked, n.running), (Precision::Int8, Precision::Int8));
+        assert_eq!(n.kept, vec!["proj".to_string()], "the projection stays f32");
+        assert_eq!(
+            n.lowered.len(),
+            8,
+            "2 blocks × in_proj, out_proj, c_fc, c_proj: {n:?}"
+        );
+        assert!(n.lowered.contains(&"blocks.1.mlp.c_proj".to_string()), "{n:?}");
+        // Named as `model info` lists them, in graph order.
+        let mut every = n.lowered.clone();
+        every.extend(n.kept.clone());
+        assert_eq!(every, super::super::precision::linear_layers(2));
+        for p in int8.plans() {
+            // The attention's input projection is three products (queries, keys, values).
+            assert_eq!((p.dense, p.int8, p.bf16), (13, 12, 0), "{p:?}");
+        }
+        let got = int8.run(tokens(3, 17), Outputs::All).unwrap();
+        for (w, g) in want.iter().zip(&got) {
+            let (diff, scale) = difference(w, g);
+            assert!(
+                diff > 0.0 && diff < 0.05 * scale,
+                "int8: max diff {diff} at scale {scale}"
+            );
+        }
+
+        let kept = Numerics {
+            precision: Precision::Int8,
+            f32_layers: F32Layers::new(&["blocks.1.*"]).unwrap(),
+        };
+        let some = load(&kept).unwrap();
+        let n = some.numerics().unwrap();
+        assert_eq!(n.lowered.len(), 4, "{n:?}");
+        assert!(n.kept.contains(&"blocks.1.attn.in_proj".to_string()), "{n:?}");
+        assert_eq!(some.plans()[0].int8, 6, "{:?}", some.plans());
+
+        let typo = Numerics {
+            precision: Precision::Int8,
+            f32_layers: F32Layers::new(&["blocks.1.*", "block.0.*"]).unwrap(),
+        };
+        let err = load(&typo).unwrap_err().to_string();
+        assert!(
+            err.contains("block.0.*")
+                && !err.contains("blocks.1.*,")
+                && err.contains("blocks.0.attn.in_proj"),
+            "{err}"
+        );
+
+        let bf16 = load(&Precision::Bf16.into()).unwrap();
+        let n = bf16.numerics().unwrap();
+        match super::bf16::Kernel::best() {
+            Some(kernel) => {
+                assert_eq!(n.running, Precision::Bf16);
+                assert_eq!(n.kernel.as_deref(), Some(kernel.to_string().as_str()));
+                assert_eq!(bf16.plans()[0].bf16, 12);
+                let got = bf16.run(tokens(3, 17), Outputs::All).unwrap();
+                for (w, g) in want.iter().zip(&got) {
+                    let (diff, scale) = difference(w, g);
+                    assert!(
+                        diff > 0.0 && diff < 0.05 * scale,
+                        "bf16: max diff {diff} at scale {scale}"
+                    );
+                }
+            }
+            None => {
+                // No bf16 dot products here: f32, said loudly.
+                assert_eq!(n.running, Precision::F32);
+                assert!(
+                    n.warning.as_deref().is_some_and(|w| w.contains("runs f32")),
+                    "{n:?}"
+                );
+                assert_eq!(bf16.plans()[0].bf16, 0);
+                assert_eq!(bf16.run(tokens(3, 17), Outputs::All).unwrap(), want);
+            }
+        }
+    }
+
+    #[test]
     fn a_plan_of_the_first_output_gives_what_the_whole_plan_gives_first() {
         for precision in [Precision::F32, Precision::F16] {
-            let shaped =
-                ShapedGraph::load("encoder", &tiny_encoder_path(), &[], precision, Backend::Cpu).unwrap();
+            let shaped = ShapedGraph::load(
+                "encoder",
+                &tiny_encoder_path(),
+                &[],
+                &precision.into(),
+                Backend::Cpu,
+            )
+            .unwrap();
             let whole = shaped.run(tokens(7, 5), Outputs::All).unwrap();
             let first = shaped.run(tokens(7, 5), Outputs::First).unwrap();
             assert_eq!((whole.len(), first.len()), (2, 1));
@@ -683,8 +901,14 @@ mod tests {
 
     #[test]
     fn a_new_shape_met_by_concurrent_runs_is_planned_once() {
-        let shaped =
-            ShapedGraph::load("encoder", &tiny_encoder_path(), &[], Precision::F32, Backend::Cpu).unwrap();
+        let shaped = ShapedGraph::load(
+            "encoder",
+            &tiny_encoder_path(),
+            &[],
+            &Precision::F32.into(),
+            Backend::Cpu,
+        )
+        .unwrap();
         let outputs = concurrently(3, &[0, 1, 2], |_| shaped.run(tokens(2, 5), Outputs::All).unwrap());
         assert_eq!(outputs.len(), 3);
         assert_eq!(outputs[0], outputs[2]);
@@ -715,8 +939,14 @@ mod tests {
 
     #[test]
     fn a_shape_that_cannot_fit_is_a_clear_error() {
-        let shaped =
-            ShapedGraph::load("encoder", &tiny_encoder_path(), &[], Precision::F32, Backend::Cpu).unwrap();
+        let shaped = ShapedGraph::load(
+            "encoder",
+            &tiny_encoder_path(),
+            &[],
+            &Precision::F32.into(),
+            Backend::Cpu,
+        )
+        .unwrap();
         let err = shaped
             .run(tensor(ndarray::Array2::<f32>::zeros((5, 64))), Outputs::All)
             .unwrap_err();

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use image::RgbImage;
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
 
-use super::runtime::{concurrently, tensor, workers, Graph, Outputs, PlanSummary, Precision, ShapedGraph};
+use super::precision::{EncoderNumerics, Numerics};
+use super::runtime::{concurrently, tensor, workers, Graph, Outputs, PlanSummary, ShapedGraph};
 use super::{Architecture, Backend, Error, ModelPack, Preprocessor};
 use crate::winclip::WindowSet;
 
@@ -86,18 +87,18 @@ impl VisionModel {
     /// encoder plans for the full image and the default window scales
     /// (other scales are planned on first use).
     pub fn load(pack: &ModelPack) -> Result<Self, Error> {
-        Self::load_with(pack, Precision::F32)
+        Self::load_with(pack, &Numerics::default())
     }
 
-    /// [`VisionModel::load`] with the token encoder in `precision` (the
+    /// [`VisionModel::load`] with the token encoder in `numerics` (the
     /// image embedding stays f32: it is 1 % of the work).
-    pub fn load_with(pack: &ModelPack, precision: Precision) -> Result<Self, Error> {
-        Self::load_on(pack, precision, Backend::Cpu)
+    pub fn load_with(pack: &ModelPack, numerics: &Numerics) -> Result<Self, Error> {
+        Self::load_on(pack, numerics, Backend::Cpu)
     }
 
     /// [`VisionModel::load_with`] with the token encoder on `backend`
     /// ([`super::Device::resolve`] gives it).
-    pub fn load_on(pack: &ModelPack, precision: Precision, backend: Backend) -> Result<Self, Error> {
+    pub fn load_on(pack: &ModelPack, numerics: &Numerics, backend: Backend) -> Result<Self, Error> {
         let files = &pack.manifest().files;
         let arch = pack.architecture().clone();
         // One plan per window pass shape of the default scales, computing
@@ -125,7 +126,7 @@ impl VisionModel {
                 "encoder",
                 &pack.path_of(&files.encoder),
                 &plans,
-                precision,
+                numerics,
                 backend.clone(),
             )?),
             arch,
@@ -138,6 +139,12 @@ impl VisionModel {
     /// and how it holds its weights.
     pub fn encoder_plans(&self) -> Vec<PlanSummary> {
         self.encoder.plans()
+    }
+
+    /// What the token encoder computes in, as this CPU runs it (`None`
+    /// only for a model whose encoder was not read yet).
+    pub fn encoder_numerics(&self) -> Option<EncoderNumerics> {
+        self.encoder.numerics()
     }
 
     /// Where the token encoder runs.

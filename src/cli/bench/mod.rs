@@ -22,7 +22,10 @@ use serde::Serialize;
 
 use crate::bench::{self, median};
 use crate::inspector::{self, ms};
-use crate::model::{Backend, Device, ModelPack, Outputs, PlanSummary, Precision, TextModel, VisionModel};
+use crate::model::{
+    Backend, Device, EncoderNumerics, ModelPack, Numerics, Outputs, PlanSummary, Precision, TextModel,
+    VisionModel,
+};
 use crate::synth::{Defect, Generator, Scene};
 use crate::winclip::{self, upsample, Config, Outcome, References, Scorer, TemplateSet, TextPrototypes};
 
@@ -37,12 +40,15 @@ pub(crate) struct Args {
     pub stream: usize,
     /// Good pictures the stream's bank is calibrated on.
     pub calibration: usize,
-    /// Token encoder precision.
-    pub precision: Precision,
+    /// Token encoder arithmetic.
+    pub numerics: Numerics,
     /// Where the token encoder runs.
     pub device: Device,
     /// Camera picture sizes to time decode, preprocess and heatmap at.
     pub picture_sizes: Vec<PictureSize>,
+    /// Pictures of the verdict stream judged by both encoders (with any
+    /// precision but f32, or another device); 0 skips it.
+    pub verdicts: usize,
 }
 
 /// One timed stage.
@@ -79,6 +85,11 @@ struct Report {
     stages: Vec<Stage>,
     modes: Vec<Mode>,
     precision: Precision,
+    /// What the encoder ran in on this CPU: the kernel, the layers kept f32.
+    numerics: Option<EncoderNumerics>,
+    /// Median of every forward pass of a picture (preprocessing, the full
+    /// image, the windows): what the precision changes.
+    picture_ms: f64,
     /// Where the token encoder ran.
     device: Backend,
     /// GPU memory in use (every process) after inspecting, bytes.
@@ -129,7 +140,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     // reported on its own as the first-use time.
     let backend = args.device.resolve()?;
     let t = Instant::now();
-    let vision = VisionModel::load_on(&pack, args.precision, backend.clone())?;
+    let vision = VisionModel::load_on(&pack, &args.numerics, backend.clone())?;
     let load_ms = ms(t);
     let loaded = bench::memory();
     let load_peak = loaded.map(|m| m.peak).filter(|_| peak_reset);
@@ -181,7 +192,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .max_by_key(|(_, (k, _))| *k)
         .map(|(i, _)| i);
     let mut kept: Vec<Outcome> = Vec::new();
-    let checked = args.precision != Precision::F32 || backend != Backend::Cpu;
+    let checked = args.numerics.precision != Precision::F32 || backend != Backend::Cpu;
     for (i, q) in queries.iter().enumerate() {
         eprintln!("image {}/{}", i + 1, queries.len());
         let (f, timings) = inspector::extract(&vision, sets, q)?;
@@ -303,15 +314,28 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         true => {
             let shots = compared.map_or(0, |j| few[j].0);
             let shots: Vec<_> = (0..shots as u64).map(|i| gen.sample(i, None).image).collect();
-            Some(precision::compare(
-                &pack,
-                format!("{} on {}", args.precision, backend.name()),
+            let f32_vision = VisionModel::load(&pack)?;
+            let mut report = precision::compare(
+                &f32_vision,
+                format!("{} on {}", args.numerics, backend.name()),
                 &kept,
                 &config,
                 &prototypes,
                 &shots,
                 &queries,
-            )?)
+            )?;
+            if args.verdicts > 0 {
+                report.verdicts = Some(precision::verdicts(
+                    &pack,
+                    &vision,
+                    &f32_vision,
+                    &prototypes,
+                    args.verdicts,
+                    max_k,
+                    args.calibration,
+                )?);
+            }
+            Some(report)
         }
     };
     let stream = match args.stream {
@@ -339,7 +363,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         peak_rss_bytes: peak,
         stages,
         modes,
-        precision: args.precision,
+        precision: args.numerics.precision,
+        numerics: vision.encoder_numerics(),
+        picture_ms: {
+            let mut parts: Vec<&[f64]> = vec![&pre, &image];
+            parts.extend(all_windows.iter().copied());
+            med(&sum_per_image(&parts))
+        },
         device: backend,
         gpu_memory_used_bytes: gpu_memory,
         precision_check,
@@ -371,6 +401,20 @@ fn print_report(r: &Report) {
         "winclip-edge bench: {} (pack {}), {} encoder on {}, {} thread(s), {} picture(s) after one warm-up, {}",
         r.model, r.pack_id, r.precision, r.device, r.threads, r.images, r.cpu
     );
+    if let Some(n) = &r.numerics {
+        if n.asked.lowers_linear_layers() {
+            println!(
+                "encoder arithmetic: {} linear layers in {} ({} kernel), kept f32: {}",
+                n.lowered.len(),
+                n.running,
+                n.kernel.as_deref().unwrap_or("none"),
+                n.kept.join(", ")
+            );
+        }
+        if let Some(w) = &n.warning {
+            println!("WARNING: {w}");
+        }
+    }
     if let Backend::Cuda(gpu) = &r.device {
         println!(
             "CUDA first use (drivers opened, tract's kernels compiled by NVRTC or read from its cache): {:.2} s; \
@@ -427,7 +471,8 @@ fn print_report(r: &Report) {
         );
     }
     if let Some(p) = &r.precision_check {
-        precision::print(p);
+        let stages: Vec<(String, f64)> = r.stages.iter().map(|s| (s.name.clone(), s.median_ms)).collect();
+        precision::print(p, &stages, r.picture_ms, r.precision);
     }
     if let Some(s) = &r.stream {
         stream::print(s);
