@@ -320,12 +320,21 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks.md"))
     p.add_argument("--section-only", action="store_true", help="print the section, do not touch --out")
     p.add_argument("--precisions", default="", help="also these reduced precisions side by side: int8,bf16,f16")
-    p.add_argument("--verdicts", type=int, default=200, help="pictures of winclip-edge's verdict stream per precision")
+    p.add_argument("--verdicts", default="200",
+                   help="pictures of winclip-edge's verdict stream per precision: N, or per precision "
+                        "(int8=200,bf16=40)")
     args = p.parse_args(argv)
     precisions = [s for s in args.precisions.split(",") if s]
     for s in precisions:
         if s not in ("int8", "bf16", "f16"):
             raise SystemExit(f"--precisions: {s} is not int8, bf16 or f16")
+    try:
+        if "=" in args.verdicts:
+            verdicts = {k: int(v) for k, v in (kv.split("=") for kv in args.verdicts.split(","))}
+        else:
+            verdicts = {p: int(args.verdicts) for p in precisions}
+    except ValueError:
+        raise SystemExit(f"--verdicts {args.verdicts}: N or PRECISION=N,...") from None
 
     import clip_reference as ref
 
@@ -350,7 +359,8 @@ def main(argv=None) -> int:
         runs = {}
         for prec in precisions:
             print(f"winclip-edge {prec}...", flush=True)
-            run = {"ours": bench_ours(args.bin, pack, args.threads, args.images, prec, args.verdicts), "others": {}}
+            run = {"ours": bench_ours(args.bin, pack, args.threads, args.images, prec, verdicts.get(prec, 0)),
+                   "others": {}}
             if prec == "int8":
                 print("onnxruntime dynamic int8...", flush=True)
                 with tempfile.TemporaryDirectory() as tmp:

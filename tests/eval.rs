@@ -203,6 +203,69 @@ fn eval_runs_end_to_end_writes_a_report_and_resumes() {
     assert!(text(&o).contains("other settings"), "{}", text(&o));
 }
 
+/// Issue #19: `eval --precision int8` is the one command that says what
+/// int8 does to accuracy on a dataset: the same evaluation in f32 beside it.
+#[test]
+fn eval_in_int8_reports_beside_f32_on_the_same_pictures() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("mvtec");
+    synth_mvtec(&data);
+    let out = dir.path().join("out");
+    let (pack, dataset) = (tiny_pack(), format!("mvtec:{}", data.display()));
+    let args = [
+        "eval",
+        "--model",
+        pack.to_str().unwrap(),
+        "--dataset",
+        &dataset,
+        "--k",
+        "0,1",
+        "--seeds",
+        "1",
+        "--precision",
+        "int8",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    let o = run(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("token encoder in int8"), "{md}");
+    assert!(md.contains("## The int8 encoder against f32"), "{md}");
+    for row in [
+        "| **mean** | 0 | image AUROC |",
+        "| **mean** | 1 | pixel AUROC |",
+        "| bottle | 1 | image AUROC |",
+        "| carpet | 0 | pixel AUROC |",
+    ] {
+        assert!(md.contains(row), "{row} missing: {md}");
+    }
+    // 2 categories × 7 test pictures × 2 runs each.
+    assert!(md.contains("Image scores of 28 (picture, K, seed) pairs"), "{md}");
+    let f32_md = std::fs::read_to_string(out.join("f32/report.md")).unwrap();
+    assert!(
+        f32_md.contains("token encoder in f32") && !f32_md.contains("against f32"),
+        "{f32_md}"
+    );
+    // The two runs' scores differ (int8 really ran), a little.
+    let score = |dir: &Path| -> f64 {
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("runs/bottle/k1-s0.json")).unwrap()).unwrap();
+        r["images"][0][2].as_f64().unwrap()
+    };
+    let (a, b) = (score(&out), score(&out.join("f32")));
+    assert!(a != b && (a - b).abs() < 1e-2, "int8 {a}, f32 {b}");
+    // The saved runs are int8's: f32 into the same directory is refused.
+    let f32_args: Vec<&str> = args
+        .iter()
+        .copied()
+        .filter(|a| *a != "--precision" && *a != "int8")
+        .collect();
+    let o = run(&f32_args);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("other settings"), "{}", text(&o));
+}
+
 #[test]
 fn dataset_problems_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -291,12 +291,12 @@ impl ShapedGraph {
             Precision::Int8 => {
                 let kernel = int8::Kernel::best();
                 running.kernel = Some(kernel.to_string());
-                if kernel.is_portable() {
-                    running.warning = Some(
-                        "precision = \"int8\": this CPU has no int8 dot products this build uses \
-                         (AVX-512 VNNI, AVX2, Arm dot product); the portable kernel is slower than f32"
-                            .into(),
-                    );
+                if kernel.is_slower_than_f32() {
+                    running.warning = Some(format!(
+                        "precision = \"int8\": this CPU has no int8 dot product instruction (AVX-512 VNNI, \
+                         AVX-VNNI, Arm dot product); its {kernel} kernel is slower than f32 here: \
+                         use precision = \"f32\" on this machine"
+                    ));
                 }
             }
             Precision::Bf16 => match bf16_kernel {

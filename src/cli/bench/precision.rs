@@ -193,6 +193,10 @@ pub(super) fn verdicts(
     shots: usize,
     calibration: usize,
 ) -> anyhow::Result<VerdictReport> {
+    eprintln!(
+        "verdicts: judging {n} pictures with each encoder's own bank (`--verdicts 0` skips this; \
+         with the full-size pack it takes minutes)"
+    );
     let gen = Generator::new(Scene::Object, 256, 11);
     let refs: Vec<_> = (0..shots as u64)
         .map(|i| {

@@ -423,7 +423,11 @@ fn store(
 pub enum Kernel {
     /// x86-64 AVX-512 VNNI: `vpdpbusd` on 512-bit registers.
     Avx512Vnni,
-    /// x86-64 AVX2: bytes widened to 16 bits, `vpmaddwd`.
+    /// x86-64 AVX-VNNI: `vpdpbusd` on 256-bit registers (Alder Lake and
+    /// later, Intel N100-class industrial PCs).
+    AvxVnni,
+    /// x86-64 AVX2: bytes widened to 16 bits, `vpmaddwd` (slower than f32's
+    /// `gemm`: a fallback that keeps int8's numbers, not a speed-up).
     Avx2,
     /// 64-bit Arm dot product (ARMv8.2+, e.g. Jetson Orin): `sdot`.
     ArmDot,
@@ -435,6 +439,7 @@ impl fmt::Display for Kernel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Kernel::Avx512Vnni => "avx512-vnni",
+            Kernel::AvxVnni => "avx-vnni",
             Kernel::Avx2 => "avx2",
             Kernel::ArmDot => "arm-dotprod",
             Kernel::Portable => "portable",
@@ -444,13 +449,21 @@ impl fmt::Display for Kernel {
 
 impl Kernel {
     /// Every kernel, fastest first.
-    pub const ALL: [Kernel; 4] = [Kernel::Avx512Vnni, Kernel::Avx2, Kernel::ArmDot, Kernel::Portable];
+    pub const ALL: [Kernel; 5] = [
+        Kernel::Avx512Vnni,
+        Kernel::AvxVnni,
+        Kernel::Avx2,
+        Kernel::ArmDot,
+        Kernel::Portable,
+    ];
 
     /// Whether this CPU has the kernel's instructions.
     pub fn is_available(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => x86::has_avx512_vnni(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AvxVnni => x86::has_avx_vnni(),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => x86::has_avx2(),
             #[cfg(target_arch = "aarch64")]
@@ -486,9 +499,15 @@ impl Kernel {
         })
     }
 
-    /// Whether the kernel is the plain-Rust fallback, slower than f32.
+    /// Whether the kernel is the plain-Rust fallback.
     pub fn is_portable(self) -> bool {
         self == Kernel::Portable
+    }
+
+    /// Whether int8 with this kernel is slower than f32 on the same CPU (no
+    /// int8 dot product instruction): it keeps int8's numbers, not its speed.
+    pub fn is_slower_than_f32(self) -> bool {
+        matches!(self, Kernel::Portable | Kernel::Avx2)
     }
 
     /// # Safety
@@ -500,6 +519,8 @@ impl Kernel {
             match self {
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx512Vnni => x86::run_avx512_vnni(p, y),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::AvxVnni => x86::run_avx_vnni(p, y),
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx2 => x86::run_avx2(p, y),
                 #[cfg(target_arch = "aarch64")]

@@ -1,4 +1,6 @@
-//! The x86-64 int8 kernels: AVX-512 VNNI and AVX2.
+//! The x86-64 int8 kernels: AVX-512 VNNI, AVX-VNNI (the same instruction on
+//! 256-bit registers: Alder Lake and later clients, Atom-class N100 / N97
+//! industrial PCs) and AVX2.
 
 use std::arch::x86_64::*;
 
@@ -12,6 +14,10 @@ pub(super) fn has_avx512_vnni() -> bool {
         && is_x86_feature_detected!("fma")
 }
 
+pub(super) fn has_avx_vnni() -> bool {
+    has_avx2() && is_x86_feature_detected!("avxvnni")
+}
+
 pub(super) fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
@@ -22,6 +28,14 @@ pub(super) fn has_avx2() -> bool {
 pub(super) unsafe fn run_avx512_vnni(p: &Product<'_>, y: &mut [f32]) {
     // SAFETY: this function has the instructions `Vnni` uses.
     unsafe { run_with::<Vnni>(p, y) }
+}
+
+/// # Safety
+/// The CPU has AVX2, FMA and AVX-VNNI; the operands are checked.
+#[target_feature(enable = "avx2,fma,avxvnni")]
+pub(super) unsafe fn run_avx_vnni(p: &Product<'_>, y: &mut [f32]) {
+    // SAFETY: this function has the instructions `AvxVnni` uses.
+    unsafe { run_with::<AvxVnni>(p, y) }
 }
 
 /// # Safety
@@ -165,6 +179,134 @@ unsafe fn vnni_tile<const NP: usize>(x: *const u8, w: *const i8, groups: usize, 
     }
 }
 
+/// 6 rows × 1 panel on 256-bit registers: 12 accumulators of 8 i32 lanes,
+/// 2 weight registers and a broadcast row, of the 16 registers. Per group:
+/// 2 loads, 6 broadcasts, 12 `vpdpbusd`.
+struct AvxVnni;
+
+impl Tile for AvxVnni {
+    const ROWS: usize = 6;
+    const PANELS: usize = 1;
+    const BIAS: i32 = 0;
+
+    #[inline(always)]
+    unsafe fn tile(_np: usize, x: *const u8, w: *const i8, groups: usize, acc: *mut i32) {
+        // SAFETY: called from `run_avx_vnni` (the trait's contract).
+        unsafe { avx_vnni_tile(x, w, groups, acc) }
+    }
+
+    #[inline(always)]
+    unsafe fn quantise_row(xs: &[f32], out: &mut [u8], per_block: usize, row: usize) -> (i32, f32) {
+        // SAFETY: called from `run_avx_vnni`, which has AVX2.
+        unsafe { quantise_row_avx2(xs, out, per_block, row) }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,avxvnni")]
+#[inline]
+unsafe fn avx_vnni_tile(x: *const u8, w: *const i8, groups: usize, acc: *mut i32) {
+    const ROWS: usize = AvxVnni::ROWS;
+    let mut c = [[_mm256_setzero_si256(); 2]; ROWS];
+    // SAFETY: as in `vnni_tile`, for one panel.
+    unsafe {
+        for g in 0..groups {
+            let wg = w.add(g * PANEL * GROUP);
+            let b = [
+                _mm256_loadu_si256(wg.cast()),
+                _mm256_loadu_si256(wg.add(32).cast()),
+            ];
+            let xg = x.add(g * ROWS * GROUP);
+            for (r, c) in c.iter_mut().enumerate() {
+                let a = _mm256_set1_epi32(xg.add(r * GROUP).cast::<i32>().read_unaligned());
+                c[0] = _mm256_dpbusd_avx_epi32(c[0], a, b[0]);
+                c[1] = _mm256_dpbusd_avx_epi32(c[1], a, b[1]);
+            }
+        }
+        for (r, c) in c.iter().enumerate() {
+            _mm256_storeu_si256(acc.add(r * PANEL).cast(), c[0]);
+            _mm256_storeu_si256(acc.add(r * PANEL + 8).cast(), c[1]);
+        }
+    }
+}
+
+/// [`Tile::quantise_row`] eight values at a time, with the portable
+/// version's operations in the same order (the same bits).
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn quantise_row_avx2(xs: &[f32], out: &mut [u8], per_block: usize, row: usize) -> (i32, f32) {
+    const LANES: usize = 8;
+    let k = xs.len();
+    let p = xs.as_ptr();
+    let whole = k - k % LANES;
+    let zero = _mm256_setzero_ps();
+    let (mut lo, mut hi) = (zero, zero);
+    let mut bad = 0;
+    // SAFETY: every load is within `xs`.
+    unsafe {
+        let mut i = 0;
+        while i < whole {
+            let v = _mm256_loadu_ps(p.add(i));
+            lo = _mm256_min_ps(lo, v);
+            hi = _mm256_max_ps(hi, v);
+            // v − v is NaN exactly where v is infinite or NaN.
+            let d = _mm256_sub_ps(v, v);
+            bad |= _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(d, d));
+            i += LANES;
+        }
+    }
+    let lanes = |v: __m256| -> [f32; LANES] {
+        // SAFETY: a register reinterpreted as its eight lanes.
+        unsafe { std::mem::transmute(v) }
+    };
+    let mut lo = lanes(lo).into_iter().fold(0f32, |a, b| if b < a { b } else { a });
+    let mut hi = lanes(hi).into_iter().fold(0f32, |a, b| if b > a { b } else { a });
+    let mut finite = bad == 0;
+    for &v in &xs[whole..] {
+        lo = if v < lo { v } else { lo };
+        hi = if v > hi { v } else { hi };
+        finite &= v.is_finite();
+    }
+    let (zero_point, scale) = row_scale(lo, hi, finite);
+    if scale.is_nan() {
+        return (zero_point, scale);
+    }
+    let inverse = 1.0 / scale;
+    let (vinverse, z) = (_mm256_set1_ps(inverse), _mm256_set1_ps(zero_point as f32));
+    let (floor, ceiling) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
+    // Bytes 0, 4, 8 and 12 of each 128-bit half: one group of four each.
+    let low_bytes = _mm256_setr_epi8(
+        0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, //
+        0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    );
+    // SAFETY: loads as above; every store is at group `g < k / GROUP` of row
+    // `row`, within `out` (groups × per_block × GROUP bytes).
+    unsafe {
+        let mut i = 0;
+        while i < whole {
+            let v = _mm256_loadu_ps(p.add(i));
+            let q = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+                v, vinverse,
+            ));
+            let q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(q, z), floor), ceiling);
+            let bytes = _mm256_shuffle_epi8(_mm256_cvtps_epi32(q), low_bytes);
+            let g = i / GROUP;
+            let o = out.as_mut_ptr();
+            o.add((g * per_block + row) * GROUP)
+                .cast::<i32>()
+                .write_unaligned(_mm256_extract_epi32::<0>(bytes));
+            o.add(((g + 1) * per_block + row) * GROUP)
+                .cast::<i32>()
+                .write_unaligned(_mm256_extract_epi32::<4>(bytes));
+            i += LANES;
+        }
+    }
+    for (i, &v) in xs.iter().enumerate().skip(whole) {
+        out[((i / GROUP) * per_block + row) * GROUP + i % GROUP] =
+            super::quantised(v, inverse, zero_point as f32);
+    }
+    (zero_point, scale)
+}
+
 /// 2 rows × 1 panel without VNNI: each group's 4 weight bytes per column
 /// widened to 16 bits, the row's 4 bytes too, `vpmaddwd` sums them in
 /// pairs; the pair sums are added at the end. 8 accumulators, 4 weight
@@ -180,6 +322,12 @@ impl Tile for Avx2 {
     unsafe fn tile(_np: usize, x: *const u8, w: *const i8, groups: usize, acc: *mut i32) {
         // SAFETY: called from `run_avx2` (the trait's contract).
         unsafe { avx2_tile(x, w, groups, acc) }
+    }
+
+    #[inline(always)]
+    unsafe fn quantise_row(xs: &[f32], out: &mut [u8], per_block: usize, row: usize) -> (i32, f32) {
+        // SAFETY: called from `run_avx2`, which has AVX2.
+        unsafe { quantise_row_avx2(xs, out, per_block, row) }
     }
 }
 
