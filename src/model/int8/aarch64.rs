@@ -8,7 +8,7 @@
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-use super::{run_with, Product, Tile, GROUP, PANEL};
+use super::{run_with, Product, Tile, TileArgs, GROUP, PANEL};
 
 pub(super) fn has_dotprod() -> bool {
     std::arch::is_aarch64_feature_detected!("dotprod")
@@ -34,9 +34,9 @@ impl Tile for Dot {
     const BIAS: i32 = 128;
 
     #[inline(always)]
-    unsafe fn tile(_np: usize, x: *const u8, w: *const i8, groups: usize, acc: *mut i32) {
+    unsafe fn tile(t: &TileArgs) {
         // SAFETY: called from `run_dotprod` (the trait's contract).
-        unsafe { dot_tile(x, w, groups, acc) }
+        unsafe { dot_tile(t) }
     }
 }
 
@@ -62,8 +62,9 @@ unsafe fn sdot<const L: i32>(mut acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> 
 
 #[target_feature(enable = "neon,dotprod")]
 #[inline]
-unsafe fn dot_tile(x: *const u8, w: *const i8, groups: usize, acc: *mut i32) {
+unsafe fn dot_tile(t: &TileArgs) {
     const ROWS: usize = Dot::ROWS;
+    let (x, w, acc, groups) = (t.x, t.w, t.acc, t.groups);
     let flip = vdupq_n_u8(0x80);
     let mut c = [[vdupq_n_s32(0); 4]; ROWS];
     // SAFETY: `x` holds `groups × ROWS × GROUP` bytes and `w` one panel of
@@ -87,7 +88,13 @@ unsafe fn dot_tile(x: *const u8, w: *const i8, groups: usize, acc: *mut i32) {
         }
         for (r, c) in c.iter().enumerate() {
             for (q, c) in c.iter().enumerate() {
-                vst1q_s32(acc.add(r * PANEL + q * 4), *c);
+                let at = acc.add(r * PANEL + q * 4);
+                let c = if t.accumulate {
+                    vaddq_s32(*c, vld1q_s32(at))
+                } else {
+                    *c
+                };
+                vst1q_s32(at, c);
             }
         }
     }

@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{row_scale, run_with, Product, Tile, GROUP, PANEL};
+use super::{row_scale, run_with, Product, Tile, TileArgs, GROUP, PANEL};
 
 pub(super) fn has_avx512_vnni() -> bool {
     is_x86_feature_detected!("avx512f")
@@ -58,14 +58,14 @@ impl Tile for Vnni {
     const BIAS: i32 = 0;
 
     #[inline(always)]
-    unsafe fn tile(np: usize, x: *const u8, w: *const i8, groups: usize, acc: *mut i32) {
+    unsafe fn tile(t: &TileArgs) {
         // SAFETY: called from `run_avx512_vnni` (the trait's contract).
         unsafe {
-            match np {
-                4 => vnni_tile::<4>(x, w, groups, acc),
-                3 => vnni_tile::<3>(x, w, groups, acc),
-                2 => vnni_tile::<2>(x, w, groups, acc),
-                _ => vnni_tile::<1>(x, w, groups, acc),
+            match t.np {
+                4 => vnni_tile::<4>(t),
+                3 => vnni_tile::<3>(t),
+                2 => vnni_tile::<2>(t),
+                _ => vnni_tile::<1>(t),
             }
         }
     }
@@ -150,18 +150,18 @@ unsafe fn quantise_row_avx512(xs: &[f32], out: &mut [u8], per_block: usize, row:
 
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
-unsafe fn vnni_tile<const NP: usize>(x: *const u8, w: *const i8, groups: usize, acc: *mut i32) {
+unsafe fn vnni_tile<const NP: usize>(t: &TileArgs) {
     const ROWS: usize = Vnni::ROWS;
-    let panel = groups * PANEL * GROUP;
+    let (x, w, acc) = (t.x, t.w, t.acc);
     let mut c = [[_mm512_setzero_si512(); NP]; ROWS];
-    // SAFETY: `x` holds `groups × ROWS × GROUP` bytes and `w` `NP` panels of
-    // `groups × PANEL × GROUP` (the trait's contract); every read below is
-    // within them.
+    // SAFETY: `x` holds `groups × ROWS × GROUP` bytes, `w` `NP` panels of
+    // `groups × PANEL × GROUP` `stride` apart, `acc` `ROWS × NP × PANEL`
+    // sums (the trait's contract); every access below is within them.
     unsafe {
-        for g in 0..groups {
+        for g in 0..t.groups {
             let mut b = [_mm512_setzero_si512(); NP];
             for (p, b) in b.iter_mut().enumerate() {
-                *b = _mm512_loadu_si512(w.add(p * panel + g * PANEL * GROUP).cast());
+                *b = _mm512_loadu_si512(w.add(p * t.stride + g * PANEL * GROUP).cast());
             }
             let xg = x.add(g * ROWS * GROUP);
             for (r, c) in c.iter_mut().enumerate() {
@@ -173,7 +173,13 @@ unsafe fn vnni_tile<const NP: usize>(x: *const u8, w: *const i8, groups: usize, 
         }
         for (r, c) in c.iter().enumerate() {
             for (p, c) in c.iter().enumerate() {
-                _mm512_storeu_si512(acc.add((r * NP + p) * PANEL).cast(), *c);
+                let at = acc.add((r * NP + p) * PANEL);
+                let c = if t.accumulate {
+                    _mm512_add_epi32(*c, _mm512_loadu_si512(at.cast()))
+                } else {
+                    *c
+                };
+                _mm512_storeu_si512(at.cast(), c);
             }
         }
     }
@@ -190,9 +196,9 @@ impl Tile for AvxVnni {
     const BIAS: i32 = 0;
 
     #[inline(always)]
-    unsafe fn tile(_np: usize, x: *const u8, w: *const i8, groups: usize, acc: *mut i32) {
+    unsafe fn tile(t: &TileArgs) {
         // SAFETY: called from `run_avx_vnni` (the trait's contract).
-        unsafe { avx_vnni_tile(x, w, groups, acc) }
+        unsafe { avx_vnni_tile(t) }
     }
 
     #[inline(always)]
@@ -204,12 +210,13 @@ impl Tile for AvxVnni {
 
 #[target_feature(enable = "avx2,fma,avxvnni")]
 #[inline]
-unsafe fn avx_vnni_tile(x: *const u8, w: *const i8, groups: usize, acc: *mut i32) {
+unsafe fn avx_vnni_tile(t: &TileArgs) {
     const ROWS: usize = AvxVnni::ROWS;
+    let (x, w, acc) = (t.x, t.w, t.acc);
     let mut c = [[_mm256_setzero_si256(); 2]; ROWS];
     // SAFETY: as in `vnni_tile`, for one panel.
     unsafe {
-        for g in 0..groups {
+        for g in 0..t.groups {
             let wg = w.add(g * PANEL * GROUP);
             let b = [
                 _mm256_loadu_si256(wg.cast()),
@@ -223,8 +230,9 @@ unsafe fn avx_vnni_tile(x: *const u8, w: *const i8, groups: usize, acc: *mut i32
             }
         }
         for (r, c) in c.iter().enumerate() {
-            _mm256_storeu_si256(acc.add(r * PANEL).cast(), c[0]);
-            _mm256_storeu_si256(acc.add(r * PANEL + 8).cast(), c[1]);
+            for (h, c) in c.iter().enumerate() {
+                store_sums(acc.add(r * PANEL + 8 * h), *c, t.accumulate);
+            }
         }
     }
 }
@@ -319,9 +327,9 @@ impl Tile for Avx2 {
     const BIAS: i32 = 0;
 
     #[inline(always)]
-    unsafe fn tile(_np: usize, x: *const u8, w: *const i8, groups: usize, acc: *mut i32) {
+    unsafe fn tile(t: &TileArgs) {
         // SAFETY: called from `run_avx2` (the trait's contract).
-        unsafe { avx2_tile(x, w, groups, acc) }
+        unsafe { avx2_tile(t) }
     }
 
     #[inline(always)]
@@ -333,8 +341,9 @@ impl Tile for Avx2 {
 
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn avx2_tile(x: *const u8, w: *const i8, groups: usize, acc: *mut i32) {
+unsafe fn avx2_tile(t: &TileArgs) {
     const ROWS: usize = Avx2::ROWS;
+    let (x, w, acc, groups) = (t.x, t.w, t.acc, t.groups);
     // Per row, four registers of 4 columns × 2 pair sums.
     let mut c = [[_mm256_setzero_si256(); 4]; ROWS];
     // SAFETY: as in `vnni_tile`, for one panel.
@@ -360,8 +369,26 @@ unsafe fn avx2_tile(x: *const u8, w: *const i8, groups: usize, acc: *mut i32) {
             for half in 0..2 {
                 let s = _mm256_hadd_epi32(c[2 * half], c[2 * half + 1]);
                 let s = _mm256_permute4x64_epi64::<0b11_01_10_00>(s);
-                _mm256_storeu_si256(acc.add(r * PANEL + half * 8).cast(), s);
+                store_sums(acc.add(r * PANEL + half * 8), s, t.accumulate);
             }
         }
+    }
+}
+
+/// Store 8 sums at `at`, or add them to those there.
+///
+/// # Safety
+/// `at` addresses 8 i32.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn store_sums(at: *mut i32, sums: __m256i, accumulate: bool) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let sums = if accumulate {
+            _mm256_add_epi32(sums, _mm256_loadu_si256(at.cast()))
+        } else {
+            sums
+        };
+        _mm256_storeu_si256(at.cast(), sums);
     }
 }
