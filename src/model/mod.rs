@@ -17,6 +17,7 @@ mod int8;
 pub mod kernels;
 mod manifest;
 mod needed_rows;
+mod onnx_file;
 mod precision;
 mod preprocess;
 pub mod reference;

@@ -16,12 +16,12 @@ pub enum Precision {
     /// tract emulates it, slower than f32. Maps move slightly (`bench --precision f16` measures it).
     F16,
     /// The linear layers in 8-bit integers: weights per output channel,
-    /// activations per row at run time, exact i32 sums (AVX-512 VNNI, AVX2,
-    /// Arm dot product). Layer norms, softmax, GELU, attention and the final
+    /// activations per row at run time, exact i32 sums (AVX-512 VNNI,
+    /// AVX-VNNI, Arm dot product; AVX2 is slower than f32). Layer norms, softmax, GELU, attention and the final
     /// projection stay f32, and so do the layers `f32_layers` names.
     Int8,
     /// The linear layers in bfloat16 with f32 sums, where the CPU has bf16
-    /// dot products (AVX-512 BF16); f32 elsewhere, with a warning.
+    /// dot products (AVX-512 BF16, Arm BF16); f32 elsewhere, with a warning.
     Bf16,
 }
 

@@ -17,6 +17,7 @@ use super::dense::{dense_products, lower_dense_products, use_dense_products, Mat
 use super::device::Backend;
 use super::int8;
 use super::needed_rows::use_needed_rows;
+use super::onnx_file;
 use super::precision::{EncoderNumerics, Numerics, Precision};
 use super::shared_weights::SharedWeights;
 use super::short_attention::use_short_attention;
@@ -39,8 +40,7 @@ impl Graph {
             path: path.to_owned(),
             message: format!("{e:#}"),
         };
-        let plan = tract_onnx::onnx()
-            .model_for_path(path)
+        let plan = onnx_file::load(path)
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map_err(fail)?;
@@ -196,8 +196,7 @@ impl ShapedGraph {
     }
 
     fn decluttered(&self) -> Result<TypedModel, Error> {
-        let model = tract_onnx::onnx()
-            .model_for_path(&self.path)
+        let model = onnx_file::load(&self.path)
             .and_then(|m| m.into_typed())
             .and_then(|m| m.into_decluttered())
             .map_err(|e| self.error(e))?;
@@ -306,7 +305,7 @@ impl ShapedGraph {
                     running.lowered.clear();
                     running.kept = done.layers();
                     running.warning = Some(
-                        "precision = \"bf16\": this CPU has no bf16 dot products (AVX-512 BF16); \
+                        "precision = \"bf16\": this CPU has no bf16 dot products (AVX-512 BF16, Arm BF16); \
                          the encoder runs f32"
                             .into(),
                     );
