@@ -31,8 +31,14 @@ const WINDOW: usize = 1 << 20;
 /// Load `path` as tract's `model_for_path` does, holding its weights once.
 pub(crate) fn load(path: &Path) -> TractResult<InferenceModel> {
     let onnx = tract_onnx::onnx();
-    let dir = path.parent().map(|d| d.to_str());
-    let file = path.file_name().and_then(|f| f.to_str());
+    // tract checks that external data lies inside the model's directory once
+    // links are resolved: name the file where it really is (a pack may link
+    // its files from elsewhere).
+    let real = path
+        .canonicalize()
+        .map_err(|e| TractError::msg(format!("reading {}: {e}", path.display())))?;
+    let dir = real.parent().map(|d| d.to_str());
+    let file = real.file_name().and_then(|f| f.to_str());
     let (Some(Some(dir)), Some(file)) = (dir, file) else {
         // tract needs the directory as UTF-8 to read external data: a path
         // that is not gets the plain load.
@@ -216,6 +222,15 @@ mod tests {
             let tracts = tract_onnx::onnx().proto_model_for_path(tiny(file)).unwrap();
             assert!(ours == tracts, "{file} decodes differently");
         }
+    }
+
+    #[test]
+    fn a_linked_file_loads_as_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("encoder.onnx");
+        std::os::unix::fs::symlink(tiny("encoder.onnx"), &link).unwrap();
+        let ours = consts(&load(&link).unwrap().into_typed().unwrap());
+        assert!(!ours.is_empty());
     }
 
     #[test]
