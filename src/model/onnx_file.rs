@@ -89,8 +89,9 @@ pub(crate) fn load(path: &Path) -> TractResult<InferenceModel> {
 
 /// Decode the ONNX protobuf in `path`, reading it a window at a time.
 fn decode(path: &Path) -> TractResult<ModelProto> {
-    let open = || -> io::Result<FileBuf> { FileBuf::new(File::open(path)?) };
-    let mut file = open().map_err(|e| TractError::msg(format!("reading {}: {e}", path.display())))?;
+    let mut file = File::open(path)
+        .and_then(FileBuf::new)
+        .map_err(|e| TractError::msg(format!("reading {}: {e}", path.display())))?;
     let decoded = ModelProto::decode(&mut file);
     // A read error ends the buffer early: report it rather than the
     // decoder's "buffer underflow".

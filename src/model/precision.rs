@@ -17,8 +17,9 @@ pub enum Precision {
     F16,
     /// The linear layers in 8-bit integers: weights per output channel,
     /// activations per row at run time, exact i32 sums (AVX-512 VNNI,
-    /// AVX-VNNI, Arm dot product; AVX2 is slower than f32). Layer norms, softmax, GELU, attention and the final
-    /// projection stay f32, and so do the layers `f32_layers` names.
+    /// AVX-VNNI, Arm dot product; AVX2 is slower than f32). Layer norms,
+    /// softmax, GELU, attention and the final projection stay f32, and so do
+    /// the layers `f32_layers` names.
     Int8,
     /// The linear layers in bfloat16 with f32 sums, where the CPU has bf16
     /// dot products (AVX-512 BF16, Arm BF16); f32 elsewhere, with a warning.
